@@ -1,0 +1,48 @@
+"""Errors that ivc raises, and the exit codes scripts can rely on.
+
+Exit codes (documented in the README):
+  0  done (changed or not)
+  1  a cloud operation failed
+  2  invalid input or configuration; nothing was touched
+  3  rotate failed and rolled back; the old server serves as before
+  4  another run holds the lock for this server
+"""
+
+EXIT_OK = 0
+EXIT_CLOUD = 1
+EXIT_INVALID = 2
+EXIT_ROLLED_BACK = 3
+EXIT_LOCKED = 4
+
+
+class IvcError(Exception):
+    """Base of every error ivc raises on purpose; ``exit_code`` is what the task exits with."""
+
+    exit_code = EXIT_CLOUD
+
+
+class ConfigError(IvcError):
+    """Invalid input or configuration (env file, declarations, template, missing resource).
+
+    Raised before any cloud change is made.
+    """
+
+    exit_code = EXIT_INVALID
+
+
+class CloudError(IvcError):
+    """A cloud operation failed (after retries, where it was retried)."""
+
+    exit_code = EXIT_CLOUD
+
+
+class RolledBack(IvcError):
+    """A rotate failed and was rolled back; the old server serves as before."""
+
+    exit_code = EXIT_ROLLED_BACK
+
+
+class Locked(IvcError):
+    """Another run holds the lock for the server."""
+
+    exit_code = EXIT_LOCKED
