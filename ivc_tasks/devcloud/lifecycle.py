@@ -1,0 +1,347 @@
+"""devcloud up / down / status / reset: the local cloud's life cycle.
+
+``up`` is idempotent and knows what it found: processes of a cloud started from ANOTHER checkout
+are stopped first (they would fight over the ports, the queues and the fake compute host);
+MariaDB and RabbitMQ, being the machine's, are reused when they already run; the databases are
+reused only when MariaDB says this cache folder built them, and rebuilt otherwise (a fresh clone
+on a machine that kept an earlier cloud's data). It says which, and it checks every port before
+starting anything, so it never half-starts a second cloud.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets as pysecrets
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bootstrap, configs, procs, seed
+from .bootstrap import DevcloudError
+from .layout import Layout, default_layout, load_secrets
+from .services import Service, all_services, process_env
+
+LOCK_FILE = Path("/tmp/ivc-devcloud.lock")
+START_TIMEOUT = float(os.environ.get("DEVCLOUD_START_TIMEOUT", "240"))
+
+
+class Progress:
+    """Progress lines on stderr, each with the seconds since the start."""
+
+    def __init__(self, stream=sys.stderr):
+        self.t0 = time.monotonic()
+        self.stream = stream
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def __call__(self, message: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {message}", file=self.stream, flush=True)
+
+
+@dataclass
+class UpResult:
+    installed: bool = False
+    databases: str = ""            # "reused" | "rebuilt: <why>"
+    started: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    stopped_foreign: list[str] = field(default_factory=list)
+    seeded: bool = False
+    seconds: float = 0.0
+
+
+@contextmanager
+def machine_lock(say):
+    """One ``up``/``down``/``reset`` at a time on this machine, whatever the checkout."""
+    with open(LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another devcloud command on this machine to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _recorded(layout: Layout, service: Service) -> procs.Proc | None:
+    proc = procs.read_pidfile(layout.pidfile(service.name))
+    return proc if procs.alive(proc) else None
+
+
+def _answers(service: Service) -> bool:
+    if service.probe:
+        return procs.http_answers(service.probe)
+    return procs.tcp_open(service.port) if service.port else True
+
+
+def _stop_foreign(layout: Layout, say) -> list[str]:
+    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded."""
+    ours = {p.pid for s in all_services(layout) if (p := _recorded(layout, s))}
+    groups: dict[int, tuple[str, str]] = {}
+    for pid, (root, name) in procs.marked_processes().items():
+        if name in ("mariadb", "epmd", "rabbitmq") or pid == os.getpid():
+            continue
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if root == str(layout.root) and pgid in ours:
+            continue
+        groups[pgid] = (root, name)
+    stopped = []
+    for pgid, (root, name) in sorted(groups.items()):
+        whose = "an unrecorded process of this checkout" if root == str(layout.root) else \
+            f"the devcloud of {root}"
+        say(f"stopping {name} (pid {pgid}): {whose} holds the cloud's ports and queues")
+        stopped.append(f"{name}@{root}")
+    procs.stop(*(procs.Proc(pgid, procs.start_time(pgid) or "0") for pgid in groups))
+    return stopped
+
+
+def _check_ports(layout: Layout, services: list[Service]) -> None:
+    """Fail, starting nothing, if an API port is held by a process that is not this cloud's."""
+    for service in services:
+        if service.role == "infra" or not service.port:
+            continue
+        holder = procs.listener_pid(service.port)
+        if holder is None:
+            continue
+        mine = _recorded(layout, service)
+        if mine and holder > 0 and os.getpgid(holder) == mine.pid:
+            continue
+        what = Path(f"/proc/{holder}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120] \
+            if holder > 0 else "an unknown process"
+        raise DevcloudError(f"port {service.port} ({service.name}) is held by pid {holder}: "
+                            f"{what}; stop it, then run `invoke devcloud.up` again "
+                            "(nothing was started)")
+
+
+def _start(layout: Layout, service: Service, say) -> procs.Proc:
+    proc = procs.spawn(service.argv, env=process_env(layout, service),
+                       log=layout.log(service.name), pidfile=layout.pidfile(service.name),
+                       cwd=Path(service.cwd) if service.cwd else layout.root, user=service.user)
+    say(f"{service.name}: started (pid {proc.pid})")
+    return proc
+
+
+def _log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
+
+
+def _worker_crashed(log: Path, offset: int) -> bool:
+    """gunicorn keeps restarting a worker whose app fails to load: notice it in the log."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            return b"exited with code" in handle.read()
+    except OSError:
+        return False
+
+
+def _wait_answering(layout: Layout, pending: dict[str, tuple[Service, procs.Proc, float]],
+                    say, timeout: float = START_TIMEOUT) -> None:
+    """Wait until every started service answers; name the first that dies or times out."""
+    deadline = time.monotonic() + timeout
+    offsets = {name: _log_size(layout.log(name)) for name in pending}
+    while pending:
+        for name, (service, proc, t0) in list(pending.items()):
+            if not procs.alive(proc) or _worker_crashed(layout.log(name), offsets[name]):
+                raise DevcloudError(f"{name} failed during start-up; last lines of "
+                                    f"{layout.log(name)}:\n{procs.tail(layout.log(name))}")
+            if _answers(service):
+                say(f"{name}: answering ({time.monotonic() - t0:.1f}s)")
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            name = next(iter(pending))
+            raise DevcloudError(f"{name} did not answer within {timeout:.0f}s; last lines of "
+                                f"{layout.log(name)}:\n{procs.tail(layout.log(name))}")
+        time.sleep(0.2)
+
+
+def _ensure_running(layout: Layout, services: list[Service], say, result: UpResult) -> None:
+    pending = {}
+    for service in services:
+        if _recorded(layout, service):
+            result.reused.append(service.name)
+            continue
+        if service.role == "infra" and service.port and procs.tcp_open(service.port):
+            say(f"{service.name}: already running on port {service.port} (the machine's); reusing")
+            result.reused.append(service.name)
+            continue
+        if service.name == "mariadb":
+            bootstrap.prepare_mariadb_datadir(say)
+        pending[service.name] = (service, _start(layout, service, say), time.monotonic())
+        result.started.append(service.name)
+    _wait_answering(layout, pending, say)
+
+
+def _databases_ours(layout: Layout) -> tuple[bool, str]:
+    stamp_file = layout.stamp("databases")
+    ours = stamp_file.read_text().strip() if stamp_file.exists() else None
+    owner = bootstrap.db_owner(layout)
+    if owner is None:
+        return False, "MariaDB holds no devcloud databases yet"
+    owner_stamp, owner_dir = owner.split(" ", 1)
+    if ours is None:
+        return False, f"this cache folder is new; the databases were built by {owner_dir}"
+    if owner_stamp != ours:
+        return False, f"the databases were rebuilt since by {owner_dir}"
+    return True, ""
+
+
+def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None:
+    """Wait for nova-compute and cinder-volume to report up; map the compute host on rebuild."""
+    conn = seed.admin_connection(secrets)
+    deadline = time.monotonic() + START_TIMEOUT
+    t0 = time.monotonic()
+    mapped = not rebuilt
+    while True:
+        compute = [s for s in conn.compute.services() if s.binary == "nova-compute"]
+        volume = [s for s in conn.block_storage.services() if s.binary == "cinder-volume"]
+        compute_up = any(s.state == "up" for s in compute) and procs.alive(
+            procs.read_pidfile(layout.pidfile("nova-compute")))
+        volume_up = any(s.state == "up" for s in volume) and procs.alive(
+            procs.read_pidfile(layout.pidfile("cinder-volume")))
+        if compute_up and not mapped:
+            bootstrap.run([layout.bin("nova-manage"), "--config-file",
+                           str(layout.etc / "nova/nova.conf"), "cell_v2", "discover_hosts"],
+                          log=layout.log("db-sync"))
+            mapped = True
+        if compute_up and volume_up and mapped:
+            say(f"nova-compute and cinder-volume report up ({time.monotonic() - t0:.1f}s)")
+            return
+        if time.monotonic() > deadline:
+            name = "nova-compute" if not compute_up else "cinder-volume"
+            raise DevcloudError(f"{name} did not report up within {START_TIMEOUT:.0f}s; last "
+                                f"lines of {layout.log(name)}:\n{procs.tail(layout.log(name))}")
+        time.sleep(0.5)
+
+
+def up(layout: Layout | None = None, say=None) -> UpResult:
+    """Install (first use), start and seed the local cloud; change nothing when it all runs.
+
+    :raises DevcloudError: a step failed; the message names the service and its log.
+    """
+    layout = layout or default_layout()
+    say = say or Progress()
+    t0 = time.monotonic()
+    result = UpResult()
+    layout.make_dirs()
+    services = all_services(layout)
+    infra = [s for s in services if s.role == "infra"]
+    keystone = [s for s in services if s.name == "keystone"]
+    rest = [s for s in services if s.role != "infra" and s.name != "keystone"]
+    with machine_lock(say):
+        if all(_recorded(layout, s) for s in services) and all(_answers(s) for s in services) \
+                and layout.stamp("seeded").exists():
+            secrets = load_secrets(layout)
+            seed.write_clouds_yaml(layout, secrets)
+            result.reused = [s.name for s in services]
+            result.databases = "reused"
+            say(f"all {len(services)} services already running and answering; nothing to do")
+            result.seconds = time.monotonic() - t0
+            return result
+        bootstrap.ensure_debian_packages(say)
+        result.installed = bootstrap.ensure_venv(layout, say)
+        secrets = load_secrets(layout)
+        configs.write_all(layout, secrets)
+        result.stopped_foreign = _stop_foreign(layout, say)
+        _check_ports(layout, services)
+        _ensure_running(layout, infra, say, result)
+        ours, why = _databases_ours(layout)
+        if ours:
+            say("databases: reusing this checkout's (MariaDB records this cache folder as owner)")
+            result.databases = "reused"
+        else:
+            say(f"databases: rebuilding, since {why}")
+            result.databases = f"rebuilt: {why}"
+            procs.stop(*(p for s in services if s.role != "infra" and (p := _recorded(layout, s))))
+            layout.stamp("seeded").unlink(missing_ok=True)
+            stamp = pysecrets.token_hex(8)
+            bootstrap.rebuild_databases(layout, secrets, stamp, say)
+            bootstrap.rebuild_queue(secrets, say)
+            bootstrap.sync_databases(layout, secrets, say)
+            bootstrap.record_db_owner(layout, stamp)
+        _ensure_running(layout, keystone, say, result)
+        if not layout.stamp("seeded").exists():
+            seed.seed_identity(secrets, say)
+        bootstrap.ensure_compute_id(layout)
+        _ensure_running(layout, rest, say, result)
+        if result.started:
+            _wait_cloud_ready(secrets, say, not ours, layout)
+        if not layout.stamp("seeded").exists():
+            seed.seed_demo(layout, secrets, say)
+            layout.stamp("seeded").write_text("ok")
+            result.seeded = True
+        for path in seed.write_clouds_yaml(layout, secrets):
+            say(f"wrote clouds.yaml entries {seed.CLOUD_NAME}, {seed.ADMIN_CLOUD_NAME} in {path}")
+        result.seconds = time.monotonic() - t0
+        say(f"devcloud up: {len(result.started)} started, {len(result.reused)} already running, "
+            f"databases {result.databases.split(':')[0]} ({result.seconds:.1f}s)")
+    return result
+
+
+def down(layout: Layout | None = None, say=None) -> list[str]:
+    """Stop exactly the processes this checkout's ``up`` started (its PID files), last first."""
+    layout = layout or default_layout()
+    say = say or Progress()
+    stopped = []
+    with machine_lock(say):
+        running = [(s, p) for s in reversed(all_services(layout)) if (p := _recorded(layout, s))]
+        # OpenStack services first (they talk to the queue and database on the way out).
+        for group in ([x for x in running if x[0].role != "infra"],
+                      [x for x in running if x[0].role == "infra"]):
+            procs.stop(*(proc for _, proc in group))
+            for service, proc in group:
+                say(f"{service.name}: stopped (pid {proc.pid})")
+                stopped.append(service.name)
+        for service in all_services(layout):
+            layout.pidfile(service.name).unlink(missing_ok=True)
+        # Anything still marked with this cache folder escaped its process group: stop it too.
+        strays = {pid: name for pid, (root, name) in procs.marked_processes().items()
+                  if root == str(layout.root) and pid != os.getpid()}
+        procs.stop(*(procs.Proc(pid, procs.start_time(pid) or "0") for pid in strays))
+        for pid, name in strays.items():
+            say(f"{name}: stopped a stray process (pid {pid})")
+    if not stopped:
+        say("nothing of this checkout's devcloud was running")
+    return stopped
+
+
+def status(layout: Layout | None = None) -> list[dict]:
+    """Each service: its role, port, PID (ours or the machine's) and whether it answers."""
+    layout = layout or default_layout()
+    rows = []
+    for service in all_services(layout):
+        proc = _recorded(layout, service)
+        pid, owner = (proc.pid, "devcloud") if proc else (None, None)
+        if not proc and service.port:
+            holder = procs.listener_pid(service.port)
+            if holder:
+                pid, owner = holder, "other"
+        running = pid is not None
+        rows.append({"service": service.name, "role": service.role, "port": service.port,
+                     "pid": pid, "owner": owner, "running": running,
+                     "answering": running and _answers(service)})
+    return rows
+
+
+def reset(layout: Layout | None = None, say=None) -> UpResult:
+    """Wipe the cloud's data (databases, images, volumes' state) but keep the install; then up.
+
+    The next ``up`` rebuilds the databases because the ownership stamp is gone.
+    """
+    layout = layout or default_layout()
+    say = say or Progress()
+    with machine_lock(say):
+        running = [p for s in all_services(layout) if s.role != "infra" and (p := _recorded(layout, s))]
+        procs.stop(*running)
+        say(f"stopped {len(running)} OpenStack processes")
+        for name in ("databases", "seeded"):
+            layout.stamp(name).unlink(missing_ok=True)
+        shutil.rmtree(layout.data, ignore_errors=True)
+        say("wiped the cloud's data; the install and configs are kept")
+    return up(layout, say)

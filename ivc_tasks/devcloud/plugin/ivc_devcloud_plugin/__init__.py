@@ -1,0 +1,1 @@
+"""Pieces of the ivc devcloud that run inside the cloud's virtualenv."""

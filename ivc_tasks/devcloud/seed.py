@@ -1,0 +1,182 @@
+"""Fill the fresh cloud: keystone's catalog and users, then what a demo needs.
+
+Runs in ivc's own Python with openstacksdk (one process: the ``openstack`` CLI costs ~2.5 s a
+call). Every step finds before it creates, so a rerun changes nothing.
+
+The networks' addresses are RFC 5737 documentation ranges. They exist only as Neutron database
+records: the cloud has no agents, namespaces or guests, so no packet is ever sent to them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .configs import KEYSTONE_URL, PORTS
+from .layout import ADMIN_CLOUD_NAME, CLOUD_NAME, DEMO_PROJECT, DEMO_USER, HOST, REGION, Layout
+
+Say = Callable[[str], None]
+
+CATALOG = [  # (service name, type, URL)
+    ("nova", "compute", f"http://{HOST}:{PORTS['nova-api']}/v2.1"),
+    ("glance", "image", f"http://{HOST}:{PORTS['glance']}"),
+    ("placement", "placement", f"http://{HOST}:{PORTS['placement']}"),
+    ("neutron", "network", f"http://{HOST}:{PORTS['neutron-api']}"),
+    ("cinder", "block-storage", f"http://{HOST}:{PORTS['cinder-api']}/v3"),
+    ("cinderv3", "volumev3", f"http://{HOST}:{PORTS['cinder-api']}/v3"),
+]
+SERVICE_USERS = ["nova", "neutron", "glance", "placement", "cinder"]
+FLAVORS = [("m1.tiny", 512, 1, 1), ("m1.small", 2048, 1, 20), ("m1.medium", 4096, 2, 40)]
+IMAGE = "ivc-tiny"
+KEYPAIR = "ivc-demo"
+DEMO_VOLUMES = ["web1-data", "web1-logs"]
+PUBLIC_CIDR, PRIVATE_CIDR = "203.0.113.0/24", "198.51.100.0/24"
+
+
+def cloud_entries(secrets: dict) -> dict:
+    base = {"region_name": REGION, "identity_api_version": 3, "interface": "public"}
+    auth = {"auth_url": KEYSTONE_URL, "user_domain_name": "Default",
+            "project_domain_name": "Default"}
+    return {
+        CLOUD_NAME: {**base, "auth": {**auth, "username": DEMO_USER, "password": secrets["demo"],
+                                      "project_name": DEMO_PROJECT}},
+        ADMIN_CLOUD_NAME: {**base, "auth": {**auth, "username": "admin",
+                                            "password": secrets["admin"],
+                                            "project_name": "admin"}},
+    }
+
+
+def write_clouds_yaml(layout: Layout, secrets: dict) -> list[Path]:
+    """Write the ``ivc-local`` entries to the cache's clouds.yaml and merge them into the user's
+    ``~/.config/openstack/clouds.yaml`` (other entries kept), so the plain CLI works too."""
+    entries = cloud_entries(secrets)
+    written = []
+    user_file = Path(os.path.expanduser("~/.config/openstack/clouds.yaml"))
+    for path, keep_others in ((layout.clouds_yaml, False), (user_file, True)):
+        doc = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+        doc.setdefault("clouds", {})
+        if not keep_others:
+            doc["clouds"] = {k: v for k, v in doc["clouds"].items() if k in entries}
+        if all(doc["clouds"].get(name) == value for name, value in entries.items()):
+            continue
+        doc["clouds"].update(entries)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(doc, handle, default_flow_style=False)
+        written.append(path)
+    return written
+
+
+def admin_connection(secrets: dict):
+    import openstack
+    return openstack.connect(auth_url=KEYSTONE_URL, username="admin", password=secrets["admin"],
+                             project_name="admin", user_domain_name="Default",
+                             project_domain_name="Default", region_name=REGION)
+
+
+def demo_connection(secrets: dict):
+    import openstack
+    return openstack.connect(auth_url=KEYSTONE_URL, username=DEMO_USER, password=secrets["demo"],
+                             project_name=DEMO_PROJECT, user_domain_name="Default",
+                             project_domain_name="Default", region_name=REGION)
+
+
+def _role(ident, name):
+    return ident.find_role(name) or ident.create_role(name=name)
+
+
+def seed_identity(secrets: dict, say: Say) -> None:
+    """The catalog, the service users (admin + service roles), the demo project and user."""
+    conn = admin_connection(secrets)
+    ident = conn.identity
+    for name, kind, url in CATALOG:
+        service = next(iter(ident.services(type=kind)), None) or ident.create_service(
+            name=name, type=kind)
+        have = {e.interface for e in ident.endpoints(service_id=service.id)}
+        for interface in {"public", "internal", "admin"} - have:
+            ident.create_endpoint(service_id=service.id, interface=interface, url=url,
+                                  region_id=REGION)
+    admin, service_role, member, reader = (_role(ident, n) for n in
+                                           ("admin", "service", "member", "reader"))
+    domain = ident.find_domain("default") or ident.find_domain("Default")
+    service_project = ident.find_project("service", domain_id=domain.id) or ident.create_project(
+        name="service", domain_id=domain.id)
+    for name in SERVICE_USERS:
+        user = ident.find_user(name, domain_id=domain.id) or ident.create_user(
+            name=name, password=secrets["service"], domain_id=domain.id)
+        for role in (admin, service_role):
+            ident.assign_project_role_to_user(service_project, user, role)
+    demo = ident.find_project(DEMO_PROJECT, domain_id=domain.id) or ident.create_project(
+        name=DEMO_PROJECT, domain_id=domain.id, description="ivc demo project")
+    user = ident.find_user(DEMO_USER, domain_id=domain.id) or ident.create_user(
+        name=DEMO_USER, password=secrets["demo"], domain_id=domain.id,
+        default_project_id=demo.id)
+    for role in (member, reader):
+        ident.assign_project_role_to_user(demo, user, role)
+    say(f"keystone: catalog of {len(CATALOG)} services, {len(SERVICE_USERS)} service users, "
+        f"project/user {DEMO_PROJECT}")
+
+
+def _keypair_files(layout: Layout) -> str:
+    """Generate the demo key once (ed25519, private part 0600); return the public key."""
+    pub = layout.keypair_file.with_suffix(".pub")
+    if not pub.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        fd = os.open(layout.keypair_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
+        pub.write_bytes(public + b" ivc-demo\n")
+    return pub.read_text().strip()
+
+
+def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
+    """Flavors, image, networks, router, keypair, demo volumes and roomy quotas."""
+    admin = admin_connection(secrets)
+    demo_project = admin.identity.find_project(DEMO_PROJECT)
+    for name, ram, vcpus, disk in FLAVORS:
+        if not admin.compute.find_flavor(name, ignore_missing=True):
+            admin.compute.create_flavor(name=name, ram=ram, vcpus=vcpus, disk=disk)
+    if not admin.image.find_image(IMAGE):
+        admin.image.create_image(name=IMAGE, data=b"\0" * 1024 * 1024, disk_format="raw",
+                                 container_format="bare", visibility="public",
+                                 allow_duplicates=True)
+    admin.set_compute_quotas(demo_project.id, instances=60, cores=120, ram=512 * 1024)
+    admin.set_volume_quotas(demo_project.id, volumes=100, gigabytes=2000, snapshots=50)
+    admin.set_network_quotas(demo_project.id, floatingip=60, port=300, network=30,
+                             subnet=30, router=10, security_group=100,
+                             security_group_rule=1000)
+    net = admin.network
+    public = net.find_network("public") or net.create_network(
+        name="public", is_router_external=True, provider_network_type="flat",
+        provider_physical_network="public")
+    if not net.find_subnet("public-subnet"):
+        net.create_subnet(name="public-subnet", network_id=public.id, ip_version=4,
+                          cidr=PUBLIC_CIDR, enable_dhcp=False)
+    private = net.find_network("private", project_id=demo_project.id) or net.create_network(
+        name="private", project_id=demo_project.id)
+    subnet = net.find_subnet("private-subnet", project_id=demo_project.id) or net.create_subnet(
+        name="private-subnet", network_id=private.id, ip_version=4, cidr=PRIVATE_CIDR,
+        project_id=demo_project.id)
+    router = net.find_router("ivc-router", project_id=demo_project.id)
+    if router is None:
+        router = net.create_router(name="ivc-router", project_id=demo_project.id,
+                                   external_gateway_info={"network_id": public.id})
+        net.add_interface_to_router(router, subnet_id=subnet.id)
+    demo = demo_connection(secrets)
+    if not demo.compute.find_keypair(KEYPAIR):
+        demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
+    for name in DEMO_VOLUMES:
+        if not demo.block_storage.find_volume(name):
+            demo.block_storage.create_volume(name=name, size=1, description="ivc demo data")
+    say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public + "
+        f"private, router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")

@@ -1,0 +1,168 @@
+"""Settings: one env file plus the real environment, validated once into a frozen Settings.
+
+``IVC_ENV`` (default ``local``) picks ``<root>/env/<name>.env``; a variable set in the real
+environment wins over the file. ``IVC_ROOT`` moves the root (default: the repository that holds
+the ``ivc_tasks`` package).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ivc_tasks.errors import ConfigError
+
+DEFAULT_ENV = "local"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+SECRET_MARKERS = ("PASSWORD", "SECRET", "TOKEN")
+REDACTED = "***"
+
+# variable -> (Settings field, default, type)
+_NUMBERS: dict[str, tuple[str, float, type]] = {
+    "IVC_BOOT_TIMEOUT": ("boot_timeout", 300.0, float),
+    "IVC_VOLUME_TIMEOUT": ("volume_timeout", 120.0, float),
+    "IVC_DELETE_TIMEOUT": ("delete_timeout", 120.0, float),
+    "IVC_STOP_TIMEOUT": ("stop_timeout", 120.0, float),
+    "IVC_POLL_INTERVAL": ("poll_interval", 0.5, float),
+    "IVC_RETRY_ATTEMPTS": ("retry_attempts", 6, int),
+    "IVC_RETRY_MAX_SECONDS": ("retry_max_seconds", 120.0, float),
+}
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_secret(key: str) -> bool:
+    """Return True if a variable's name says it holds a secret (PASSWORD, SECRET, TOKEN)."""
+    upper = key.upper()
+    return any(marker in upper for marker in SECRET_MARKERS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one run. Durations are in seconds.
+
+    ``os_vars`` holds every ``OS_*`` variable (file, then environment); ``values`` every variable
+    of the env file plus the ``IVC_*``/``OS_*`` ones of the environment. Both may hold secrets,
+    so they stay out of ``repr``: print ``redacted()`` instead.
+    """
+
+    env: str
+    root: Path
+    env_file: Path
+    spec_path: Path
+    os_cloud: str | None
+    boot_timeout: float = 300.0
+    volume_timeout: float = 120.0
+    delete_timeout: float = 120.0
+    stop_timeout: float = 120.0
+    poll_interval: float = 0.5
+    retry_attempts: int = 6
+    retry_max_seconds: float = 120.0
+    os_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the settings as a dict safe to print: secret-looking values show ``***``."""
+        def mask(mapping: Mapping[str, str]) -> dict[str, str]:
+            return {k: REDACTED if is_secret(k) else v for k, v in sorted(mapping.items())}
+
+        out: dict[str, Any] = {
+            "env": self.env,
+            "root": str(self.root),
+            "env_file": str(self.env_file),
+            "spec_path": str(self.spec_path),
+            "os_cloud": self.os_cloud,
+        }
+        out.update({attr: getattr(self, attr) for attr, _, _ in _NUMBERS.values()})
+        out["os_vars"] = mask(self.os_vars)
+        out["values"] = mask(self.values)
+        return out
+
+
+def available_envs(root: Path) -> list[str]:
+    """Return the names of the env files under ``<root>/env``, sorted."""
+    return sorted(p.stem for p in (root / "env").glob("*.env"))
+
+
+def load_settings(
+    env: str | None = None,
+    *,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the env file and the environment into a validated Settings.
+
+    :param env: the environment name; default ``IVC_ENV``, else ``local``.
+    :param root: the project root; default ``IVC_ROOT``, else the repository of this package.
+    :param environ: the real environment (default ``os.environ``); its values win over the file.
+    :raises ConfigError: unknown env name or missing env file, or a value that is not valid.
+    """
+    from dotenv import dotenv_values  # noqa: PLC0415 (keep `invoke --list` light)
+
+    environ = os.environ if environ is None else environ
+    root = Path(root or environ.get("IVC_ROOT") or PACKAGE_ROOT).resolve()
+    name = env or environ.get("IVC_ENV") or DEFAULT_ENV
+    env_file = root / "env" / f"{name}.env"
+    if not _ENV_NAME.match(name):
+        raise ConfigError(
+            f"{env_file}: IVC_ENV: {name!r} is not an environment name; use letters, digits, "
+            f"'.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
+        )
+    if not env_file.is_file():
+        raise ConfigError(
+            f"{env_file}: IVC_ENV: no env file for environment {name!r}; create it or pick one of: "
+            f"{', '.join(available_envs(root)) or 'none (env/ has no *.env file)'}"
+        )
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    values = {**from_file, **{k: v for k, v in environ.items()
+                              if k in from_file or k.startswith(("IVC_", "OS_"))}}
+
+    def source(key: str) -> str:
+        return f"{env_file} (overridden by the environment)" if key in environ else str(env_file)
+
+    os_vars = {k: v for k, v in values.items() if k.startswith("OS_")}
+    if os_vars.get("OS_CLIENT_CONFIG_FILE"):
+        os_vars["OS_CLIENT_CONFIG_FILE"] = str(_under(root, os_vars["OS_CLIENT_CONFIG_FILE"]))
+    numbers = {attr: _number(values.get(key), key, default, kind, source(key))
+               for key, (attr, default, kind) in _NUMBERS.items()}
+    return Settings(
+        env=name,
+        root=root,
+        env_file=env_file,
+        spec_path=_under(root, values.get("IVC_SPEC") or f"env/{name}.toml"),
+        os_cloud=values.get("OS_CLOUD") or None,
+        os_vars=MappingProxyType(os_vars),
+        values=MappingProxyType(values),
+        **numbers,
+    )
+
+
+def _under(root: Path, path: str) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else root / candidate
+
+
+def _number(raw: str | None, key: str, default: float, kind: type, where: str) -> float:
+    """Convert one numeric setting; empty or unset gives the default.
+
+    :raises ConfigError: naming the variable and the file when the value is not valid.
+    """
+    if raw is None or raw.strip() == "":
+        return default
+    what = "a whole number" if kind is int else "a number of seconds"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {key}: {raw!r} is not {what}; set it to e.g. {default:g} or remove it"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"{where}: {key}: {raw!r} must be greater than 0; set it to e.g. {default:g} or remove it"
+        )
+    return value

@@ -1,0 +1,491 @@
+"""The declarations (keypairs, security groups, servers), parsed and validated before any cloud call.
+
+Every error is a ConfigError on one line: ``<file>: <entry>: <problem>; <how to fix>``, where the
+entry is a dotted path such as ``servers.web1.networks`` or ``secgroups.web.rules[0].ports``.
+Paths in the file (templates, files, public keys) are relative to the spec file's folder.
+Lists given in a server replace those of ``[defaults]``; ``userdata_vars`` and ``metadata`` merge.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ivc_tasks.errors import ConfigError
+from ivc_tasks.ops.secgroup_rules import (
+    ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
+)
+from ivc_tasks.userdata import RESERVED_VARS, render_userdata
+
+SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # one DNS label, lower case
+KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_ -]{1,255}$")  # what every Nova microversion accepts
+PERMISSIONS = re.compile(r"^0?[0-7]{3}$")
+RESERVED_METADATA_PREFIX = "ivc_"
+METADATA_MAX = 255
+PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-",
+                    "ssh-dss")
+
+TOP_KEYS = ("defaults", "keypairs", "secgroups", "servers")
+SERVER_KEYS = ("image", "flavor", "keypair", "security_groups", "networks", "volumes",
+               "floating_ip", "config_drive", "userdata", "userdata_vars", "files", "metadata")
+DEFAULT_KEYS = tuple(k for k in SERVER_KEYS if k != "volumes")  # a volume attaches to one server
+KEYPAIR_KEYS = ("public_key_file",)
+SECGROUP_KEYS = ("description", "rules")
+RULE_KEYS = ("direction", "ethertype", "protocol", "ports", "icmp_type", "icmp_code",
+             "remote_ip_prefix", "remote_group", "description")
+FILE_KEYS = ("path", "source", "permissions", "owner")
+MERGED_KEYS = ("userdata_vars", "metadata")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One declared security group rule, in Neutron's terms.
+
+    ``protocol`` is what is sent to Neutron (a lower-case name or a number string; None = any).
+    ``port_range_min``/``max`` hold the ports, or the ICMP type/code. ``remote_group`` is the
+    NAME of a declared group. ``description`` is not part of the rule's identity.
+    """
+
+    direction: str = "ingress"
+    ethertype: str = "IPv4"
+    protocol: str | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SecGroup:
+    """A declared security group and its rules."""
+
+    name: str
+    description: str = ""
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Keypair:
+    """A keypair ivc ensures from a public key file (read at load time)."""
+
+    name: str
+    public_key_file: Path
+    public_key: str
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file embedded in a server's user_data (cloud-init ``write_files``)."""
+
+    path: str
+    source: Path
+    permissions: str = "0644"
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Server:
+    """A declared server, with ``[defaults]`` applied and its user_data rendered.
+
+    ``config_drive`` None means "decide from the networks" (see ``needs_config_drive``).
+    ``userdata_vars`` already merges the defaults' and the server's.
+    """
+
+    name: str
+    image: str
+    flavor: str
+    networks: tuple[str, ...]
+    volumes: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    keypair: str | None = None
+    floating_ip: bool = False
+    config_drive: bool | None = None
+    userdata_template: Path | None = None
+    userdata_vars: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[FileSpec, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    userdata: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything one spec file declares."""
+
+    path: Path
+    env_name: str
+    keypairs: Mapping[str, Keypair] = field(default_factory=dict)
+    secgroups: Mapping[str, SecGroup] = field(default_factory=dict)
+    servers: Mapping[str, Server] = field(default_factory=dict)
+
+
+def needs_config_drive(network_is_external: list[bool], override: bool | None) -> bool:
+    """Decide whether a server gets a config drive.
+
+    :param network_is_external: for each of the server's networks, whether it is external.
+    :param override: the server's ``config_drive`` setting; when not None it wins.
+    :returns: True when no network of the server is external (a private-only server cannot
+        reach a metadata service through a router of ours).
+    """
+    if override is not None:
+        return override
+    return not any(network_is_external)
+
+
+def load_spec(path: Path, *, env_name: str) -> Spec:
+    """Read, validate and render a spec file.
+
+    :param path: the TOML declarations file.
+    :param env_name: the environment's name (``env`` in user_data templates).
+    :raises ConfigError: anything invalid, named by file and entry, before any cloud call.
+    """
+    path = Path(path)
+    return _Loader(path).load(env_name)
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+class _Loader:
+    """Validate one file; ``fail`` raises the one-line ConfigError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.folder = path.parent
+
+    def fail(self, entry: str, problem: str, fix: str) -> NoReturn:
+        message = f"{self.path}: {entry}: {problem}; {fix}"
+        raise ConfigError(re.sub(r"\s*\n\s*", " ", message))
+
+    # -- generic checks -----------------------------------------------------------------------
+    def table(self, value: Any, entry: str) -> dict:
+        if not isinstance(value, dict):
+            fix = "write it as { key = value }" if entry.endswith("]") else \
+                f"write it as [{entry}] or {{ key = value }}"
+            self.fail(entry, f"expected a table, got {_type_name(value)}", fix)
+        return value
+
+    def keys(self, table: dict, entry: str, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                where = f"{entry}.{key}" if entry else key
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(allowed)}"
+                self.fail(where, "unknown key", hint)
+
+    def string(self, value: Any, entry: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            got = "an empty string" if isinstance(value, str) else _type_name(value)
+            self.fail(entry, f"expected a non-empty string, got {got}", 'quote it: key = "value"')
+        return value.strip()
+
+    def boolean(self, value: Any, entry: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(entry, f"expected true or false, got {_type_name(value)} {value!r}",
+                      "write true or false without quotes")
+        return value
+
+    def names(self, value: Any, entry: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            self.fail(entry, f"expected a list of names, got {_type_name(value)}",
+                      'write it as ["name1", "name2"]')
+        items = tuple(self.string(v, f"{entry}[{i}]") for i, v in enumerate(value))
+        for i, item in enumerate(items):
+            if item in items[:i]:
+                self.fail(f"{entry}[{i}]", f"{item!r} is listed twice", "list it once")
+        return items
+
+    def existing_file(self, value: Any, entry: str, what: str) -> Path:
+        target = self.folder / self.string(value, entry)
+        if not target.is_file():
+            self.fail(entry, f"{what} {target} does not exist",
+                      f"create it or fix the path (relative to {self.folder})")
+        return target
+
+    # -- the file ---------------------------------------------------------------------------
+    def load(self, env_name: str) -> Spec:
+        try:
+            doc = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.fail("spec", "file not found", "create it or point IVC_SPEC at the declarations")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            self.fail("toml", f"invalid TOML: {exc}", "fix the syntax")
+        self.keys(doc, "", TOP_KEYS)
+        secgroups_raw = self.table(doc.get("secgroups", {}), "secgroups")
+        secgroups = {name: self.secgroup(name, raw, secgroups_raw) for name, raw in secgroups_raw.items()}
+        keypairs = {name: self.keypair(name, raw)
+                    for name, raw in self.table(doc.get("keypairs", {}), "keypairs").items()}
+        defaults_raw = self.table(doc.get("defaults", {}), "defaults")
+        if "volumes" in defaults_raw:
+            self.fail("defaults.volumes", "a volume attaches to one server",
+                      "declare volumes in each [servers.NAME]")
+        self.keys(defaults_raw, "defaults", DEFAULT_KEYS)
+        defaults = self.server_fields(defaults_raw, "defaults")
+        servers = {name: self.server(name, raw, defaults)
+                   for name, raw in self.table(doc.get("servers", {}), "servers").items()}
+        self.check_volumes_unique(servers)
+        spec = Spec(path=self.path, env_name=env_name, keypairs=keypairs, secgroups=secgroups,
+                    servers=servers)
+        rendered = {name: replace(s, userdata=render_userdata(spec, s)) for name, s in servers.items()}
+        return replace(spec, servers=rendered)
+
+    # -- keypairs ---------------------------------------------------------------------------
+    def keypair(self, name: str, raw: Any) -> Keypair:
+        entry = f"keypairs.{name}"
+        if not KEYPAIR_NAME.match(name):
+            self.fail(entry, f"{name!r} is not a valid keypair name",
+                      "use letters, digits, '_', '-' or spaces (at most 255)")
+        self.keys(self.table(raw, entry), entry, KEYPAIR_KEYS)
+        if "public_key_file" not in raw:
+            self.fail(f"{entry}.public_key_file", "is missing", 'set public_key_file = "keys/NAME.pub"')
+        key_file = self.existing_file(raw["public_key_file"], f"{entry}.public_key_file",
+                                      "public key file")
+        text = key_file.read_text(encoding="utf-8", errors="replace").strip()
+        if "PRIVATE KEY" in text:
+            self.fail(f"{entry}.public_key_file", f"{key_file} holds a PRIVATE key",
+                      "point it at the .pub file, and keep the private key out of the repo")
+        if not text.startswith(PUBLIC_KEY_TYPES):
+            self.fail(f"{entry}.public_key_file", f"{key_file} is not an OpenSSH public key",
+                      "use the one-line .pub file made by ssh-keygen")
+        return Keypair(name=name, public_key_file=key_file, public_key=text)
+
+    # -- security groups ----------------------------------------------------------------------
+    def secgroup(self, name: str, raw: Any, declared: Mapping[str, Any]) -> SecGroup:
+        entry = f"secgroups.{name}"
+        if not name.strip() or len(name) > 255 or name.lower() == "default":
+            self.fail(entry, f"{name!r} is not a usable group name",
+                      "pick a non-empty name of at most 255 characters other than 'default'")
+        self.keys(self.table(raw, entry), entry, SECGROUP_KEYS)
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            self.fail(f"{entry}.description", f"expected a string, got {_type_name(description)}",
+                      'quote it: description = "..."')
+        rules = raw.get("rules", [])
+        if not isinstance(rules, list):
+            self.fail(f"{entry}.rules", f"expected a list of rules, got {_type_name(rules)}",
+                      "write rules = [ { ... }, ... ] or use [[secgroups.NAME.rules]]")
+        parsed = tuple(self.rule(r, f"{entry}.rules[{i}]", declared) for i, r in enumerate(rules))
+        return SecGroup(name=name, description=description, rules=parsed)
+
+    def rule(self, raw: Any, entry: str, declared: Mapping[str, Any]) -> Rule:
+        self.keys(self.table(raw, entry), entry, RULE_KEYS)
+        direction = raw.get("direction", "ingress")
+        if direction not in ("ingress", "egress"):
+            self.fail(f"{entry}.direction", f"{direction!r} is not a direction",
+                      'use "ingress" or "egress"')
+        protocol, number = self.protocol(raw.get("protocol"), f"{entry}.protocol")
+        prefix, family = self.prefix(raw.get("remote_ip_prefix"), f"{entry}.remote_ip_prefix")
+        ethertype = self.ethertype(raw.get("ethertype"), f"{entry}.ethertype", family, number)
+        if number in IPV6_ONLY_PROTOCOLS and ethertype == "IPv4":
+            self.fail(f"{entry}.ethertype", f"protocol {protocol!r} is IPv6-only but the rule is IPv4",
+                      'set ethertype = "IPv6" (and an IPv6 remote_ip_prefix, if any)')
+        pmin, pmax = self.ports(raw, entry, protocol, number)
+        group = raw.get("remote_group")
+        if group is not None:
+            group = self.string(group, f"{entry}.remote_group")
+            if group not in declared:
+                close = difflib.get_close_matches(group, list(declared), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "declare it under [secgroups]"
+                self.fail(f"{entry}.remote_group", f"{group!r} is not a declared security group", hint)
+            if prefix is not None:
+                self.fail(entry, "remote_ip_prefix and remote_group are both set",
+                          "keep one: a rule matches either addresses or members of a group")
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            self.fail(f"{entry}.description", f"expected a string, got {_type_name(description)}",
+                      'quote it: description = "..."')
+        return Rule(direction=direction, ethertype=ethertype, protocol=protocol,
+                    port_range_min=pmin, port_range_max=pmax, remote_ip_prefix=prefix,
+                    remote_group=group, description=description)
+
+    def protocol(self, raw: Any, entry: str) -> tuple[str | None, int | None]:
+        try:
+            number = protocol_number(raw)
+        except ValueError as exc:
+            self.fail(entry, str(exc), 'use a name such as "tcp", "udp", "icmp" or a number 0-255')
+        if number is None:
+            return None, None
+        if isinstance(raw, int) or raw.strip().isdigit():
+            return str(number), number
+        return raw.strip().lower(), number
+
+    def prefix(self, raw: Any, entry: str) -> tuple[str | None, int | None]:
+        if raw is None:
+            return None, None
+        text = self.string(raw, entry)
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                self.fail(entry, f"{text!r} is not an IP address or CIDR",
+                          'write e.g. "203.0.113.0/24", "198.51.100.7" or "2001:db8::/32"')
+            self.fail(entry, f"{text!r} has host bits set", f'use the network "{loose}"')
+        return str(network), network.version
+
+    def ethertype(self, raw: Any, entry: str, family: int | None, number: int | None) -> str:
+        if raw is None:
+            if family is not None:
+                return f"IPv{family}"
+            return "IPv6" if number in IPV6_ONLY_PROTOCOLS else "IPv4"
+        canonical = {"ipv4": "IPv4", "ipv6": "IPv6"}.get(str(raw).lower())
+        if canonical is None:
+            self.fail(entry, f"{raw!r} is not an ethertype", 'use "IPv4" or "IPv6"')
+        if family is not None and canonical != f"IPv{family}":
+            self.fail(entry, f"{canonical} contradicts the IPv{family} remote_ip_prefix",
+                      f'set ethertype = "IPv{family}" or remove it')
+        return canonical
+
+    def ports(self, raw: dict, entry: str, protocol: str | None, number: int | None
+              ) -> tuple[int | None, int | None]:
+        has_icmp = "icmp_type" in raw or "icmp_code" in raw
+        if "ports" in raw and has_icmp:
+            self.fail(entry, "ports and icmp_type/icmp_code are both set",
+                      "keep ports for tcp/udp/sctp, icmp_type/icmp_code for icmp")
+        if "ports" in raw:
+            if number not in PORT_PROTOCOLS:
+                fix = ("use icmp_type/icmp_code instead" if number in ICMP_PROTOCOLS else
+                       "remove ports, or use tcp, udp, sctp, udplite or dccp")
+                self.fail(f"{entry}.ports", f"protocol {protocol or 'any'} has no ports", fix)
+            return self.port_range(raw["ports"], f"{entry}.ports")
+        if has_icmp:
+            if number not in ICMP_PROTOCOLS:
+                self.fail(f"{entry}.icmp_type" if "icmp_type" in raw else f"{entry}.icmp_code",
+                          f"protocol {protocol or 'any'} has no ICMP type or code",
+                          'set protocol = "icmp" (or "ipv6-icmp") or remove them')
+            if "icmp_type" not in raw:
+                self.fail(f"{entry}.icmp_code", "an ICMP code needs an icmp_type", "add icmp_type")
+            return (self.icmp_value(raw["icmp_type"], f"{entry}.icmp_type"),
+                    self.icmp_value(raw["icmp_code"], f"{entry}.icmp_code")
+                    if "icmp_code" in raw else None)
+        return None, None
+
+    def port_range(self, raw: Any, entry: str) -> tuple[int, int]:
+        text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text) if isinstance(text, str) else None
+        if match is None:
+            self.fail(entry, f"{raw!r} is not a port or a port range", 'write "22" or "8000-8100"')
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not (1 <= low <= 65535 and 1 <= high <= 65535):
+            self.fail(entry, f"{raw!r} is outside 1-65535", "use ports from 1 to 65535")
+        if low > high:
+            self.fail(entry, f"{raw!r} starts above its end", f'write "{high}-{low}"')
+        return low, high
+
+    def icmp_value(self, raw: Any, entry: str) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 255:
+            self.fail(entry, f"{raw!r} is not an integer from 0 to 255",
+                      "write e.g. icmp_type = 8 (echo request)")
+        return raw
+
+    # -- servers ---------------------------------------------------------------------------
+    def server_fields(self, raw: dict, entry: str) -> dict[str, Any]:
+        parsers: dict[str, Callable[[Any, str], Any]] = {
+            "image": self.string, "flavor": self.string, "keypair": self.keypair_ref,
+            "security_groups": self.names, "networks": self.names, "volumes": self.names,
+            "floating_ip": self.boolean, "config_drive": self.boolean,
+            "userdata": lambda v, e: self.existing_file(v, e, "userdata template"),
+            "userdata_vars": self.userdata_vars, "files": self.files, "metadata": self.metadata,
+        }
+        return {key: parsers[key](value, f"{entry}.{key}") for key, value in raw.items()}
+
+    def server(self, name: str, raw: Any, defaults: dict[str, Any]) -> Server:
+        entry = f"servers.{name}"
+        if not SERVER_NAME.match(name):
+            self.fail(entry, f"{name!r} is not a valid server name",
+                      "use 1-63 lower-case letters, digits and '-', not starting or ending with '-'")
+        self.keys(self.table(raw, entry), entry, SERVER_KEYS)
+        own = self.server_fields(raw, entry)
+        merged = {**defaults, **own}
+        for key in MERGED_KEYS:
+            merged[key] = {**defaults.get(key, {}), **own.get(key, {})}
+        for key in ("image", "flavor", "networks"):
+            if not merged.get(key):
+                problem = "is empty" if key in merged else "is missing"
+                self.fail(f"{entry}.{key}", problem, f"set {key} in [{entry}] or in [defaults]")
+        return Server(
+            name=name, image=merged["image"], flavor=merged["flavor"],
+            networks=merged["networks"], volumes=merged.get("volumes", ()),
+            security_groups=merged.get("security_groups", ()), keypair=merged.get("keypair"),
+            floating_ip=merged.get("floating_ip", False), config_drive=merged.get("config_drive"),
+            userdata_template=merged.get("userdata"), userdata_vars=merged["userdata_vars"],
+            files=merged.get("files", ()), metadata=merged["metadata"],
+        )
+
+    def keypair_ref(self, value: Any, entry: str) -> str:
+        name = self.string(value, entry)
+        if not KEYPAIR_NAME.match(name):
+            self.fail(entry, f"{name!r} is not a valid keypair name",
+                      "use letters, digits, '_', '-' or spaces")
+        return name
+
+    def userdata_vars(self, value: Any, entry: str) -> dict[str, Any]:
+        for key in self.table(value, entry):
+            if key in RESERVED_VARS:
+                self.fail(f"{entry}.{key}", "is set by ivc for every template",
+                          f"rename it ({', '.join(RESERVED_VARS)} are reserved)")
+            if not key.isidentifier():
+                self.fail(f"{entry}.{key}", "is not usable as a template variable",
+                          "use letters, digits and '_', not starting with a digit")
+        return dict(value)
+
+    def metadata(self, value: Any, entry: str) -> dict[str, str]:
+        for key, item in self.table(value, entry).items():
+            where = f"{entry}.{key}"
+            if key.lower().startswith(RESERVED_METADATA_PREFIX):
+                self.fail(where, f"keys starting with {RESERVED_METADATA_PREFIX!r} are reserved for ivc",
+                          "rename the key")
+            if not isinstance(item, str):
+                self.fail(where, f"expected a string, got {_type_name(item)}", f'quote it: {key} = "{item}"')
+            if not key or len(key) > METADATA_MAX or len(item) > METADATA_MAX:
+                self.fail(where, f"keys and values must be 1-{METADATA_MAX} characters", "shorten it")
+        return dict(value)
+
+    def files(self, value: Any, entry: str) -> tuple[FileSpec, ...]:
+        if not isinstance(value, list):
+            self.fail(entry, f"expected a list of files, got {_type_name(value)}",
+                      'write files = [ { path = "/etc/motd", source = "files/motd" } ]')
+        out: list[FileSpec] = []
+        for i, raw in enumerate(value):
+            where = f"{entry}[{i}]"
+            self.keys(self.table(raw, where), where, FILE_KEYS)
+            for key in ("path", "source"):
+                if key not in raw:
+                    self.fail(f"{where}.{key}", "is missing", f"set {key} for every file")
+            target = self.string(raw["path"], f"{where}.path")
+            if not target.startswith("/"):
+                self.fail(f"{where}.path", f"{target!r} is not an absolute path", 'write e.g. "/etc/motd"')
+            if any(f.path == target for f in out):
+                self.fail(f"{where}.path", f"{target!r} is declared twice", "declare each path once")
+            permissions = raw.get("permissions", "0644")
+            if not isinstance(permissions, str) or not PERMISSIONS.match(permissions):
+                self.fail(f"{where}.permissions", f"{permissions!r} is not an octal mode",
+                          'quote it: permissions = "0644"')
+            owner = raw.get("owner")
+            out.append(FileSpec(
+                path=target,
+                source=self.existing_file(raw["source"], f"{where}.source", "source file"),
+                permissions=permissions.rjust(4, "0"),
+                owner=None if owner is None else self.string(owner, f"{where}.owner"),
+            ))
+        return tuple(out)
+
+    def check_volumes_unique(self, servers: Mapping[str, Server]) -> None:
+        seen: dict[str, str] = {}
+        for server in servers.values():
+            for volume in server.volumes:
+                if volume in seen:
+                    self.fail(f"servers.{server.name}.volumes", f"{volume!r} is also a volume of "
+                              f"servers.{seen[volume]}", "a volume attaches to one server: keep it on one")
+                seen[volume] = server.name

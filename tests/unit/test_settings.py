@@ -1,0 +1,195 @@
+"""Settings: env file + environment -> one validated, frozen Settings."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ivc_tasks.errors import ConfigError
+from ivc_tasks.settings import PACKAGE_ROOT, Settings, load_settings
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "env").mkdir()
+    return tmp_path
+
+
+def write_env(root: Path, name: str, text: str) -> Path:
+    path = root / "env" / f"{name}.env"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(root):
+    env_file = write_env(root, "local", "OS_CLOUD=devcloud\n")
+    settings = load_settings(root=root, environ={})
+    assert settings == Settings(
+        env="local", root=root, env_file=env_file, spec_path=root / "env" / "local.toml",
+        os_cloud="devcloud", boot_timeout=300.0, volume_timeout=120.0, delete_timeout=120.0,
+        stop_timeout=120.0, poll_interval=0.5, retry_attempts=6, retry_max_seconds=120.0,
+    )
+    assert dict(settings.os_vars) == {"OS_CLOUD": "devcloud"}
+    assert type(settings.retry_attempts) is int
+
+
+def test_values_from_the_file(root):
+    write_env(root, "local", "\n".join([
+        "OS_CLOUD=c1", "IVC_BOOT_TIMEOUT=42.5", "IVC_VOLUME_TIMEOUT=7", "IVC_DELETE_TIMEOUT=8",
+        "IVC_STOP_TIMEOUT=9", "IVC_POLL_INTERVAL=0.1", "IVC_RETRY_ATTEMPTS=3",
+        "IVC_RETRY_MAX_SECONDS=30", "IVC_SPEC=decl/other.toml", "OTHER=x",
+    ]))
+    s = load_settings(root=root, environ={})
+    assert (s.boot_timeout, s.volume_timeout, s.delete_timeout, s.stop_timeout, s.poll_interval,
+            s.retry_attempts, s.retry_max_seconds) == (42.5, 7.0, 8.0, 9.0, 0.1, 3, 30.0)
+    assert s.spec_path == root / "decl" / "other.toml"
+    assert s.values["OTHER"] == "x"
+
+
+def test_environment_wins_over_the_file(root):
+    write_env(root, "local", "OS_CLOUD=from-file\nIVC_BOOT_TIMEOUT=10\nOS_REGION_NAME=r1\nOTHER=f\n")
+    environ = {"OS_CLOUD": "from-env", "IVC_BOOT_TIMEOUT": "20", "OS_INTERFACE": "public",
+               "HOME": "/root", "OTHER": "e"}
+    s = load_settings(root=root, environ=environ)
+    assert (s.os_cloud, s.boot_timeout, s.values["OTHER"]) == ("from-env", 20.0, "e")
+    assert dict(s.os_vars) == {"OS_CLOUD": "from-env", "OS_REGION_NAME": "r1",
+                               "OS_INTERFACE": "public"}
+    assert "HOME" not in s.values
+
+
+@pytest.mark.parametrize(("env_arg", "environ", "expected"), [
+    (None, {}, "local"),
+    (None, {"IVC_ENV": "staging"}, "staging"),
+    ("prod", {"IVC_ENV": "staging"}, "prod"),  # an explicit argument wins
+])
+def test_which_env(root, env_arg, environ, expected):
+    for name in ("local", "staging", "prod"):
+        write_env(root, name, f"OS_CLOUD={name}-cloud\n")
+    s = load_settings(env_arg, root=root, environ=environ)
+    assert (s.env, s.os_cloud, s.env_file) == (expected, f"{expected}-cloud",
+                                               root / "env" / f"{expected}.env")
+
+
+def test_root_from_ivc_root(root):
+    write_env(root, "local", "")
+    assert load_settings(environ={"IVC_ROOT": str(root)}).root == root
+
+
+def test_default_root_is_the_repository():
+    assert PACKAGE_ROOT == Path(__file__).resolve().parents[2]
+    assert load_settings("example", environ={}).root == PACKAGE_ROOT
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("secrets/clouds.yaml", "{root}/secrets/clouds.yaml"),
+    ("/etc/openstack/clouds.yaml", "/etc/openstack/clouds.yaml"),
+])
+def test_client_config_file_resolved_against_root(root, given, expected):
+    write_env(root, "local", f"OS_CLIENT_CONFIG_FILE={given}\n")
+    s = load_settings(root=root, environ={})
+    assert s.os_vars["OS_CLIENT_CONFIG_FILE"] == expected.format(root=root)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("env/x.toml", "{root}/env/x.toml"), ("/abs/spec.toml", "/abs/spec.toml"),
+])
+def test_spec_path(root, given, expected):
+    write_env(root, "local", "")
+    assert str(load_settings(root=root, environ={"IVC_SPEC": given}).spec_path) == expected.format(root=root)
+
+
+def test_empty_values_mean_default(root):
+    write_env(root, "local", "IVC_BOOT_TIMEOUT=\nIVC_RETRY_ATTEMPTS=\nOS_CLOUD=\nBARE_KEY\n")
+    s = load_settings(root=root, environ={})
+    assert (s.boot_timeout, s.retry_attempts, s.os_cloud) == (300.0, 6, None)
+
+
+def test_redacted_masks_secrets_and_repr_hides_them(root):
+    write_env(root, "local", "\n".join([
+        "OS_CLOUD=c", "OS_PASSWORD=hunter2", "OS_APPLICATION_CREDENTIAL_SECRET=s3cret",
+        "OS_AUTH_TOKEN=tok", "OS_USERNAME=alice", "my_secret_thing=x", "Api_Token=y",
+    ]))
+    s = load_settings(root=root, environ={})
+    red = s.redacted()
+    assert red["os_vars"] == {
+        "OS_APPLICATION_CREDENTIAL_SECRET": "***", "OS_AUTH_TOKEN": "***", "OS_CLOUD": "c",
+        "OS_PASSWORD": "***", "OS_USERNAME": "alice",
+    }
+    assert red["values"]["my_secret_thing"] == "***"
+    assert red["values"]["Api_Token"] == "***"
+    assert red["boot_timeout"] == 300.0 and red["env"] == "local"
+    printed = repr(s) + str(red)
+    for secret in ("hunter2", "s3cret", "tok"):
+        assert secret not in printed
+    assert s.os_vars["OS_PASSWORD"] == "hunter2"  # the real value is still there to use
+
+
+def test_settings_are_frozen(root):
+    write_env(root, "local", "")
+    s = load_settings(root=root, environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.boot_timeout = 1
+    with pytest.raises(TypeError):
+        s.os_vars["OS_CLOUD"] = "x"
+
+
+# -- bad inputs: each raises ConfigError naming the file and the variable ----------------------
+BAD_VALUES = [
+    ("IVC_BOOT_TIMEOUT", "soon", "is not a number of seconds"),
+    ("IVC_BOOT_TIMEOUT", "5m", "is not a number of seconds"),
+    ("IVC_VOLUME_TIMEOUT", "0", "must be greater than 0"),
+    ("IVC_DELETE_TIMEOUT", "-1", "must be greater than 0"),
+    ("IVC_STOP_TIMEOUT", "inf", "must be greater than 0"),
+    ("IVC_POLL_INTERVAL", "nan", "must be greater than 0"),
+    ("IVC_RETRY_ATTEMPTS", "2.5", "is not a whole number"),
+    ("IVC_RETRY_ATTEMPTS", "many", "is not a whole number"),
+    ("IVC_RETRY_MAX_SECONDS", "1e", "is not a number of seconds"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), BAD_VALUES)
+def test_bad_value_in_file(root, key, value, problem):
+    env_file = write_env(root, "local", f"{key}={value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(root=root, environ={})
+    message = str(info.value)
+    assert message.startswith(f"{env_file}: {key}: {value!r} {problem}; ")
+    assert "\n" not in message
+
+
+def test_bad_value_in_environment_says_so(root):
+    env_file = write_env(root, "local", "IVC_BOOT_TIMEOUT=30\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(root=root, environ={"IVC_BOOT_TIMEOUT": "later"})
+    assert str(info.value) == (
+        f"{env_file} (overridden by the environment): IVC_BOOT_TIMEOUT: 'later' is not a number "
+        "of seconds; set it to e.g. 300 or remove it")
+
+
+@pytest.mark.parametrize(("existing", "listed"), [
+    (["local", "prod"], "local, prod"),
+    ([], "none (env/ has no *.env file)"),
+])
+def test_missing_env_file(root, existing, listed):
+    for name in existing:
+        write_env(root, name, "")
+    with pytest.raises(ConfigError) as info:
+        load_settings("staging", root=root, environ={})
+    assert str(info.value) == (
+        f"{root}/env/staging.env: IVC_ENV: no env file for environment 'staging'; create it or "
+        f"pick one of: {listed}")
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b", "-x", "with space"])
+def test_bad_env_name(root, name):
+    write_env(root, "local", "")
+    with pytest.raises(ConfigError) as info:
+        load_settings(root=root, environ={"IVC_ENV": name})
+    assert f": IVC_ENV: {name!r} is not an environment name; " in str(info.value)
+    assert "available: local" in str(info.value)
+
+
+def test_exit_code_is_invalid_input(root):
+    with pytest.raises(ConfigError) as info:
+        load_settings("nope", root=root, environ={})
+    assert info.value.exit_code == 2

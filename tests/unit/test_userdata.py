@@ -1,0 +1,158 @@
+"""User_data rendering: template context, embedded files, size limit, change detection."""
+
+import base64
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ivc_tasks.errors import ConfigError
+from ivc_tasks.spec import FileSpec, Server, Spec
+from ivc_tasks.userdata import (
+    USERDATA_LIMIT, base64_size, gzip_b64, render_userdata, userdata_sha256, write_files_entry,
+)
+
+
+def make(tmp_path: Path, template: str | None, files=(), **server) -> tuple[Spec, Server]:
+    """A one-server Spec whose template (if any) has the given text."""
+    path = None
+    if template is not None:
+        path = tmp_path / "t.j2"
+        path.write_text(template)
+    srv = Server(name=server.pop("name", "web1"), image="i", flavor="f", networks=("n",),
+                 userdata_template=path, files=tuple(files), **server)
+    spec = Spec(path=tmp_path / "spec.toml", env_name="staging", servers={srv.name: srv})
+    return spec, srv
+
+
+def source(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_context_has_vars_server_env_and_metadata(tmp_path):
+    spec, srv = make(
+        tmp_path,
+        "#!/bin/sh\n# {{ server }} {{ env }} {{ metadata.role }} {{ greeting }} {{ n + 1 }}\n",
+        userdata_vars={"greeting": "hi", "n": 41}, metadata={"role": "web"},
+    )
+    assert render_userdata(spec, srv) == b"#!/bin/sh\n# web1 staging web hi 42\n"
+
+
+def test_nothing_to_render(tmp_path):
+    spec, srv = make(tmp_path, None)
+    assert render_userdata(spec, srv) is None
+
+
+def test_cloud_config_without_files_is_kept_verbatim(tmp_path):
+    text = "#cloud-config\n# a comment survives\nhostname: {{ server }}\n"
+    spec, srv = make(tmp_path, text)
+    assert render_userdata(spec, srv) == b"#cloud-config\n# a comment survives\nhostname: web1\n"
+
+
+def test_files_are_appended_to_write_files(tmp_path):
+    motd = source(tmp_path, "motd", b"hello\n")
+    key = source(tmp_path, "key", b"\x00\x01binary")
+    template = ("#cloud-config\nhostname: {{ server }}\n"
+                "write_files:\n  - path: /etc/own\n    content: mine\n")
+    spec, srv = make(tmp_path, template, files=[
+        FileSpec("/etc/motd", motd), FileSpec("/etc/key", key, "0600", "root:root")])
+    data = render_userdata(spec, srv)
+    assert data.startswith(b"#cloud-config\n")
+    config = yaml.safe_load(data)
+    assert config["hostname"] == "web1"
+    assert [(f["path"], f.get("encoding"), f.get("permissions"), f.get("owner"))
+            for f in config["write_files"]] == [
+        ("/etc/own", None, None, None),
+        ("/etc/motd", "gz+b64", "0644", None),
+        ("/etc/key", "gz+b64", "0600", "root:root"),
+    ]
+    contents = [gzip.decompress(base64.b64decode(f["content"])) for f in config["write_files"][1:]]
+    assert contents == [b"hello\n", b"\x00\x01binary"]
+
+
+def test_files_without_a_template_make_a_cloud_config(tmp_path):
+    motd = source(tmp_path, "motd", b"hi\n")
+    spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", motd)])
+    assert render_userdata(spec, srv) == (
+        "#cloud-config\nwrite_files:\n- path: /etc/motd\n  encoding: gz+b64\n"
+        f"  content: {gzip_b64(b'hi' + bytes([10]))}\n  permissions: '0644'\n").encode()
+
+
+def test_rendering_is_deterministic(tmp_path):
+    motd = source(tmp_path, "motd", b"same\n")
+    spec, srv = make(tmp_path, "#cloud-config\n{}\n", files=[FileSpec("/etc/motd", motd)])
+    first = render_userdata(spec, srv)
+    assert render_userdata(spec, srv) == first
+    assert userdata_sha256(first) == hashlib.sha256(first).hexdigest()
+
+
+@pytest.mark.parametrize(("data", "digest"), [
+    (None, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+])
+def test_userdata_sha256(data, digest):
+    assert userdata_sha256(data) == digest
+
+
+@pytest.mark.parametrize(("size", "encoded"), [(0, 0), (1, 4), (2, 4), (3, 4), (4, 8), (49149, 65532),
+                                               (49150, 65536)])
+def test_base64_size(size, encoded):
+    assert base64_size(b"x" * size) == encoded == len(base64.b64encode(b"x" * size))
+
+
+def test_gzip_b64_has_no_timestamp():
+    raw = base64.b64decode(gzip_b64(b"hello"))
+    assert raw[4:8] == b"\x00\x00\x00\x00"  # gzip MTIME field
+    assert gzip.decompress(raw) == b"hello"
+    assert gzip_b64(b"hello") == gzip_b64(b"hello")
+
+
+def test_write_files_entry(tmp_path):
+    path = source(tmp_path, "f", b"x")
+    assert write_files_entry(FileSpec("/f", path, "0640")) == {
+        "path": "/f", "encoding": "gz+b64", "content": gzip_b64(b"x"), "permissions": "0640"}
+
+
+@pytest.mark.parametrize(("size", "ok"), [(49149, True), (49150, False)])
+def test_size_limit_boundary(tmp_path, size, ok):
+    # 49149 bytes encode to 65532 base64 bytes (the largest multiple of 4 under 65535)
+    spec, srv = make(tmp_path, "x" * size)
+    if ok:
+        assert len(render_userdata(spec, srv)) == size
+        return
+    with pytest.raises(ConfigError) as info:
+        render_userdata(spec, srv)
+    assert str(info.value) == (
+        f"{spec.path}: servers.web1.userdata: user_data is 65536 bytes after base64, over Nova's "
+        f"limit of {USERDATA_LIMIT}; shrink the template or the embedded files (or fetch large "
+        "files at boot)")
+
+
+@pytest.mark.parametrize(("template", "files", "entry", "fragment"), [
+    ("#cloud-config\nx: {{ nope }}\n", False, "servers.web1.userdata",
+     "template {t} uses undefined variable 'nope'; add it to servers.web1.userdata_vars"),
+    ("#cloud-config\nx: {{ metadata.nope }}\n", False, "servers.web1.userdata",
+     "template {t} uses undefined"),
+    ("#cloud-config\n{% include 'other.j2' %}\n", False, "servers.web1.userdata",
+     "cannot find 'other.j2'"),
+    ("{% for %}", False, "servers.web1.userdata", "template {t} line 1:"),
+    ("#!/bin/sh\n", True, "servers.web1.files", "files need #cloud-config user_data"),
+    ("#cloud-config\n- a\n- b\n", True, "servers.web1.userdata", "is not a YAML mapping"),
+    ("#cloud-config\n- a\n- b\n", False, "servers.web1.userdata", "is not a YAML mapping"),
+    ("#cloud-config\nwrite_files: nope\n", True, "servers.web1.userdata", "write_files is not a list"),
+    ("#cloud-config\nx: 'unterminated\n", False, "servers.web1.userdata", "not valid YAML"),
+])
+def test_render_errors(tmp_path, template, files, entry, fragment):
+    motd = source(tmp_path, "motd", b"m")
+    spec, srv = make(tmp_path, template, files=[FileSpec("/etc/motd", motd)] if files else [])
+    with pytest.raises(ConfigError) as info:
+        render_userdata(spec, srv)
+    message = str(info.value)
+    assert message.startswith(f"{spec.path}: {entry}: ")
+    assert fragment.format(t=srv.userdata_template) in message
+    assert "\n" not in message
