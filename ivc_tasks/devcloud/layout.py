@@ -96,6 +96,8 @@ class Layout:
     def make_dirs(self) -> None:
         for path in (self.etc, self.logs, self.run, self.data, self.state):
             path.mkdir(parents=True, exist_ok=True)
+        # Services run in this folder; the marker lets another checkout's devcloud recognise them.
+        (self.root / ".ivc-devcloud").write_text("ivc devcloud cache folder\n")
 
 
 def default_layout() -> Layout:

@@ -98,14 +98,38 @@ def environ_of(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
+MARKER_FILE = ".ivc-devcloud"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def marked_processes() -> dict[int, tuple[str, str]]:
-    """Return {pid: (cache folder, service)} for every process a devcloud started."""
+    """Return {pid: (cache folder, service)} for every process a devcloud started.
+
+    A process is recognised by the mark in its environment or, since gunicorn and the oslo
+    services overwrite that memory when they set their process titles, by its working
+    directory: a devcloud starts its services in its cache folder, which holds a marker file.
+    """
     found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            env = environ_of(int(entry.name))
-            if MARK in env:
-                found[int(entry.name)] = (env[MARK], env.get("IVC_DEVCLOUD_SERVICE", "?"))
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        env = environ_of(pid)
+        if MARK in env:
+            found[pid] = (env[MARK], env.get("IVC_DEVCLOUD_SERVICE", "?"))
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if os.path.exists(os.path.join(cwd, MARKER_FILE)):
+            found[pid] = (cwd, _cmdline(pid)[:40] or "?")
     return found
 
 
