@@ -11,8 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -187,10 +188,12 @@ def sync_databases(layout: Layout, secrets: dict, say: Say) -> None:
             run(argv, log=log)
         return name
 
+    t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=3) as pool:
-        for name in pool.map(chain, ["nova", "neutron", "keystone", "cinder", "glance",
-                                     "placement"]):
-            say(f"database schema ready: {name}")
+        futures = [pool.submit(chain, name) for name in
+                   ("nova", "neutron", "keystone", "cinder", "glance", "placement")]
+        for future in as_completed(futures):
+            say(f"database schema ready: {future.result()} ({time.monotonic() - t0:.1f}s)")
 
 
 def _keystone_bootstrap(layout: Layout, secrets: dict) -> list[str]:
