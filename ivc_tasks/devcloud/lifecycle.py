@@ -273,7 +273,12 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
         if result.started:
             _wait_cloud_ready(secrets, say, not ours, layout)
         if not layout.stamp("seeded").exists():
-            seed.seed_demo(layout, secrets, say)
+            try:
+                seed.seed_demo(layout, secrets, say)
+            except Exception as exc:  # seen once: a 403 from a service just started; idempotent
+                say(f"seeding failed ({type(exc).__name__}: {str(exc)[:160]}); trying once more")
+                time.sleep(3)
+                seed.seed_demo(layout, secrets, say)
             layout.stamp("seeded").write_text("ok")
             result.seeded = True
         for path in seed.write_clouds_yaml(layout, secrets):
