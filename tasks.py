@@ -2,7 +2,9 @@
 
 from invoke import Collection
 
-from ivc_tasks.tasks import devcloud
+from ivc_tasks.tasks import devcloud, steps
 
 ns = Collection()
+for step in (steps.ensure_secgroups, steps.create_instance, steps.attach_volume, steps.deploy):
+    ns.add_task(step)
 ns.add_collection(Collection.from_module(devcloud))

@@ -3,7 +3,10 @@
 These tests fail, rather than skip, when the cloud does not answer: CI brings it up first.
 """
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -36,3 +39,128 @@ def admin_conn():
 def unique():
     """A prefix for this test's resources, so that tests never collide."""
     return f"t-{uuid.uuid4().hex[:8]}"
+
+
+# -- running ivc's own tasks against the local cloud -------------------------------------------
+class IvcRun:
+    """One `invoke` run: exit code, the JSON object it printed (None if not JSON), stdout, stderr."""
+
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+        try:
+            self.data = json.loads(out)
+        except ValueError:
+            self.data = None
+
+    def __repr__(self):
+        return f"IvcRun(code={self.code}, err={self.err[-2000:]!r})"
+
+
+class Ivc:
+    """ivc's tasks run as a user runs them (`python -m invoke ...`), with this test's own env file
+    and spec under tmp_path: environment `<unique>`, so every server ivc makes carries
+    `ivc_env=<unique>` and can be found and deleted afterwards."""
+
+    def __init__(self, tmp_path, unique, conn):
+        self.root, self.env, self.conn = tmp_path, unique, conn
+        self.prefix = unique
+        self.volumes = []
+        (tmp_path / "env" / "templates").mkdir(parents=True)
+        (tmp_path / "env" / "templates" / "ci.j2").write_text(
+            "#cloud-config\nhostname: {{ server }}\nwrite_files:\n  - path: /etc/ivc-test\n"
+            "    content: {{ (greeting ~ ' ' ~ env) | tojson }}\n")
+        self.env_file = tmp_path / "env" / f"{unique}.env"
+        self.write_env()
+
+    @property
+    def spec_path(self):
+        return self.root / "env" / f"{self.env}.toml"
+
+    def write_env(self, extra=""):
+        self.env_file.write_text(f"OS_CLOUD=ivc-local\nOS_CLIENT_CONFIG_FILE={CLOUDS_YAML}\n"
+                                 f"IVC_POLL_INTERVAL=0.5\n{extra}")
+
+    def write_spec(self, text):
+        self.spec_path.write_text(text.replace("PREFIX", self.prefix))
+        return self.spec_path
+
+    def run(self, *args, env=None):
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("IVC_", "OS_"))}
+        environ.update({"IVC_ROOT": str(self.root), "IVC_ENV": self.env, **(env or {})})
+        proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=environ,
+                              capture_output=True, text=True, timeout=600)
+        return IvcRun(proc.returncode, proc.stdout, proc.stderr)
+
+    def volume(self, suffix, name=None):
+        """A 1 GB volume made for this test with plain openstacksdk (deleted afterwards)."""
+        volume = self.conn.block_storage.create_volume(name=name or f"{self.prefix}-{suffix}",
+                                                       size=1)
+        self.volumes.append(volume)
+        return self.conn.block_storage.wait_for_status(volume, "available", interval=0.5,
+                                                       wait=120)
+
+    def servers(self):
+        return [s for s in self.conn.compute.servers(details=True)
+                if (s.metadata or {}).get("ivc_env") == self.env]
+
+    def cleanup(self):
+        servers = self.servers() + [s for s in self.conn.compute.servers()
+                                    if s.name.startswith(self.prefix)]
+        for server in {s.id: s for s in servers}.values():
+            self.conn.compute.delete_server(server, ignore_missing=True)
+        for server in servers:
+            self.conn.compute.wait_for_delete(server, interval=0.5, wait=120)
+        for fip in self.conn.network.ips():
+            if (fip.description or "").startswith(f"ivc:{self.env}:"):
+                self.conn.network.delete_ip(fip)
+        for group in self.conn.network.security_groups():
+            if group.name.startswith(self.prefix):
+                self.conn.network.delete_security_group(group)
+        for key in self.conn.compute.keypairs():
+            if key.name.startswith(self.prefix):
+                self.conn.compute.delete_keypair(key)
+        for volume in self.volumes:  # only the volumes this test made
+            volume = self.conn.block_storage.get_volume(volume.id)
+            for attachment in volume.attachments or []:
+                self.conn.compute.delete_volume_attachment(attachment["server_id"], volume.id)
+            volume = self.conn.block_storage.wait_for_status(volume, "available", interval=0.5,
+                                                             wait=120)
+            self.conn.block_storage.delete_volume(volume)
+
+
+@pytest.fixture
+def ivc(tmp_path, unique, conn):
+    """Run ivc's tasks with this test's own env and spec; delete what it made afterwards."""
+    helper = Ivc(tmp_path, unique, conn)
+    yield helper
+    helper.cleanup()
+
+
+def cloud_state(conn, prefix, env=None):
+    """What the project holds that a test named ``prefix`` (environment ``env``) could touch,
+    to compare before and after a run that must change nothing.
+
+    Other tests (and other sessions) share the project, so the comparison is limited to this
+    test's resources: servers, groups, volumes and keypairs named ``prefix...``, servers tagged
+    ``ivc_env=env``, floating IPs described for ``env`` or on this test's servers, and the
+    shared keypair ``ivc-demo``. Runs that print JSON also prove it directly:
+    ``mutating_requests`` is 0.
+    """
+    env = env or prefix
+    servers = [s for s in conn.compute.servers(details=True)
+               if s.name.startswith(prefix) or (s.metadata or {}).get("ivc_env") == env]
+    ports = {p.id for s in servers for p in conn.network.ports(device_id=s.id)}
+    return {
+        "servers": sorted((s.id, s.name, s.status, tuple(sorted(s.metadata.items())))
+                          for s in servers),
+        "groups": sorted((g.id, g.name, len(g.security_group_rules or []))
+                         for g in conn.network.security_groups() if g.name.startswith(prefix)),
+        "volumes": sorted((v.id, v.status, tuple(sorted(a["server_id"] for a in v.attachments)))
+                          for v in conn.block_storage.volumes() if (v.name or "").startswith(prefix)),
+        "keypairs": sorted((k.name, k.fingerprint) for k in conn.compute.keypairs()
+                           if k.name.startswith(prefix) or k.name == "ivc-demo"),
+        "floating_ips": sorted((f.id, f.port_id) for f in conn.network.ips()
+                               if (f.description or "").startswith(f"ivc:{env}:")
+                               or f.port_id in ports),
+    }

@@ -1,0 +1,277 @@
+"""The connection to the cloud: one per process, every HTTP request counted, every call retried.
+
+``connect(settings)`` opens an openstacksdk connection for ``settings.os_cloud`` with the env
+file's ``OS_*`` variables applied (only while the configuration is read), never prompting for
+anything, and hooks a counter on the underlying requests session before the first request, so
+that authentication and version discovery are counted too.
+
+``Cloud.call`` is the one way ops talk to the cloud: it runs a call under
+``retry.cloud_retrying`` (with the run's attempt and time limits) and turns what still fails
+into a ``CloudCallError`` (exit code 1) that carries the cloud's message and request id. A
+create passes ``lookup``: before re-sending it, the lookup looks for what a lost first attempt
+may have made.
+
+openstacksdk is imported inside functions only, so that ``invoke --list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.retry import cloud_retrying, describe_cloud_error, status_code
+
+if TYPE_CHECKING:
+    from ivc_tasks.settings import Settings
+
+log = logging.getLogger("ivc")
+T = TypeVar("T")
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CloudCallError(CloudError):
+    """A cloud call failed for good (after retries, where it was retried).
+
+    ``status`` is the HTTP status (None for a connection failure), ``original`` the exception.
+    """
+
+    def __init__(self, operation: str, original: BaseException, *, redact: str | None = None):
+        self.operation = operation
+        self.original = original
+        self.status = status_code(original)
+        super().__init__(scrub(f"{operation} failed: {describe_cloud_error(original)}", redact))
+
+    @property
+    def details(self) -> str:
+        """The cloud's own message, for callers that recognise one (e.g. "already exists")."""
+        return str(getattr(self.original, "details", None) or self.original)
+
+
+@dataclass
+class RequestCounter:
+    """Counts every HTTP response the connection's session receives, by method.
+
+    ``auth`` counts the token requests (``POST .../auth/tokens``); ``mutating`` the POST, PUT,
+    PATCH and DELETE requests other than those, i.e. the ones that change something.
+    """
+
+    by_method: Counter = field(default_factory=Counter)
+    auth: int = 0
+    mutating: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        """A requests response hook."""
+        method = str(response.request.method).upper()
+        is_auth = str(response.request.url).rstrip("/").endswith("/auth/tokens")
+        with self._lock:
+            self.by_method[method] += 1
+            self.auth += is_auth
+            self.mutating += method in MUTATING_METHODS and not is_auth
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_method.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts for JSON output: ``requests`` (all, auth and discovery included),
+        ``requests_by_method``, ``auth_requests`` and ``mutating_requests``."""
+        return {"requests": self.total, "requests_by_method": dict(sorted(self.by_method.items())),
+                "auth_requests": self.auth, "mutating_requests": self.mutating}
+
+
+@dataclass
+class Cloud:
+    """One run's connection, its limits, and what it has already listed.
+
+    :param conn: the openstacksdk Connection (or a stand-in with the same proxies in tests).
+    :param env: the environment's name (``ivc_env`` metadata).
+    :param run_id: this run's id (``ivc_run`` metadata), to recognise what this run created.
+    :param floating_network: the external network to take floating IPs from, by name or id
+        (``IVC_FLOATING_NETWORK``; default: the only external network).
+    :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
+    :param cache: lists already fetched in this run (see ``ivc_tasks.ops.resolve``).
+    """
+
+    conn: Any
+    env: str
+    counter: RequestCounter = field(default_factory=RequestCounter)
+    run_id: str = field(default_factory=lambda: new_run_id())
+    poll_interval: float = 0.5
+    boot_timeout: float = 300.0
+    volume_timeout: float = 120.0
+    retry_attempts: int = 6
+    retry_max_seconds: float = 120.0
+    floating_network: str | None = None
+    retry_overrides: Mapping[str, Any] = field(default_factory=dict)
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def call(
+        self,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        conflict_is_transient: bool = False,
+        lookup: Callable[[], T | None] | None = None,
+        redact: str | None = None,
+    ) -> T:
+        """Run ``fn()`` under the retry policy.
+
+        :param operation: what is being done, for logs and error messages ("create server web1").
+        :param fn: the call; a listing must return a list (not a generator), so that paging
+            happens inside the retry.
+        :param conflict_is_transient: retry HTTP 409 too (volume attach/detach only).
+        :param lookup: for a create: called before each re-send; when it returns something (what
+            the lost attempt made), that is returned instead of sending the create again.
+        :param redact: a secret sent in the call (base64 user_data): cut out of the error
+            message, which may quote it (Nova's validation errors quote the values).
+        :raises CloudCallError: the call failed for good.
+        """
+        retrying = cloud_retrying(operation=operation, conflict_is_transient=conflict_is_transient,
+                                  attempts=self.retry_attempts, max_seconds=self.retry_max_seconds,
+                                  **self.retry_overrides)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if lookup is not None and attempt.retry_state.attempt_number > 1:
+                        found = lookup()
+                        if found is not None:
+                            log.info("%s: found what the previous attempt made", operation)
+                            return found
+                    return fn()
+        except CloudCallError:
+            raise
+        except Exception as exc:
+            if not is_cloud_exception(exc):
+                raise
+            raise CloudCallError(operation, exc, redact=redact) from exc
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def poll(
+        self,
+        what: str,
+        fetch: Callable[[], T],
+        state: Callable[[T], str],
+        *,
+        done: Callable[[T], bool],
+        failed: Callable[[T], str | None],
+        timeout: float,
+    ) -> T:
+        """Fetch something every ``poll_interval`` until it is done, has failed, or time is up.
+
+        Logs a progress line on stderr whenever the state changes (and every 5 s).
+
+        :param what: the subject of the progress lines ("server web1").
+        :param fetch: one GET (already retried by the caller through ``call``).
+        :param state: a short text for progress lines, e.g. ``"BUILD (spawning)"``.
+        :param failed: returns why it failed (e.g. the server's fault), or None.
+        :raises CloudError: it failed, or was not done within ``timeout`` seconds.
+        """
+        start = self.clock()
+        last_state, last_log = None, start
+        while True:
+            self.sleep(self.poll_interval)
+            item = fetch()
+            now = self.clock()
+            current = state(item)
+            if current != last_state or now - last_log >= 5:
+                log.info("  %s: %s (%.1f s)", what, current, now - start)
+                last_state, last_log = current, now
+            if done(item):
+                return item
+            reason = failed(item)
+            if reason is not None:
+                raise CloudError(f"{what}: {reason}")
+            if now - start >= timeout:
+                raise CloudError(f"{what}: still {current} after {timeout:g} s; raise the timeout "
+                                 "(settings) or look at the cloud's side")
+
+
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Cut out of ``text`` every run of 16+ base64 characters that is part of ``secret``."""
+    if not secret:
+        return text
+    return _BASE64_RUN.sub(
+        lambda m: "<redacted user_data>" if m.group(0).rstrip("=") in secret else m.group(0), text)
+
+
+def new_run_id() -> str:
+    """Return a fresh id for one run (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
+
+
+def is_cloud_exception(exc: BaseException) -> bool:
+    """Return True for errors raised by openstacksdk, keystoneauth1 or requests."""
+    module = type(exc).__module__ or ""
+    return module.split(".")[0] in ("openstack", "keystoneauth1", "requests", "urllib3")
+
+
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set ``variables`` in os.environ for the duration of the block, then restore it."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def open_connection(settings: Settings, counter: RequestCounter) -> Any:
+    """Open an openstacksdk Connection for ``settings.os_cloud`` with ``counter`` hooked on.
+
+    No request is made here (openstacksdk authenticates on the first call), and nothing can
+    prompt: no password callback is given, so missing credentials are an error, not a prompt.
+
+    :raises ConfigError: the cloud is not in clouds.yaml, or its configuration is incomplete.
+    """
+    import openstack  # noqa: PLC0415 (keep `invoke --list` light)
+    from keystoneauth1 import exceptions as ksa  # noqa: PLC0415
+
+    try:
+        with _environment(settings.os_vars):
+            conn = openstack.connect(cloud=settings.os_cloud, app_name="ivc")
+    except (openstack.exceptions.ConfigException, ksa.MissingRequiredOptions,
+            ksa.MissingAuthPlugin) as exc:
+        where = settings.os_vars.get("OS_CLIENT_CONFIG_FILE") or "clouds.yaml"
+        raise ConfigError(f"{settings.env_file}: OS_CLOUD={settings.os_cloud!r}: {exc} ({where}); "
+                          "fix OS_CLOUD or the clouds.yaml entry") from None
+    conn.session.session.hooks.setdefault("response", []).append(counter.hook)
+    return conn
+
+
+def connect(settings: Settings, **overrides: Any) -> Cloud:
+    """Return the run's Cloud: one connection, counted, with the settings' limits.
+
+    :param overrides: Cloud fields to override (tests pass ``retry_overrides``).
+    :raises ConfigError: see ``open_connection``.
+    """
+    counter = RequestCounter()
+    conn = open_connection(settings, counter)
+    fields = dict(
+        conn=conn, env=settings.env, counter=counter, poll_interval=settings.poll_interval,
+        boot_timeout=settings.boot_timeout, volume_timeout=settings.volume_timeout,
+        retry_attempts=settings.retry_attempts, retry_max_seconds=settings.retry_max_seconds,
+        floating_network=settings.values.get("IVC_FLOATING_NETWORK") or None,
+    )
+    return Cloud(**(fields | overrides))

@@ -1,0 +1,310 @@
+"""ensure-secgroups: make the declared security groups and their rules exist.
+
+Find, compare, act only if needed:
+  * ONE request lists every group of the project with its rules (Neutron embeds them), however
+    many groups and rules there are; the comparison (``secgroup_rules.plan_rules``) is local;
+  * missing groups are created (one request each), a changed description is updated;
+  * every missing rule of every group goes in ONE bulk POST. Neutron checks duplicates, so a 409
+    "already exists" (a rule that appeared meanwhile) counts as done: ivc lists again and sends
+    what is still missing;
+  * with ``prune``, undeclared rules are deleted (logged first); without it they are reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivc_tasks.cloud import Cloud, CloudCallError
+from ivc_tasks.errors import ConfigError
+from ivc_tasks.ops.resolve import forget, list_security_groups
+from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.ops.secgroup_rules import RulePlan, plan_rules
+from ivc_tasks.spec import SecGroup, Spec
+
+log = logging.getLogger("ivc")
+STEP = "ensure-secgroups"
+RULE_CREATE_ROUNDS = 3  # POSTs of the missing rules when others keep appearing meanwhile
+
+
+@dataclass
+class GroupPlan:
+    """One declared group: the cloud's group (None: to create) and its rule comparison."""
+
+    declared: SecGroup
+    existing: Any | None
+    rules: RulePlan
+    update_description: bool = False
+
+
+@dataclass
+class SecGroupsPlan:
+    """What ensure-secgroups will do. ``ids`` maps every declared group that exists to its id."""
+
+    groups: list[GroupPlan] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)
+    prune: bool = False
+
+
+def select_groups(spec: Spec, names: Iterable[str] = ()) -> list[SecGroup]:
+    """Return the declared groups named in ``names`` (all of them when empty), in spec order.
+
+    :raises ConfigError: a name that is not declared.
+    """
+    names = list(dict.fromkeys(names or ()))
+    for name in names:
+        if name not in spec.secgroups:
+            close = difflib.get_close_matches(name, list(spec.secgroups), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"declared: {', '.join(spec.secgroups) or 'none'}"
+            raise ConfigError(f"{spec.path}: --name {name!r}: not a declared security group "
+                              f"(secgroups.{name}); {hint}")
+    return [g for n, g in spec.secgroups.items() if not names or n in names]
+
+
+def groups_by_name(cloud: Cloud, spec: Spec, names: Iterable[str], *, entry: str = "secgroups"
+                   ) -> dict[str, Any]:
+    """Return the project's group for each of ``names`` that exists (listing once).
+
+    :raises ConfigError: a name borne by more than one group of the project.
+    """
+    found: dict[str, list[Any]] = {}
+    for group in list_security_groups(cloud):
+        found.setdefault(group.name, []).append(group)
+    out = {}
+    for name in names:
+        groups = found.get(name, [])
+        if len(groups) > 1:
+            ids = ", ".join(sorted(g.id for g in groups))
+            raise ConfigError(f"{spec.path}: {entry}.{name}: {len(groups)} security groups of the "
+                              f"project are named {name!r} (ids {ids}); delete or rename the extra "
+                              "ones, ivc cannot tell which one is meant")
+        if groups:
+            out[name] = groups[0]
+    return out
+
+
+def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune: bool = False
+                   ) -> SecGroupsPlan:
+    """Compare the declared groups (all, or those in ``names``) with the project's (one request).
+
+    :raises ConfigError: unknown or ambiguous group, or a rule whose ``remote_group`` neither
+        exists nor is being ensured in this run.
+    :raises CloudCallError: the listing failed.
+    """
+    selected = select_groups(spec, names)
+    plan = SecGroupsPlan(prune=prune)
+    if not selected:
+        return plan
+    existing = groups_by_name(cloud, spec, spec.secgroups)
+    plan.ids = {name: group.id for name, group in existing.items()}
+    selected_names = {g.name for g in selected}
+    for declared in selected:
+        for i, rule in enumerate(declared.rules):
+            remote = rule.remote_group
+            if remote and remote not in plan.ids and remote not in selected_names:
+                raise ConfigError(
+                    f"{spec.path}: secgroups.{declared.name}.rules[{i}].remote_group: group "
+                    f"{remote!r} does not exist in the cloud yet; ensure it in the same run "
+                    f"(add --name {remote}, or run ensure-secgroups without --name)")
+        group = existing.get(declared.name)
+        rules = plan_rules(declared.rules, group.security_group_rules if group else [], plan.ids)
+        plan.groups.append(GroupPlan(
+            declared=declared, existing=group, rules=rules,
+            update_description=group is not None and
+            (group.description or "") != declared.description))
+    return plan
+
+
+def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | None = None) -> str:
+    """Return a rule in a few words: ``ingress IPv4 tcp 22 from 0.0.0.0/0 (ssh)``."""
+    get = rule.get if isinstance(rule, Mapping) else (lambda k: getattr(rule, k, None))
+    ethertype = get("ethertype") or get("ether_type") or "IPv4"
+    parts = [get("direction") or "ingress", ethertype, get("protocol") or "any"]
+    low, high = get("port_range_min"), get("port_range_max")
+    if low is not None:
+        parts.append(str(low) if high in (None, low) else f"{low}-{high}")
+    remote_group = get("remote_group_id")
+    if remote_group:
+        parts.append(f"from group {(names_by_id or {}).get(remote_group, remote_group)}")
+    elif get("remote_ip_prefix"):
+        parts.append(f"from {get('remote_ip_prefix')}")
+    text = " ".join(str(p) for p in parts)
+    return text + (f" ({get('description')})" if get("description") else "")
+
+
+def _undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str]
+                        ) -> str:
+    texts = "; ".join(rule_text(r, names_by_id) for r in rules)
+    return (f"security group {name}: {len(rules)} undeclared rule(s) kept ({texts}); "
+            "--prune deletes them")
+
+
+def _planned_actions(plan: SecGroupsPlan) -> tuple[list[Action], list[str]]:
+    """The actions a plan implies, and warnings about undeclared rules kept (no prune)."""
+    names_by_id = {v: k for k, v in plan.ids.items()}
+    actions: list[Action] = []
+    warnings: list[str] = []
+    for gp in plan.groups:
+        name = gp.declared.name
+        if gp.existing is None:
+            actions.append(Action("create", "security_group", name, gp.declared.description))
+        elif gp.update_description:
+            actions.append(Action("update", "security_group", name,
+                                  f"description {gp.declared.description!r}"))
+        actions += [Action("create", "security_group_rule", name, rule_text(body, names_by_id))
+                    for body in gp.rules.create]
+        undeclared = gp.rules.delete if gp.existing is not None else []
+        if undeclared and plan.prune:
+            actions += [Action("delete", "security_group_rule", name,
+                               rule_text(rule, names_by_id), {"id": rule["id"]})
+                        for rule in undeclared]
+        elif undeclared:
+            warnings.append(_undeclared_warning(name, undeclared, names_by_id))
+    return actions, warnings
+
+
+def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
+    """Carry out a plan: create groups, update descriptions, POST the missing rules in one
+    request, and prune if asked.
+
+    :raises CloudCallError: a cloud call failed for good.
+    """
+    result = StepResult(step=STEP)
+    conn = cloud.conn
+    ids = dict(plan.ids)
+    current_rules: dict[str, list[Any]] = {}
+    for gp in plan.groups:
+        name = gp.declared.name
+        if gp.existing is None:
+            group = cloud.call(
+                f"create security group {name}",
+                lambda gp=gp: conn.network.create_security_group(
+                    name=gp.declared.name, description=gp.declared.description),
+                lookup=lambda name=name: _group_made_meanwhile(cloud, name, plan.ids))
+            log.info("created security group %s (%s)", name, group.id)
+            result.actions.append(Action("create", "security_group", name,
+                                         gp.declared.description, {"id": group.id}))
+            ids[name] = group.id
+            current_rules[name] = list(group.security_group_rules or [])
+        else:
+            current_rules[name] = list(gp.existing.security_group_rules or [])
+            if gp.update_description:
+                cloud.call(f"update security group {name}",
+                           lambda gp=gp: conn.network.update_security_group(
+                               gp.existing, description=gp.declared.description))
+                result.actions.append(Action("update", "security_group", name,
+                                             f"description {gp.declared.description!r}",
+                                             {"id": gp.existing.id}))
+    names_by_id = {v: k for k, v in ids.items()}
+    pending = _missing_rules(plan.groups, current_rules, ids)
+    if pending:
+        _create_rules(cloud, plan.groups, ids, pending)
+        log.info("created %d security group rule(s)", len(pending))
+    result.actions += [Action("create", "security_group_rule", names_by_id[body["security_group_id"]],
+                              rule_text(body, names_by_id)) for body in pending]
+    for gp in plan.groups:
+        name = gp.declared.name
+        undeclared = plan_rules(gp.declared.rules, current_rules[name], ids).delete
+        if undeclared and not plan.prune:
+            result.warnings.append(_undeclared_warning(name, undeclared, names_by_id))
+            continue
+        if undeclared:
+            log.info("deleting %d undeclared rule(s) of %s: %s", len(undeclared), name,
+                     "; ".join(rule_text(r, names_by_id) for r in undeclared))
+        for rule in undeclared:
+            text = rule_text(rule, names_by_id)
+            try:
+                cloud.call(f"delete rule {rule['id']} of {name}",
+                           lambda rule=rule: conn.network.delete_security_group_rule(
+                               rule["id"], ignore_missing=True))
+            except CloudCallError as exc:
+                if exc.status != 404:
+                    raise
+            result.actions.append(Action("delete", "security_group_rule", name, text,
+                                         {"id": rule["id"]}))
+    if result.actions:
+        forget(cloud, "security_groups")
+    result.info["ids"] = {gp.declared.name: ids[gp.declared.name] for gp in plan.groups}
+    return result
+
+
+def _missing_rules(groups: Sequence[GroupPlan], current: Mapping[str, list[Any]],
+                   ids: Mapping[str, str]) -> list[dict[str, Any]]:
+    """API bodies (with ``security_group_id``) of every declared rule missing from ``current``."""
+    bodies = []
+    for gp in groups:
+        name = gp.declared.name
+        for body in plan_rules(gp.declared.rules, current.get(name, []), ids).create:
+            bodies.append({**body, "security_group_id": ids[name]})
+    return bodies
+
+
+def _create_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[str, str],
+                  pending: list[dict[str, Any]]) -> None:
+    """POST ``pending`` in one request; when rules appeared meanwhile, list and send the rest."""
+    conn = cloud.conn
+    wanted = {gp.declared.name for gp in groups}
+
+    def still_missing() -> list[dict[str, Any]]:
+        fresh = {g.name: list(g.security_group_rules or [])
+                 for g in list_security_groups(cloud, refresh=True) if g.name in wanted}
+        return _missing_rules(groups, fresh, ids)
+
+    for _ in range(RULE_CREATE_ROUNDS):
+        if not pending:
+            return
+        batch = pending
+
+        def lookup() -> bool | None:
+            nonlocal batch
+            batch = still_missing()  # a lost attempt may have created them (all or none)
+            return True if not batch else None
+
+        try:
+            cloud.call(f"create {len(batch)} security group rules",
+                       lambda: list(conn.network.create_security_group_rules(batch)),
+                       lookup=lookup)
+            return
+        except CloudCallError as exc:
+            if exc.status != 409 or "already exists" not in exc.details.lower():
+                raise
+            log.info("a declared rule appeared meanwhile (%s); listing again",
+                     exc.details.strip())
+            pending = still_missing()
+    if pending:
+        raise CloudCallError(f"create {len(pending)} security group rules",
+                             RuntimeError("rules kept appearing concurrently; run again"))
+
+
+def _group_made_meanwhile(cloud: Cloud, name: str, known: Mapping[str, str]) -> Any | None:
+    """The group named ``name`` that a lost create made (one that was not there before)."""
+    for group in list_security_groups(cloud, refresh=True):
+        if group.name == name and group.id not in known.values():
+            return group
+    return None
+
+
+def ensure_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune: bool = False,
+                     dry_run: bool = False) -> StepResult:
+    """Make the declared groups (all, or ``names``) and their rules exist.
+
+    :param prune: also delete the rules that are not declared.
+    :param dry_run: return the plan; change nothing.
+    :raises ConfigError: invalid input (before any change).
+    :raises CloudCallError: a cloud call failed.
+    """
+    plan = plan_secgroups(cloud, spec, names, prune=prune)
+    return secgroups_result(cloud, plan, dry_run=dry_run)
+
+
+def secgroups_result(cloud: Cloud, plan: SecGroupsPlan, *, dry_run: bool) -> StepResult:
+    """Apply ``plan`` (or, in a dry run, describe it)."""
+    if dry_run:
+        actions, warnings = _planned_actions(plan)
+        return StepResult(step=STEP, dry_run=True, actions=actions, warnings=warnings,
+                          info={"ids": dict(plan.ids)})
+    return apply_secgroups(cloud, plan)

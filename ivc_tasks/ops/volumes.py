@@ -1,0 +1,257 @@
+"""attach-volume: attach a server's declared, existing volumes to it. ivc never creates or
+deletes a volume.
+
+Find, compare, act only if needed:
+  * a volume that the server's ``ivc_vol:<volume>`` metadata records, and that Nova lists as
+    attached to the server, is attached: no Cinder request at all (the steady state);
+  * otherwise ONE request lists the project's volumes (attachments included); each declared
+    volume is resolved by name or id. Missing or ambiguous, attached to another server (named),
+    or not available: ConfigError before anything is attached, ALL volumes checked first;
+  * each volume to attach is fetched fresh, attached, and polled every ``poll_interval`` until
+    ``in-use``; ``error_attaching``, ``error``, or back to ``available`` (Nova rolled the attach
+    back) is a failure (openstacksdk's own waits would wait for the timeout instead);
+  * finally one request records the attached volumes in the server's metadata.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.ops.instances import (
+    attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
+    server_label, volume_key,
+)
+from ivc_tasks.ops.resolve import list_volumes, pick
+from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.spec import Server, Spec
+
+log = logging.getLogger("ivc")
+STEP = "attach-volume"
+FAILED_STATES = ("error", "error_attaching")
+
+
+@dataclass
+class VolumePlan:
+    """One declared volume: ``attach`` it, or it is attached (``record`` it if not recorded)."""
+
+    ref: str
+    volume_id: str
+    volume: Any | None = None
+    attach: bool = False
+    record: bool = False
+
+
+@dataclass
+class AttachPlan:
+    declared: Server
+    server: Any
+    volumes: list[VolumePlan] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.declared.name
+
+
+def select_volumes(cloud: Cloud, spec: Spec, declared: Server, volumes: Iterable[str] = ()
+                   ) -> list[str]:
+    """The declared volumes of the server, or the subset ``volumes`` of them.
+
+    A given volume may name a declared one by its name or its id (that takes one listing).
+
+    :raises ConfigError: a given volume is not one of the server's declared volumes.
+    """
+    given = list(dict.fromkeys(volumes or ()))
+    unknown = [ref for ref in given if ref not in declared.volumes]
+    if unknown:
+        listed = list_volumes(cloud)
+        declared_by_id = {v.id: ref for ref in declared.volumes for v in listed
+                          if ref in (v.id, v.name)}
+        for ref in unknown:
+            matches = {declared_by_id[v.id] for v in listed
+                       if ref in (v.id, v.name) and v.id in declared_by_id}
+            if len(matches) != 1:
+                close = difflib.get_close_matches(ref, list(declared.volumes), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else \
+                    f"declared: {', '.join(declared.volumes) or 'none'}"
+                raise ConfigError(f"{spec.path}: --volume {ref!r}: not a volume of servers."
+                                  f"{declared.name}.volumes; {hint}")
+            given[given.index(ref)] = matches.pop()
+    return list(dict.fromkeys(given)) or list(declared.volumes)
+
+
+def find_server(cloud: Cloud, spec: Spec, name: str) -> Any:
+    """The server ivc made for ``name`` (newest generation).
+
+    :raises ConfigError: there is none. :raises CloudError: it is in ERROR.
+    """
+    found = managed_servers(cloud, name)
+    if not found:
+        raise ConfigError(f"{spec.path}: servers.{name}: no server made by ivc for {name!r} in "
+                          f"environment {cloud.env!r}; run `invoke create-instance --name "
+                          f"{name}` first")
+    server = found[0]
+    if server.status == "ERROR":
+        raise CloudError(f"server {name} ({server.id}) is in ERROR: {fault_message(server)}; "
+                         f"{error_hint(name)}")
+    return server
+
+
+def plan_attach(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = (), *,
+                server: Any | None = None) -> AttachPlan:
+    """Check every volume to attach to server ``name`` before anything is attached.
+
+    :param server: the server, when the caller has it (deploy); else it is looked up.
+    :raises ConfigError: unknown or undeclared volume, ambiguous name, a volume attached to
+        another server or not available, or no such server.
+    :raises CloudError: the server is in ERROR; a listing failed.
+    """
+    declared = declared_server(spec, name)
+    refs = select_volumes(cloud, spec, declared, volumes)
+    server = server if server is not None else find_server(cloud, spec, name)
+    plan = AttachPlan(declared=declared, server=server)
+    pending = []
+    for ref in refs:
+        volume_id = recorded_attached(server, ref)
+        if volume_id:
+            plan.volumes.append(VolumePlan(ref=ref, volume_id=volume_id))
+        else:
+            pending.append(ref)
+    if not pending:
+        return plan
+    listed = list_volumes(cloud)
+    attached_here = attached_ids(server)
+    for ref in pending:
+        entry = f"servers.{name}.volumes[{declared.volumes.index(ref)}]"
+        volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
+                      fix="ivc never creates volumes: create it, or fix the name")
+        holders = [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
+        if volume.id in attached_here or server.id in holders:
+            plan.volumes.append(VolumePlan(ref=ref, volume_id=volume.id, volume=volume,
+                                           record=True))
+        elif holders:
+            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
+                              f"to another server, {server_label(cloud, holders[0])}; detach it "
+                              "there first (ivc never moves a volume implicitly)")
+        elif volume.status != "available":
+            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
+                              f"{volume.status!r}, not available; fix it in the cloud first")
+        else:
+            plan.volumes.append(VolumePlan(ref=ref, volume_id=volume.id, volume=volume,
+                                           attach=True, record=True))
+    return plan
+
+
+def _holds(volume: Any, server_id: str) -> bool:
+    return any(a.get("server_id") == server_id for a in (volume.attachments or []))
+
+
+def wait_for_in_use(cloud: Cloud, volume_id: str, ref: str, server_id: str, *,
+                    timeout: float | None = None) -> Any:
+    """Poll the volume every ``poll_interval`` until it is in-use by the server.
+
+    :raises CloudError: error, error_attaching, back to available, or timed out.
+    """
+    conn = cloud.conn
+
+    def failed(volume: Any) -> str | None:
+        if volume.status in FAILED_STATES:
+            return f"went to {volume.status} ({volume_id}); look at the cloud's logs"
+        if volume.status == "available":
+            return f"is available again ({volume_id}): Nova rolled the attach back"
+        return None
+
+    return cloud.poll(
+        f"volume {ref}",
+        lambda: cloud.call(f"get volume {ref}", lambda: conn.block_storage.get_volume(volume_id)),
+        lambda v: v.status,
+        done=lambda v: v.status == "in-use" and _holds(v, server_id),
+        failed=failed,
+        timeout=cloud.volume_timeout if timeout is None else timeout,
+    )
+
+
+def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None) -> StepResult:
+    """Attach what the plan says, wait for each, and record them in the server's metadata.
+
+    :raises CloudError: an attach failed or timed out, or a cloud call failed.
+    :raises ConfigError: a volume got attached elsewhere since the plan was made.
+    """
+    conn = cloud.conn
+    name, server = plan.name, plan.server
+    result = StepResult(step=STEP, target=name)
+    record: dict[str, str] = {}
+    for vp in plan.volumes:
+        if vp.attach:
+            fresh = cloud.call(f"get volume {vp.ref}",
+                               lambda vp=vp: conn.block_storage.get_volume(vp.volume_id))
+            if not _holds(fresh, server.id):
+                holders = [a.get("server_id") for a in (fresh.attachments or [])]
+                if holders:
+                    raise ConfigError(f"volume {vp.ref!r} ({fresh.id}) got attached to "
+                                      f"{server_label(cloud, holders[0])} meanwhile; detach it "
+                                      "there first")
+                if fresh.status != "available":
+                    raise CloudError(f"volume {vp.ref!r} ({fresh.id}) became {fresh.status!r} "
+                                     "meanwhile; run again once it is available")
+                log.info("attaching volume %s to %s", vp.ref, name)
+
+                def attached_meanwhile(vp: VolumePlan = vp) -> Any | None:
+                    volume = conn.block_storage.get_volume(vp.volume_id)
+                    return volume if _holds(volume, server.id) else None
+
+                cloud.call(f"attach volume {vp.ref} to {name}",
+                           lambda vp=vp: conn.compute.create_volume_attachment(
+                               server.id, vp.volume_id),
+                           conflict_is_transient=True, lookup=attached_meanwhile)
+                wait_for_in_use(cloud, vp.volume_id, vp.ref, server.id, timeout=timeout)
+                log.info("volume %s is in-use by %s", vp.ref, name)
+                result.actions.append(Action("attach", "volume", vp.ref, f"to {name}", {
+                    "id": vp.volume_id, "server": name, "server_id": server.id}))
+        if vp.record:
+            record[volume_key(vp.ref)] = vp.volume_id
+    if record:
+        cloud.call(f"record volumes in the metadata of {name}",
+                   lambda: conn.compute.set_server_metadata(server.id, **record))
+        if not result.actions:
+            result.actions.append(Action("record", "server_metadata", name,
+                                         ", ".join(sorted(record)), {"keys": sorted(record)}))
+    cloud.cache.pop("volumes", None)
+    result.info = {"server_id": server.id,
+                   "volumes": {vp.ref: vp.volume_id for vp in plan.volumes}}
+    return result
+
+
+def planned_attach(plan: AttachPlan) -> StepResult:
+    """What ``apply_attach`` would do, for a dry run."""
+    result = StepResult(step=STEP, target=plan.name, dry_run=True)
+    for vp in plan.volumes:
+        if vp.attach:
+            result.actions.append(Action("attach", "volume", vp.ref, f"to {plan.name}", {
+                "id": vp.volume_id, "server": plan.name}))
+    recorded = sorted(volume_key(vp.ref) for vp in plan.volumes if vp.record and not vp.attach)
+    if recorded and not result.actions:
+        result.actions.append(Action("record", "server_metadata", plan.name,
+                                     ", ".join(recorded), {"keys": recorded}))
+    result.info = {"server_id": plan.server.id,
+                   "volumes": {vp.ref: vp.volume_id for vp in plan.volumes}}
+    return result
+
+
+def attach_volume(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = (), *,
+                  dry_run: bool = False, timeout: float | None = None) -> StepResult:
+    """Attach the declared volumes (all, or ``volumes``) of server ``name`` to it.
+
+    :param dry_run: return the plan; change nothing.
+    :param timeout: seconds to wait for each volume to be in-use (default volume_timeout).
+    :raises ConfigError: invalid input, a volume attached elsewhere (before any change).
+    :raises CloudError: an attach failed or timed out.
+    """
+    plan = plan_attach(cloud, spec, name, volumes)
+    return planned_attach(plan) if dry_run else apply_attach(cloud, plan, timeout=timeout)
+

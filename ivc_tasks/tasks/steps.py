@@ -1,0 +1,93 @@
+"""The deployment steps: ensure-secgroups, create-instance, attach-volume, and deploy (all four).
+
+Each task resolves its flags, runs ONE ops function through ``_common.run_step`` and prints
+its result. Every step is idempotent: a rerun reports ``changed: false`` and changes nothing.
+Exit codes: 0 done, 1 a cloud operation failed, 2 invalid input or configuration (nothing
+touched).
+"""
+
+from invoke import Exit, task
+
+from ivc_tasks.errors import EXIT_INVALID
+from ivc_tasks.tasks._common import require, run_step
+
+DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
+JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
+
+
+@task(iterable=["name"], help={
+    "name": "A declared security group to ensure (repeatable; default: all declared groups).",
+    "prune": "Also delete the rules the declarations do not list (they are shown first).",
+    "dry_run": DRY_RUN,
+    "json": JSON,
+})
+def ensure_secgroups(c, name=None, prune=False, dry_run=False, json=False):
+    """Create missing security groups and rules; with --prune, delete undeclared rules."""
+    from ivc_tasks.ops.secgroups import ensure_secgroups as ensure  # noqa: PLC0415
+
+    run_step("ensure-secgroups",
+             lambda cloud, spec: ensure(cloud, spec, name or (), prune=prune, dry_run=dry_run),
+             json=json)
+
+
+@task(help={
+    "name": "The declared server to create (required).",
+    "timeout": "Seconds to wait for ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "dry_run": DRY_RUN,
+    "json": JSON,
+})
+def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
+    """Create a declared server if ivc has none, wait for ACTIVE, add its floating IP."""
+    from ivc_tasks.ops.instances import create_instance as create  # noqa: PLC0415
+
+    require(name, "--name", "the declared server to create")
+    seconds = _seconds(timeout, "--timeout")
+    run_step("create-instance",
+             lambda cloud, spec: create(cloud, spec, name, dry_run=dry_run, timeout=seconds),
+             json=json)
+
+
+@task(iterable=["volume"], help={
+    "name": "The declared server to attach volumes to (required).",
+    "volume": "One of the server's declared volumes, by name or id (repeatable; default: all).",
+    "timeout": "Seconds to wait for each volume to be in-use (default IVC_VOLUME_TIMEOUT).",
+    "dry_run": DRY_RUN,
+    "json": JSON,
+})
+def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=False):
+    """Attach a server's declared, existing volumes to it (never creates one)."""
+    from ivc_tasks.ops.volumes import attach_volume as attach  # noqa: PLC0415
+
+    require(name, "--name", "the declared server to attach volumes to")
+    seconds = _seconds(timeout, "--timeout")
+    run_step("attach-volume",
+             lambda cloud, spec: attach(cloud, spec, name, volume or (), dry_run=dry_run,
+                                        timeout=seconds),
+             json=json)
+
+
+@task(help={
+    "timeout": "Seconds to wait for each server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "dry_run": DRY_RUN,
+    "json": JSON,
+})
+def deploy(c, timeout=None, dry_run=False, json=False):
+    """Ensure the security groups, then create every declared server and attach its volumes."""
+    from ivc_tasks.ops.deploy import deploy as run_deploy  # noqa: PLC0415
+
+    seconds = _seconds(timeout, "--timeout")
+    run_step("deploy", lambda cloud, spec: run_deploy(cloud, spec, dry_run=dry_run,
+                                                       timeout=seconds), json=json)
+
+
+def _seconds(value, flag):
+    """A positive number of seconds from a flag (None stays None); else exit 2."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise Exit(f"{flag}: {value!r} is not a number of seconds", code=EXIT_INVALID) from None
+    if not seconds > 0:
+        raise Exit(f"{flag}: {value!r} must be greater than 0", code=EXIT_INVALID)
+    return seconds
