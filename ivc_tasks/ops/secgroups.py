@@ -4,7 +4,9 @@ Find, compare, act only if needed:
   * ONE request lists every group of the project with its rules (Neutron embeds them), however
     many groups and rules there are; the comparison (``secgroup_rules.plan_rules``) is local;
   * missing groups are created (one request each), a changed description is updated;
-  * every missing rule of every group goes in ONE bulk POST. Neutron checks duplicates, so a 409
+  * the missing rules of a group go in ONE bulk POST (one per group: Neutron refuses a bulk
+    request whose rules span groups, "Only allowed to update rules for one security profile at
+    a time"). Neutron checks duplicates, so a 409
     "already exists" (a rule that appeared meanwhile) counts as done: ivc lists again and sends
     what is still missing;
   * with ``prune``, undeclared rules are deleted (logged first); without it they are reported.
@@ -168,8 +170,8 @@ def _planned_actions(plan: SecGroupsPlan) -> tuple[list[Action], list[str]]:
 
 
 def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
-    """Carry out a plan: create groups, update descriptions, POST the missing rules in one
-    request, and prune if asked.
+    """Carry out a plan: create groups, update descriptions, POST the missing rules (one
+    request per group), and prune if asked.
 
     :raises CloudCallError: a cloud call failed for good.
     """
@@ -245,7 +247,19 @@ def _missing_rules(groups: Sequence[GroupPlan], current: Mapping[str, list[Any]]
 
 def _create_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[str, str],
                   pending: list[dict[str, Any]]) -> None:
-    """POST ``pending`` in one request; when rules appeared meanwhile, list and send the rest."""
+    """POST ``pending``, one request per group (Neutron's bulk create takes one group at a
+    time); when rules appeared meanwhile, list and send the rest."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for body in pending:
+        by_group.setdefault(body["security_group_id"], []).append(body)
+    for group_id, bodies in by_group.items():
+        mine = [gp for gp in groups if ids.get(gp.declared.name) == group_id]
+        _create_group_rules(cloud, mine, ids, bodies)
+
+
+def _create_group_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[str, str],
+                        pending: list[dict[str, Any]]) -> None:
+    """POST one group's missing rules in one request, with the 409 and lost-response handling."""
     conn = cloud.conn
     wanted = {gp.declared.name for gp in groups}
 

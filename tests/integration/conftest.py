@@ -13,6 +13,8 @@ from pathlib import Path
 import openstack
 import pytest
 
+from ivc_tasks.retry import cloud_retrying
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDS_YAML = Path(os.environ.get("DEVCLOUD_DIR", ROOT / ".devcloud")) / "clouds.yaml"
 
@@ -145,9 +147,13 @@ def cloud_state(conn, prefix, env=None):
     test's resources: servers, groups, volumes and keypairs named ``prefix...``, servers tagged
     ``ivc_env=env``, floating IPs described for ``env`` or on this test's servers, and the
     shared keypair ``ivc-demo``. Runs that print JSON also prove it directly:
-    ``mutating_requests`` is 0.
+    ``mutating_requests`` is 0. Listings are retried like ivc's (the cloud is shared and busy).
     """
-    env = env or prefix
+    return cloud_retrying(operation="list the test's resources", attempts=4, max_seconds=60)(
+        _cloud_state, conn, prefix, env or prefix)
+
+
+def _cloud_state(conn, prefix, env):
     servers = [s for s in conn.compute.servers(details=True)
                if s.name.startswith(prefix) or (s.metadata or {}).get("ivc_env") == env]
     ports = {p.id for s in servers for p in conn.network.ports(device_id=s.id)}

@@ -121,6 +121,9 @@ class FakeConnection:
 
     def network_create_security_group_rules(self, data):
         by_id = {g.id: g for g in self.groups}
+        if len({body["security_group_id"] for body in data}) > 1:  # as Neutron (BadRequest)
+            raise http_error(400, "Only allowed to update rules for one security profile at a "
+                                  "time")
         made = []
         for body in data:
             rule = {"id": new_id("rule"), "remote_group_id": None, "remote_ip_prefix": None,

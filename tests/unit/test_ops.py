@@ -90,6 +90,21 @@ def test_secgroups_first_run_creates_the_group_then_all_rules_in_one_post(conn, 
     assert any("undeclared" in w for w in result.warnings)  # the default egress rules
 
 
+def test_secgroups_of_two_groups_post_one_bulk_request_per_group(conn, cloud, spec_of):
+    two = SPEC.replace("[servers.app]", """[secgroups.db]
+description = "db"
+rules = [ { protocol = "tcp", ports = "5432", remote_group = "web" } ]
+
+[servers.app]""")
+    result = ensure_secgroups(cloud, spec_of(two))
+    posts = [c[1][0] for c in conn.calls if c[0] == "network.create_security_group_rules"]
+    assert [len(p) for p in posts] == [4, 1]
+    assert all(len({b["security_group_id"] for b in p}) == 1 for p in posts)
+    assert result.changed and len(result.actions) == 7
+    conn.calls.clear()
+    assert not ensure_secgroups(new_cloud(conn), spec_of(two)).changed
+
+
 def test_secgroups_rerun_lists_once_and_changes_nothing(conn, cloud, spec_of):
     ensure_secgroups(cloud, spec_of())
     conn.calls.clear()

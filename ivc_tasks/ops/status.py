@@ -1,0 +1,224 @@
+"""status: every managed server of the environment, and whether it still matches its declaration.
+
+Cheap: a constant number of list requests, made side by side, whatever the number of servers:
+servers (with details and metadata), volumes, networks, flavors, images and keypairs (to show
+rotation locks). Nothing is changed.
+
+For each server: generation, state, addresses, floating IP, volumes, image and flavor, a
+rotation under way (markers) or a lock held, and ``drift``: how it differs from its
+declaration. ``rotate_due`` is True when the image, flavor, user_data (``ivc_userdata`` metadata
+vs the rendered declaration) or networks differ, i.e. when only a new server applies the
+declaration; missing volumes or floating IP are reported too, but other steps fix those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.ops.instances import (
+    META_ENV, META_MANAGED, META_NAME, META_USERDATA, USERDATA_SHORT, attached_ids, generation,
+)
+from ivc_tasks.ops.lock import LOCK_PREFIX, lock_name, parse_holder
+from ivc_tasks.ops.resolve import (
+    list_flavors, list_keypairs, list_networks, list_servers, list_volumes, prefetch,
+)
+from ivc_tasks.ops.rotate import META_ROLE, META_ROTATION
+from ivc_tasks.spec import Server, Spec
+from ivc_tasks.userdata import userdata_sha256
+
+STEP = "status"
+ROTATE_FIELDS = ("image", "flavor", "userdata", "networks")
+
+
+def list_images(cloud: Cloud) -> list[Any]:
+    """Every image the project can see (one listing, paged by the SDK if long)."""
+    if "images" not in cloud.cache:
+        cloud.cache["images"] = cloud.call("list images", lambda: list(cloud.conn.image.images()))
+    return cloud.cache["images"]
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _resolve(items: Iterable[Any], ref: str) -> list[Any]:
+    items = list(items)
+    by_id = [i for i in items if _get(i, "id") == ref]
+    return by_id or [i for i in items if _get(i, "name") == ref]
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    declared: bool
+    id: str | None = None
+    status: str = "missing"
+    generation: int | None = None
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    floating_ips: list[str] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    image: dict[str, Any] = field(default_factory=dict)
+    flavor: str | None = None
+    rotation: dict[str, str] | None = None
+    lock: str | None = None
+    drift: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rotate_due(self) -> bool:
+        return self.id is None or any(d["field"] in ROTATE_FIELDS for d in self.drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "declared": self.declared, "id": self.id,
+                "status": self.status, "generation": self.generation,
+                "addresses": self.addresses, "floating_ips": self.floating_ips,
+                "volumes": self.volumes, "image": self.image, "flavor": self.flavor,
+                "rotation": self.rotation, "lock": self.lock, "drift": self.drift,
+                "rotate_due": self.rotate_due}
+
+    def line(self) -> str:
+        if self.id is None:
+            return f"{self.name}: no server (rotate or create-instance makes it)"
+        addrs = ", ".join(a for ips in self.addresses.values() for a in ips) or "no address"
+        vols = ", ".join(v["name"] or v["id"] for v in self.volumes) or "no volumes"
+        head = (f"{self.name}: {self.id} gen {self.generation} {self.status}; {addrs}; {vols}; "
+                f"image {self.image.get('name') or self.image.get('id')}, flavor {self.flavor}")
+        if not self.declared:
+            head += "; NOT DECLARED"
+        if self.rotation:
+            head += f"; rotation {self.rotation['id']} under way ({self.rotation['role']})"
+        if self.lock:
+            head += f"; {self.lock}"
+        if self.drift:
+            head += "; differs: " + ", ".join(
+                f"{d['field']} ({d['actual']} != declared {d['declared']})" for d in self.drift)
+            head += " -> rotate due" if self.rotate_due else ""
+        return head
+
+
+@dataclass
+class StatusResult:
+    env: str
+    servers: list[ServerStatus] = field(default_factory=list)
+    changed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": STEP, "changed": False, "actions": [], "env": self.env,
+                "servers": [s.to_dict() for s in self.servers],
+                "rotate_due": [s.name for s in self.servers if s.declared and s.rotate_due],
+                "warnings": []}
+
+    def lines(self) -> list[str]:
+        if not self.servers:
+            return [f"environment {self.env}: no managed server, none declared"]
+        return [s.line() for s in self.servers]
+
+
+def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, want: Any, have: Any) -> None:
+        out.append({"field": name, "declared": want, "actual": have})
+
+    image_id = _get(server.image, "id")
+    wanted_images = _resolve(list_images(cloud), declared.image)
+    if image_id and image_id not in {_get(i, "id") for i in wanted_images}:
+        have = next((i.name for i in list_images(cloud) if i.id == image_id), image_id)
+        add("image", declared.image, have)
+    flavor_name = _get(server.flavor, "original_name") or _get(server.flavor, "name")
+    flavor_id = _get(server.flavor, "id")
+    wanted_flavors = _resolve(list_flavors(cloud), declared.flavor)
+    names = {_get(f, "name") for f in wanted_flavors} | {declared.flavor}
+    ids = {_get(f, "id") for f in wanted_flavors}
+    if not (flavor_name in names or (flavor_id and flavor_id in ids)):
+        add("flavor", declared.flavor, flavor_name or flavor_id)
+    had = (server.metadata or {}).get(META_USERDATA)
+    now = userdata_sha256(declared.userdata)[:USERDATA_SHORT]
+    if had != now:
+        add("userdata", now, had)
+    nets = list_networks(cloud)
+    wanted_nets = []
+    for ref in declared.networks:
+        found = _resolve(nets, ref)
+        wanted_nets.append(found[0].name if found else ref)
+    have_nets = sorted((server.addresses or {}).keys())
+    if sorted(wanted_nets) != have_nets:
+        add("networks", sorted(wanted_nets), have_nets)
+    volumes = list_volumes(cloud)
+    attached = attached_ids(server)
+    missing = []
+    for ref in declared.volumes:
+        found = _resolve(volumes, ref)
+        if not found or found[0].id not in attached:
+            missing.append(ref)
+    if missing:
+        add("volumes", list(declared.volumes), f"not attached: {', '.join(missing)}")
+    if declared.floating_ip and not _floating(server):
+        add("floating_ip", True, False)
+    return out
+
+
+def _floating(server: Any) -> list[str]:
+    return [a.get("addr") for items in (server.addresses or {}).values() for a in items
+            if a.get("OS-EXT-IPS:type") == "floating"]
+
+
+def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
+    """Report every managed server of the environment (or of ``names``) against its declaration.
+
+    :raises CloudCallError: a listing failed.
+    """
+    wanted = set(names or ())
+    prefetch(cloud, list_servers, list_volumes, list_networks, list_flavors, list_images,
+             list_keypairs)
+    result = StatusResult(env=cloud.env)
+    locks = {k.name: k for k in list_keypairs(cloud) if k.name.startswith(LOCK_PREFIX)}
+    volumes = {v.id: v for v in list_volumes(cloud)}
+    images = {i.id: i for i in list_images(cloud)}
+    seen: set[str] = set()
+    servers = [s for s in list_servers(cloud)
+               if (s.metadata or {}).get(META_MANAGED) == "1"
+               and (s.metadata or {}).get(META_ENV) == cloud.env]
+    order = {n: i for i, n in enumerate(spec.servers)}
+    servers.sort(key=lambda s: (order.get(s.metadata.get(META_NAME), len(order)),
+                                s.metadata.get(META_NAME), -generation(s)))
+    for server in servers:
+        meta = server.metadata or {}
+        name = meta.get(META_NAME) or server.name
+        if wanted and name not in wanted:
+            continue
+        seen.add(name)
+        declared = spec.servers.get(name)
+        item = ServerStatus(
+            name=name, declared=declared is not None, id=server.id,
+            status=server.status + (f" ({server.task_state})" if server.task_state else ""),
+            generation=generation(server),
+            addresses={net: [a.get("addr") for a in items]
+                       for net, items in (server.addresses or {}).items()},
+            floating_ips=_floating(server),
+            volumes=[{"id": vid, "name": getattr(volumes.get(vid), "name", None)}
+                     for vid in sorted(attached_ids(server))],
+            image={"id": _get(server.image, "id"),
+                   "name": getattr(images.get(_get(server.image, "id")), "name", None)},
+            flavor=_get(server.flavor, "original_name") or _get(server.flavor, "name")
+            or _get(server.flavor, "id"),
+        )
+        if meta.get(META_ROTATION):
+            item.rotation = {"id": meta[META_ROTATION], "role": meta.get(META_ROLE, "?")}
+        lock = locks.get(lock_name(cloud.env, name))
+        if lock is not None:
+            holder = parse_holder(getattr(lock, "public_key", None))
+            item.lock = f"locked by {holder.describe()}" if holder else "locked"
+        if declared is not None:
+            item.drift = _drift(cloud, declared, server)
+        result.servers.append(item)
+    for name in spec.servers:
+        if name not in seen and (not wanted or name in wanted):
+            result.servers.append(ServerStatus(name=name, declared=True))
+    return result

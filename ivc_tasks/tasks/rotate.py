@@ -1,0 +1,119 @@
+"""Server lifecycle tasks: rotate-instance (alias rotate), status, destroy.
+
+Each task resolves its flags, runs ONE ops function through ``_common.run_step`` and prints its
+result (``--json``: one JSON object on stdout). Progress, and rotate's ``phase: <name>`` lines,
+go to stderr.
+
+Exit codes: 0 done; 1 a cloud operation failed (a rerun of rotate resumes from the servers'
+metadata); 2 invalid input or configuration, nothing touched (and destroy without --yes);
+3 rotate failed and rolled back, the old server serves as before; 4 another run holds the
+server's lock.
+"""
+
+from invoke import Exit, task
+
+from ivc_tasks.errors import EXIT_INVALID
+from ivc_tasks.tasks._common import require, run_step
+
+DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
+JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
+
+
+def _options(**given):
+    """RotateOptions from the settings (timeouts, IVC_LOCK_TTL) and the flags."""
+    from ivc_tasks.ops.lock import DEFAULT_TTL  # noqa: PLC0415
+    from ivc_tasks.ops.rotate import RotateOptions  # noqa: PLC0415
+    from ivc_tasks.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings()
+    raw_ttl = settings.values.get("IVC_LOCK_TTL")
+    try:
+        ttl = float(raw_ttl) if raw_ttl else DEFAULT_TTL
+    except ValueError:
+        from ivc_tasks.errors import ConfigError  # noqa: PLC0415
+        raise ConfigError(f"{settings.env_file}: IVC_LOCK_TTL: {raw_ttl!r} is not a number of "
+                          "seconds") from None
+    return RotateOptions(stop_timeout=settings.stop_timeout,
+                         delete_timeout=settings.delete_timeout, lock_ttl=ttl, **given)
+
+
+@task(aliases=["rotate"], iterable=["name"], help={
+    "name": "A declared server to rotate (repeatable; required). A missing server is created; "
+            "a half-done rotation is finished or rolled back first.",
+    "parallel": "Rotate up to this many servers at once (default 1).",
+    "stop": "Stop the old server gracefully before moving its volumes (default). "
+            "--no-stop detaches them from the running server.",
+    "timeout": "Seconds to wait for the new server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "dry_run": DRY_RUN + " Shows each phase with the resources involved.",
+    "json": JSON + " Adds phases (with seconds) and rotations.",
+})
+def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_run=False,
+                    json=False):
+    """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
+    from ivc_tasks.ops.rotate import rotate  # noqa: PLC0415
+
+    require(name, "--name", "the declared server(s) to rotate")
+    workers = _count(1 if parallel is None else parallel, "--parallel")
+    seconds = _seconds(timeout, "--timeout")
+    run_step("rotate-instance",
+             lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=_options(
+                 stop=stop, boot_timeout=seconds, parallel=workers)),
+             json=json)
+
+
+@task(iterable=["name"], help={
+    "name": "Only this declared server (repeatable; default: every server of the environment).",
+    "json": "Print one JSON object on stdout (servers, each with its drift and rotate_due).",
+})
+def status(c, name=None, json=False):
+    """Show every managed server: generation, state, addresses, volumes, and whether it drifted."""
+    from ivc_tasks.ops.status import status as show  # noqa: PLC0415
+
+    run_step("status", lambda cloud, spec: show(cloud, spec, name or ()), json=json)
+
+
+@task(help={
+    "name": "The declared server to destroy (required).",
+    "yes": "Really delete it (required unless --dry-run).",
+    "keep_floating_ip": "Keep the floating IP ivc allocated for the server (unassociated; a later "
+                        "create-instance reuses it). Default: release it.",
+    "dry_run": DRY_RUN,
+    "json": JSON,
+})
+def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json=False):
+    """Delete a server, detaching its volumes first (never deleting them)."""
+    from ivc_tasks.ops.destroy import destroy as run_destroy  # noqa: PLC0415
+
+    require(name, "--name", "the declared server to destroy")
+    if not yes and not dry_run:
+        raise Exit(f"destroy: refusing to delete server {name} without --yes (try --dry-run to "
+                   "see what would go)", code=EXIT_INVALID)
+    def action(cloud, spec):
+        options = _options()
+        return run_destroy(cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run,
+                           lock_ttl=options.lock_ttl, delete_timeout=options.delete_timeout)
+
+    run_step("destroy", action, json=json)
+
+
+def _count(value, flag):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"{flag}: {value!r} is not a whole number", code=EXIT_INVALID) from None
+    if number < 1:
+        raise Exit(f"{flag}: {value!r} must be 1 or more", code=EXIT_INVALID)
+    return number
+
+
+def _seconds(value, flag):
+    """A positive number of seconds from a flag (None stays None); else exit 2."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise Exit(f"{flag}: {value!r} is not a number of seconds", code=EXIT_INVALID) from None
+    if not seconds > 0:
+        raise Exit(f"{flag}: {value!r} must be greater than 0", code=EXIT_INVALID)
+    return seconds

@@ -1,0 +1,283 @@
+"""rotate's pure pieces: the forward/rollback decision from an observed state, the markers, the
+lock's naming, holder and expiry rules, the poll schedule, and the tasks' argument checks."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import tenacity
+from fakecloud import http_error
+from invoke import Program
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.errors import CloudError, Locked
+from ivc_tasks.ops import lock as lockmod
+from ivc_tasks.ops.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
+    parse_holder, pid_alive
+from ivc_tasks.ops.rotate import (
+    CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide, fip_markers, is_marker,
+    pick_port, wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def old(status="ACTIVE", rotation="r1", **kw):
+    return Seen(id="old", status=status, rotation=rotation, role="old" if rotation else None,
+                **kw)
+
+
+def new(status="ACTIVE", rotation="r1", replaces="old", **kw):
+    return Seen(id="new", status=status, rotation=rotation, role="new", replaces=replaces, **kw)
+
+
+# -- decide --------------------------------------------------------------------------------
+@pytest.mark.parametrize("servers,kind,wait", [
+    # nothing there: make it
+    ([], CREATE, False),
+    # one server, nothing under way: rotate (ERROR and SHUTOFF included)
+    ([old(rotation=None)], ROTATE, False),
+    ([old("ERROR", rotation=None)], ROTATE, False),
+    ([old("SHUTOFF", rotation=None)], ROTATE, False),
+    # killed after marking the old server, before (or while) creating: nothing to finish
+    ([old()], ROLLBACK, False),
+    # the new server is up: finish the job
+    ([old(), new()], FORWARD, False),
+    ([old("SHUTOFF"), new()], FORWARD, False),
+    # still booting: wait, then forward (or roll back if it fails)
+    ([old(), new("BUILD")], FORWARD, True),
+    # the new server will not serve: roll back
+    ([old(), new("ERROR")], ROLLBACK, False),
+    ([old(), new("SHUTOFF")], ROLLBACK, False),
+    # a rollback had started: continue it, even though the new server is ACTIVE
+    ([old(), new(rollback=True)], ROLLBACK, False),
+    # the old server is gone: only finishing is possible
+    ([new()], FINISH, False),
+    ([new("BUILD")], FINISH, True),
+    # an old server in ERROR carries no marker (Nova refuses metadata changes then)
+    ([old("ERROR", rotation=None), new()], FORWARD, False),
+    ([old("ERROR", rotation=None), new("ERROR")], ROLLBACK, False),
+    # servers ivc cannot account for
+    ([old(rotation=None), Seen(id="x", status="ACTIVE")], CONFLICT, False),
+    ([old(), new(), Seen(id="x", status="ACTIVE")], CONFLICT, False),
+    ([old(), Seen(id="n2", status="ACTIVE", rotation="r2", role="new", replaces="old")],
+     CONFLICT, False),
+    ([old(), new(), Seen(id="n2", status="ACTIVE", rotation="r1", role="new",
+                         replaces="old")], CONFLICT, False),
+    ([old(), new(replaces="someone-else")], CONFLICT, False),
+])
+def test_decide(servers, kind, wait):
+    decision = decide(servers)
+    assert (decision.kind, decision.wait_for_new) == (kind, wait), decision.reason
+    assert decision.reason
+
+
+def test_decide_names_the_servers_it_works_on():
+    decision = decide([new(), old()])
+    assert decision.old.id == "old" and decision.new.id == "new"
+
+
+def test_seen_reads_the_markers_from_metadata():
+    server = SimpleNamespace(id="s", status="active", task_state=None, metadata={
+        "ivc_rotation": "abc", "ivc_role": "new", "ivc_replaces": "o", "ivc_rollback": "1",
+        "ivc_gen": "7"})
+    assert Seen.of(server) == Seen(id="s", status="ACTIVE", rotation="abc", role="new",
+                                   replaces="o", rollback=True, gen=7)
+
+
+def test_markers():
+    meta = {"ivc_fip:f1": "p1 n1", "ivc_fip:f2": "p2 n2", "ivc_gen": "2", "role": "web"}
+    assert fip_markers(meta) == {"f1": ("p1", "n1"), "f2": ("p2", "n2")}
+    assert [k for k in meta if is_marker(k)] == ["ivc_fip:f1", "ivc_fip:f2"]
+    assert all(is_marker(k) for k in ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was",
+                                      "ivc_rollback"))
+    assert not any(is_marker(k) for k in ("ivc_gen", "ivc_vol:data", "ivc_managed"))
+
+
+def test_pick_port_prefers_the_same_network_then_the_declared_order():
+    ports = [SimpleNamespace(id="a", network_id="n1", fixed_ips=[{}]),
+             SimpleNamespace(id="b", network_id="n2", fixed_ips=[{}]),
+             SimpleNamespace(id="c", network_id="n3", fixed_ips=[])]
+    assert pick_port(ports, "n2").id == "b"
+    assert pick_port(ports, "gone", ["n2", "n1"]).id == "b"
+    assert pick_port(ports, "n3") is None
+
+
+# -- the poll schedule ---------------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_wait_until_polls_soon_then_less_often_up_to_the_poll_interval():
+    clock = Clock()
+    cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
+                  clock=lambda: clock.now)
+    wait_until(cloud, "thing", lambda: clock.now, str, done=lambda t: t >= 10,
+               failed=lambda t: None, timeout=60)
+    assert clock.sleeps[0] == pytest.approx(0.05)
+    assert clock.sleeps == sorted(clock.sleeps) and max(clock.sleeps) == 0.5
+    early = [s for s in clock.sleeps if s < 0.5]
+    assert all(s <= 0.15 * t + 1e-9 or s == 0.05 for s, t in
+               zip(early, [sum(clock.sleeps[:i]) for i in range(len(early))]))
+    assert clock.now - 10 < 0.5  # seen within one poll interval
+
+
+def test_wait_until_reports_failure_and_timeout():
+    clock = Clock()
+    cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
+                  clock=lambda: clock.now)
+    with pytest.raises(CloudError, match="thing: broke"):
+        wait_until(cloud, "thing", lambda: 1, str, done=lambda t: False,
+                   failed=lambda t: "broke", timeout=60)
+    with pytest.raises(CloudError, match="still 1 after 3 s"):
+        wait_until(cloud, "thing", lambda: 1, str, done=lambda t: False,
+                   failed=lambda t: None, timeout=3)
+
+
+# -- the lock ------------------------------------------------------------------------------
+def test_lock_names_are_valid_keypair_names_and_distinct():
+    assert lock_name("prod", "web1") == "ivc-lock-prod-web1"
+    odd = lock_name("prod.eu", "web1")
+    assert odd.startswith("ivc-lock-prod_eu-web1-") and odd != lock_name("prod_eu", "web1")
+    assert all(c.isalnum() or c in "-_" for c in odd)
+
+
+def test_the_holder_survives_the_public_key_comment():
+    holder = Holder(run="abc123", host="ci-7", pid=4242, start=1700000000, op="rotate")
+    key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA {holder.comment()}"
+    assert parse_holder(key) == holder
+    assert parse_holder("ssh-ed25519 AAAA someone@laptop") is None
+    assert "run abc123 on host ci-7, pid 4242" in holder.describe(1700000060)
+
+
+def test_created_at_is_read_as_utc():
+    assert parse_created_at("2023-11-14T22:13:20.000000") == 1700000000
+    assert parse_created_at("2023-11-14T22:13:20Z") == 1700000000
+    assert parse_created_at(None) is None and parse_created_at("soon") is None
+
+
+HERE = Holder(run="r", host="me", pid=10, start=1000)
+THERE = Holder(run="r", host="elsewhere", pid=10, start=1000)
+
+
+@pytest.mark.parametrize("holder,created,now,alive,expired", [
+    (HERE, 1000, 1001, True, False),         # alive on this host: held, whatever its age
+    (HERE, 1000, 99999, True, False),
+    (HERE, 1000, 1001, False, True),         # its process is gone: expired at once
+    (THERE, 1000, 1000 + 3599, False, False),  # another host: only the TTL counts
+    (THERE, 1000, 1000 + 3601, True, True),
+    (THERE, None, 1000 + 3601, True, True),  # no created_at: the holder's own start time
+    (None, 1000, 1500, True, False),         # unreadable holder: TTL from created_at
+    (None, None, 1500, True, True),
+])
+def test_lock_expiry(holder, created, now, alive, expired):
+    reason = expiry_reason(holder, created, now=now, ttl=3600, host="me",
+                           alive=lambda pid: alive)
+    assert (reason is not None) == expired
+
+
+def test_pid_alive():
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not pid_alive(child.pid)
+    assert not pid_alive(0)
+
+
+class FakeKeypairs:
+    """Nova keypairs: names unique per user, 409 on a second create."""
+
+    def __init__(self):
+        self.keys = {}
+        self.compute = self
+
+    def create_keypair(self, name, public_key):
+        if name in self.keys:
+            raise http_error(409, f"Key pair '{name}' already exists.")
+        self.keys[name] = SimpleNamespace(name=name, public_key=public_key,
+                                          created_at="2099-01-01T00:00:00")
+        return self.keys[name]
+
+    def get_keypair(self, name):
+        if name not in self.keys:
+            raise http_error(404, "not found")
+        return self.keys[name]
+
+    def delete_keypair(self, name, ignore_missing=True):
+        self.keys.pop(name, None)
+
+
+def cloud_of(fake, run_id):
+    return Cloud(conn=fake, env="e", run_id=run_id, sleep=lambda s: None,
+                 retry_overrides={"wait": tenacity.wait_none()})
+
+
+def test_the_second_run_is_refused_naming_the_holder_and_the_first_releases():
+    fake = FakeKeypairs()
+    first = ServerLock(cloud_of(fake, "run-a"), "web1")
+    first.acquire()
+    with pytest.raises(Locked, match="another run holds the lock .*run run-a on host"):
+        ServerLock(cloud_of(fake, "run-b"), "web1").acquire()
+    first.verify()
+    first.release()
+    assert fake.keys == {}
+    ServerLock(cloud_of(fake, "run-b"), "web1").acquire()
+
+
+def test_a_dead_holders_lock_is_taken_over_and_the_holder_learns_it_lost_it():
+    fake = FakeKeypairs()
+    dead = ServerLock(cloud_of(fake, "run-a"), "web1", pid=999999)  # no such process
+    dead.acquire()
+    taker = ServerLock(cloud_of(fake, "run-b"), "web1")
+    taker.acquire()
+    assert "run=run-b" in fake.keys[lock_name("e", "web1")].public_key
+    with pytest.raises(lockmod.LockLost, match="lost its lock"):
+        dead.verify()
+    dead.release()  # not its lock any more: left alone
+    assert lock_name("e", "web1") in fake.keys
+
+
+# -- the tasks' arguments ------------------------------------------------------------------
+def load_namespace():
+    spec = importlib.util.spec_from_file_location("ivc_root_tasks_rotate", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ns
+
+
+def run(*argv):
+    program = Program(namespace=load_namespace(), version="test")
+    try:
+        program.run(["invoke", *argv], exit=True)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+@pytest.mark.parametrize("argv", [
+    ("rotate",),                                   # no --name
+    ("rotate-instance", "--name", "a", "--parallel", "0"),
+    ("rotate", "--name", "a", "--parallel", "many"),
+    ("rotate", "--name", "a", "--timeout", "-1"),
+    ("destroy", "--name", "a"),                    # no --yes
+    ("destroy",),
+])
+def test_invalid_arguments_exit_2_before_any_cloud_call(argv, monkeypatch, capsys):
+    monkeypatch.setattr("ivc_tasks.cloud.connect", lambda *a, **k: pytest.fail("connected"))
+    assert run(*argv) == 2
+    assert capsys.readouterr().err
+
+
+def test_rotate_alias_and_tasks_are_registered():
+    ns = load_namespace()
+    assert {"rotate-instance", "status", "destroy"} <= set(ns.task_names)
+    assert "rotate" in ns.task_names["rotate-instance"]
