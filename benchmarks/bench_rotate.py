@@ -135,7 +135,7 @@ def med(values):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--servers", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args()
@@ -177,10 +177,13 @@ def main() -> None:
                 print(f"  cloud  {key:<22} {med([r[key] for r in refs]):6.2f} s")
             print(f"  cloud  {'sum (its own time)':<22} {cloud_total:6.2f} s")
             rotate_wall = med([r["wall"] for r in ivcs])
+            ratios = [i["wall"] / sum(r[k] for k in ops) for i, r in zip(ivcs, refs)]
             print(f"  ivc    rotate, in process     {rotate_wall:6.2f} s  = "
                   f"{rotate_wall / cloud_total:.2f}x the cloud's own time (target <= 1.1x), "
                   f"{med([r['requests'] for r in ivcs]):.0f} requests (auth and discovery "
                   "included)")
+            print(f"         round by round: {', '.join(f'{x:.2f}x' for x in ratios)} "
+                  f"(median {med(ratios):.2f}x)")
             for phase in ivcs[0]["phases"]:
                 print(f"           {phase:<21} {med([r['phases'][phase] for r in ivcs]):6.2f} s")
             print(f"  ivc    rotate, as a process   {med([c[0] for c in clis]):6.2f} s "

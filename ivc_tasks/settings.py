@@ -32,6 +32,7 @@ _NUMBERS: dict[str, tuple[str, float, type]] = {
     "IVC_POLL_INTERVAL": ("poll_interval", 0.5, float),
     "IVC_RETRY_ATTEMPTS": ("retry_attempts", 6, int),
     "IVC_RETRY_MAX_SECONDS": ("retry_max_seconds", 120.0, float),
+    "IVC_LOCK_TTL": ("lock_ttl", 3600.0, float),
 }
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -63,6 +64,7 @@ class Settings:
     poll_interval: float = 0.5
     retry_attempts: int = 6
     retry_max_seconds: float = 120.0
+    lock_ttl: float = 3600.0
     os_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

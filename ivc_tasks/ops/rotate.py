@@ -5,9 +5,9 @@ Phases (each logs ``phase: <name> (server <S>)`` on stderr when it starts):
   preflight         declarations valid, every referenced resource found, user_data rendered
                     (the spec loader checks its size), every declared volume available or
                     attached only to this server's servers; ensure the server's security groups.
-  create            mark the old server (metadata), create the new one (same declaration, next
-                    ``ivc_gen``, its own port; the old server's networking is untouched) and wait
-                    for ACTIVE.
+  create            create the new server (same declaration, next ``ivc_gen``, its own port,
+                    the rotation's markers in its metadata; the old server is untouched) and
+                    wait for ACTIVE.
   stop              stop the old server gracefully and wait for SHUTOFF (``stop=False`` skips).
   move-volumes      for each declared volume: detach from the old server, wait available, attach
                     to the new one, wait in-use (the volumes move side by side).
@@ -25,15 +25,16 @@ belongs counts as done, something missing is not an error. Then ``RolledBack`` (
 the phase that failed and why. A failure once the old server is gone cannot be rolled back:
 it is a CloudError (exit 1) and a rerun finishes the rotation.
 
-Crash safety: the rotation's state lives in the servers' metadata, not in a local file.
-Before creating, the old server gets ``ivc_rotation=<id>``, ``ivc_role=old``, ``ivc_was=<its
-status>`` and one ``ivc_fip:<floating ip id>=<port id> <network id>`` per floating IP on its
-ports; the new server is created with the same rotation id and fip keys, ``ivc_role=new``,
-``ivc_replaces=<old id>`` and ``ivc_vol:<ref>=<volume id>`` for every declared volume. A rerun
+Crash safety: the rotation's state lives in the new server's metadata, not in a local file,
+and is written by the create request itself (no window where a server exists unmarked): the
+rotation id ``ivc_rotation``, ``ivc_role=new``, ``ivc_replaces=<old id>``, ``ivc_was=<the old
+server's status>``, one ``ivc_fip:<floating ip id>=<port id> <network id>`` per floating IP on
+the old server's ports, and ``ivc_vol:<ref>=<volume id>`` for every declared volume. The old
+server is never marked (Nova refuses to change the metadata of a server in ERROR). A rerun
 reads one server listing and ``decide`` picks: no rotation under way -> rotate; new server
-ACTIVE (or booting, then ACTIVE) -> roll forward; new server missing, in ERROR, not ACTIVE in
-time, or marked ``ivc_rollback=1`` (a rollback had started) -> roll back, then rotate afresh;
-old server gone -> finish (volumes and floating IP onto the new server, clear the markers).
+ACTIVE (or booting, then ACTIVE) -> roll forward; new server in ERROR, not ACTIVE in time, or
+marked ``ivc_rollback=1`` (a rollback had started) -> roll back, then rotate afresh; old server
+gone -> finish (volumes and floating IP onto the new server, clear the markers).
 
 Exactly one run works on a server at a time: see ``ivc_tasks.ops.lock``.
 """
@@ -556,7 +557,9 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
     movable = set(movable_from) - {target}
     actions: list[Action] = []
     for _ in range(8):
-        snapshot = known is not None  # trusted only for the usual case; else fetched again
+        # ``known``: as listed, or as the last wait saw it; trusted only for the usual case
+        # (a failed state or a foreign holder is fetched again before ivc acts on it)
+        snapshot = known is not None
         volume = known if snapshot else get_volume(cloud, volume_id)
         known = None
         if volume is None:
@@ -591,9 +594,10 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
                         raise
                 actions.append(Action("detach", "volume", ref, f"from {holder}",
                                       {"id": volume_id, "server_id": holder}))
-            wait_volume(cloud, volume_id, ref, "available",
-                         lambda v: v.status == "available" or
-                         (v.status == "in-use" and set(volume_holders(v)) <= {target}), timeout)
+            known = wait_volume(cloud, volume_id, ref, "available",
+                                lambda v: v.status == "available" or
+                                (v.status == "in-use" and set(volume_holders(v)) <= {target}),
+                                timeout)
             continue
         if volume.status == "available":
             log.info("attaching volume %s to %s", ref, target_name)
@@ -607,8 +611,9 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
                        conflict_is_transient=True, lookup=attached_meanwhile)
             actions.append(Action("attach", "volume", ref, f"to {target_name} ({target})",
                                   {"id": volume_id, "server_id": target}))
-            wait_volume(cloud, volume_id, ref, "in-use",
-                         lambda v: v.status == "in-use" and target in volume_holders(v), timeout)
+            known = wait_volume(cloud, volume_id, ref, "in-use",
+                                lambda v: v.status == "in-use" and target in volume_holders(v),
+                                timeout)
             continue
         if volume.status == "in-use" and not holders:
             _wait_volume_settled(cloud, volume_id, ref, timeout)
@@ -1072,7 +1077,8 @@ class Rotation:
         fips = fip_markers(self._markers(old)) or fip_markers(self._markers(new))
         was = self._markers(old).get(META_WAS) or self._markers(new).get(META_WAS) or "ACTIVE"
         if new is not None:
-            if (new.metadata or {}).get(META_ROLLBACK) != "1":
+            # an ERROR server cannot take metadata (409), and a rerun rolls it back anyway
+            if new.status != "ERROR" and (new.metadata or {}).get(META_ROLLBACK) != "1":
                 cloud.call(f"mark new server {self.name} for rollback",
                            lambda: self.conn.compute.set_server_metadata(new.id,
                                                                          **{META_ROLLBACK: "1"}))

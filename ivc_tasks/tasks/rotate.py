@@ -20,21 +20,14 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 
 
 def _options(**given):
-    """RotateOptions from the settings (timeouts, IVC_LOCK_TTL) and the flags."""
-    from ivc_tasks.ops.lock import DEFAULT_TTL  # noqa: PLC0415
+    """RotateOptions from the settings (stop, delete timeouts, IVC_LOCK_TTL) and the flags."""
     from ivc_tasks.ops.rotate import RotateOptions  # noqa: PLC0415
     from ivc_tasks.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings()
-    raw_ttl = settings.values.get("IVC_LOCK_TTL")
-    try:
-        ttl = float(raw_ttl) if raw_ttl else DEFAULT_TTL
-    except ValueError:
-        from ivc_tasks.errors import ConfigError  # noqa: PLC0415
-        raise ConfigError(f"{settings.env_file}: IVC_LOCK_TTL: {raw_ttl!r} is not a number of "
-                          "seconds") from None
     return RotateOptions(stop_timeout=settings.stop_timeout,
-                         delete_timeout=settings.delete_timeout, lock_ttl=ttl, **given)
+                         delete_timeout=settings.delete_timeout, lock_ttl=settings.lock_ttl,
+                         **given)
 
 
 @task(aliases=["rotate"], iterable=["name"], help={

@@ -55,6 +55,7 @@ class World:
             vols = ", ".join(f'"{v}"' for v in opts.get("volumes", ()))
             groups = f'["{self.secgroup}"]' if self.secgroup else "[]"
             lines += [f'[servers.{name}]', 'networks = ["private"]', f'volumes = [{vols}]',
+                      *([f'flavor = "{opts["flavor"]}"'] if opts.get("flavor") else []),
                       f'floating_ip = {"true" if opts.get("floating_ip") else "false"}',
                       f'security_groups = {groups}', '']
         (env_dir / f"{self.env}.toml").write_text("\n".join(lines))

@@ -240,6 +240,48 @@ def test_a_server_in_error_is_replaced_and_its_volumes_move(world):
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 
+# -- what Heat's rollback did not survive -----------------------------------------------------
+def test_a_new_server_that_cannot_be_scheduled_rolls_back(world):
+    """Heat left an orphan and split volumes here; ivc deletes the new server, the old one
+    stands untouched (never stopped: the failure comes before any volume moves)."""
+    old_id, gen = current(world)
+    admin = connection("ivc-local-admin")
+    flavor = admin.compute.create_flavor(name=f"{world.env}-huge", ram=64, vcpus=1,
+                                        disk=10_000_000)  # no host has that disk: ERROR
+    try:
+        world.servers[world.main]["flavor"] = flavor.name
+        world.write()
+        run = world.run("rotate", "--name", world.main)
+        assert run.returncode == 3, run.stderr
+        assert "failed in phase create" in run.stderr and "ERROR" in run.stderr, run.stderr
+        assert "phase: stop" not in run.stderr
+        world.assert_serving(world.main, gen=gen, same_id=old_id)
+    finally:
+        world.servers[world.main].pop("flavor", None)
+        world.write()
+        admin.compute.delete_flavor(flavor, ignore_missing=True)
+
+
+def test_a_volume_in_error_is_refused_before_anything_changes(world):
+    """Heat's rollback left a volume in error split from its server; ivc checks first, exit 2."""
+    old_id, gen = current(world)
+    admin = connection("ivc-local-admin")
+    vol_name = world.servers[world.main]["volumes"][1]
+    volume = admin.block_storage.get_volume(world.volumes[vol_name])
+    admin.block_storage.reset_volume_status(volume, status="error", attach_status=None,
+                                            migration_status=None)
+    try:
+        run = world.run("rotate", "--name", world.main, "--json")
+        assert run.returncode == 2, run.stderr
+        assert vol_name in run.stderr and "'error'" in run.stderr
+        out = json.loads(run.stdout)
+        assert out["mutating_requests"] == 2, out["requests_by_method"]  # the lock, taken and freed
+    finally:
+        admin.block_storage.reset_volume_status(volume, status="in-use", attach_status=None,
+                                                migration_status=None)
+    world.assert_serving(world.main, gen=gen, same_id=old_id)
+
+
 # -- destroy (last: it removes the server) ----------------------------------------------------
 def test_destroy_needs_yes_keeps_the_volumes_and_releases_ivcs_floating_ip(world):
     old_id, _ = current(world)
