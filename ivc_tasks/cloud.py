@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ivc")
 T = TypeVar("T")
+EAGER_FIRST_POLL = 0.05  # seconds: the first poll of an eager wait
+EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -169,10 +171,17 @@ class Cloud:
         done: Callable[[T], bool],
         failed: Callable[[T], str | None],
         timeout: float,
+        eager: bool = False,
     ) -> T:
         """Fetch something every ``poll_interval`` until it is done, has failed, or time is up.
 
         Logs a progress line on stderr whenever the state changes (and every 5 s).
+
+        ``eager``: poll soon after the request, then less and less often: each wait is 10% of
+        the time waited so far (at least 50 ms, at most ``poll_interval``), so a 0.4 s attach
+        is seen within ~50 ms and a long boot is polled every ``poll_interval`` as before; what
+        polling adds to an operation stays under ~10% of it, for more GETs (rotate uses it,
+        where the outage counts; the steps keep the fixed interval and fewer requests).
 
         :param what: the subject of the progress lines ("server web1").
         :param fetch: one GET (already retried by the caller through ``call``).
@@ -182,8 +191,13 @@ class Cloud:
         """
         start = self.clock()
         last_state, last_log = None, start
+        cap = max(self.poll_interval, 0.0)
         while True:
-            self.sleep(self.poll_interval)
+            if eager and cap:
+                waited = self.clock() - start
+                self.sleep(min(cap, max(EAGER_FIRST_POLL, EAGER_GROWTH * waited)))
+            else:
+                self.sleep(self.poll_interval)
             item = fetch()
             now = self.clock()
             current = state(item)

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError, ConfigError, IvcError, Locked, RolledBack
 from ivc_tasks.ops.instances import (
-    WAITING_STATES, InstancePlan, apply_instance, create_request,
+    WAITING_STATES, InstancePlan, apply_instance, attached_ids, create_request,
     declared_server, ensure_floating_ip, fault_message, generation, is_managed, managed_servers,
     plan_instance, planned_result, redacted_request, server_metadata, volume_key,
 )
@@ -85,8 +85,6 @@ PHASES = ("preflight", "create", "stop", "move-volumes", "move-floating-ip", "de
 ROLLBACK_PHASE = "rollback"
 VOLUME_BUSY = ("attaching", "detaching", "reserved", "creating", "downloading", "maintenance")
 VOLUME_FAILED = ("error", "error_attaching", "error_detaching", "error_deleting")
-FIRST_POLL = 0.05  # seconds; then 10% of the time waited so far, at most cloud.poll_interval
-POLL_GROWTH = 0.1
 
 
 def is_marker(key: str) -> bool:
@@ -400,7 +398,7 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         prepared.listed_volumes[ref] = volume
     if old is not None and decision.kind == ROTATE:
         server = servers[old.id]
-        undeclared = _attached_ids(server) - set(prepared.volumes.values())
+        undeclared = attached_ids(server) - set(prepared.volumes.values())
         if undeclared:
             prepared.warnings.append(
                 f"server {name}: volumes {', '.join(sorted(undeclared))} are attached but not "
@@ -416,48 +414,15 @@ def _label(cloud: Cloud, server_id: str) -> str:
     return server_id
 
 
-def _attached_ids(server: Any) -> set[str]:
-    out = set()
-    for item in getattr(server, "attached_volumes", None) or []:
-        value = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
-        if value:
-            out.add(value)
-    return out
-
-
 # -- waiting -------------------------------------------------------------------------------
 def wait_until(cloud: Cloud, what: str, fetch: Callable[[], T], state: Callable[[T], str], *,
                done: Callable[[T], bool], failed: Callable[[T], str | None], timeout: float
                ) -> T:
-    """Like ``Cloud.poll``, but polls soon after the request and then less and less often.
-
-    Each wait is 10% of the time waited so far (at least 50 ms, at most
-    ``cloud.poll_interval``): a 0.4 s attach is seen within ~50 ms, a 2 s boot within ~0.2 s,
-    and a long boot is polled every ``poll_interval`` as before. What polling adds to an
-    operation stays under ~10% of it, for ~20 more GETs per wait than a fixed interval.
+    """``Cloud.poll``, eager: polled soon after the request, then less and less often.
 
     :raises CloudError: it failed, or was not done within ``timeout`` seconds.
     """
-    start = cloud.clock()
-    last_state, last_log = None, start
-    cap = max(cloud.poll_interval, 0.0)
-    while True:
-        elapsed = cloud.clock() - start
-        cloud.sleep(min(cap, max(FIRST_POLL, POLL_GROWTH * elapsed)) if cap else 0)
-        item = fetch()
-        now = cloud.clock()
-        current = state(item)
-        if current != last_state or now - last_log >= 5:
-            log.info("  %s: %s (%.1f s)", what, current, now - start)
-            last_state, last_log = current, now
-        if done(item):
-            return item
-        reason = failed(item)
-        if reason is not None:
-            raise CloudError(f"{what}: {reason}")
-        if now - start >= timeout:
-            raise CloudError(f"{what}: still {current} after {timeout:g} s; raise the timeout "
-                             "(settings) or look at the cloud's side")
+    return cloud.poll(what, fetch, state, done=done, failed=failed, timeout=timeout, eager=True)
 
 
 def get_server(cloud: Cloud, server_id: str) -> Any | None:

@@ -58,6 +58,30 @@ def require(value: Any, flag: str, what: str) -> Any:
     return value
 
 
+def seconds_flag(value: Any, flag: str) -> float | None:
+    """A positive number of seconds from a flag (None stays None); else exit 2."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise Exit(f"{flag}: {value!r} is not a number of seconds", code=EXIT_INVALID) from None
+    if not seconds > 0:
+        raise Exit(f"{flag}: {value!r} must be greater than 0", code=EXIT_INVALID)
+    return seconds
+
+
+def count_flag(value: Any, flag: str) -> int:
+    """A whole number of 1 or more from a flag; else exit 2."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"{flag}: {value!r} is not a whole number", code=EXIT_INVALID) from None
+    if number < 1:
+        raise Exit(f"{flag}: {value!r} must be 1 or more", code=EXIT_INVALID)
+    return number
+
+
 def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
              connect: Callable[[Any], Any] | None = None) -> Any:
     """Load inputs, connect, run ``action(cloud, spec)``, print its result, map errors to exits.

@@ -13,7 +13,7 @@ server's lock.
 from invoke import Exit, task
 
 from ivc_tasks.errors import EXIT_INVALID
-from ivc_tasks.tasks._common import require, run_step
+from ivc_tasks.tasks._common import count_flag, require, run_step, seconds_flag
 
 DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
@@ -46,8 +46,8 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_ru
     from ivc_tasks.ops.rotate import rotate  # noqa: PLC0415
 
     require(name, "--name", "the declared server(s) to rotate")
-    workers = _count(1 if parallel is None else parallel, "--parallel")
-    seconds = _seconds(timeout, "--timeout")
+    workers = count_flag(1 if parallel is None else parallel, "--parallel")
+    seconds = seconds_flag(timeout, "--timeout")
     run_step("rotate-instance",
              lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=_options(
                  stop=stop, boot_timeout=seconds, parallel=workers)),
@@ -87,26 +87,3 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
                            lock_ttl=options.lock_ttl, delete_timeout=options.delete_timeout)
 
     run_step("destroy", action, json=json)
-
-
-def _count(value, flag):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise Exit(f"{flag}: {value!r} is not a whole number", code=EXIT_INVALID) from None
-    if number < 1:
-        raise Exit(f"{flag}: {value!r} must be 1 or more", code=EXIT_INVALID)
-    return number
-
-
-def _seconds(value, flag):
-    """A positive number of seconds from a flag (None stays None); else exit 2."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise Exit(f"{flag}: {value!r} is not a number of seconds", code=EXIT_INVALID) from None
-    if not seconds > 0:
-        raise Exit(f"{flag}: {value!r} must be greater than 0", code=EXIT_INVALID)
-    return seconds

@@ -6,10 +6,9 @@ Exit codes: 0 done, 1 a cloud operation failed, 2 invalid input or configuration
 touched).
 """
 
-from invoke import Exit, task
+from invoke import task
 
-from ivc_tasks.errors import EXIT_INVALID
-from ivc_tasks.tasks._common import require, run_step
+from ivc_tasks.tasks._common import require, run_step, seconds_flag
 
 DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
@@ -41,7 +40,7 @@ def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
     from ivc_tasks.ops.instances import create_instance as create  # noqa: PLC0415
 
     require(name, "--name", "the declared server to create")
-    seconds = _seconds(timeout, "--timeout")
+    seconds = seconds_flag(timeout, "--timeout")
     run_step("create-instance",
              lambda cloud, spec: create(cloud, spec, name, dry_run=dry_run, timeout=seconds),
              json=json)
@@ -59,7 +58,7 @@ def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=F
     from ivc_tasks.ops.volumes import attach_volume as attach  # noqa: PLC0415
 
     require(name, "--name", "the declared server to attach volumes to")
-    seconds = _seconds(timeout, "--timeout")
+    seconds = seconds_flag(timeout, "--timeout")
     run_step("attach-volume",
              lambda cloud, spec: attach(cloud, spec, name, volume or (), dry_run=dry_run,
                                         timeout=seconds),
@@ -75,19 +74,6 @@ def deploy(c, timeout=None, dry_run=False, json=False):
     """Ensure the security groups, then create every declared server and attach its volumes."""
     from ivc_tasks.ops.deploy import deploy as run_deploy  # noqa: PLC0415
 
-    seconds = _seconds(timeout, "--timeout")
+    seconds = seconds_flag(timeout, "--timeout")
     run_step("deploy", lambda cloud, spec: run_deploy(cloud, spec, dry_run=dry_run,
                                                        timeout=seconds), json=json)
-
-
-def _seconds(value, flag):
-    """A positive number of seconds from a flag (None stays None); else exit 2."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise Exit(f"{flag}: {value!r} is not a number of seconds", code=EXIT_INVALID) from None
-    if not seconds > 0:
-        raise Exit(f"{flag}: {value!r} must be greater than 0", code=EXIT_INVALID)
-    return seconds

@@ -1,7 +1,6 @@
 """rotate's pure pieces: the forward/rollback decision from an observed state, the markers, the
 lock's naming, holder and expiry rules, the poll schedule, and the tasks' argument checks."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import tenacity
 from fakecloud import http_error
-from invoke import Program
+from invoking import load_namespace, run
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, Locked
@@ -247,22 +246,6 @@ def test_a_dead_holders_lock_is_taken_over_and_the_holder_learns_it_lost_it():
 
 
 # -- the tasks' arguments ------------------------------------------------------------------
-def load_namespace():
-    spec = importlib.util.spec_from_file_location("ivc_root_tasks_rotate", ROOT / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ns
-
-
-def run(*argv):
-    program = Program(namespace=load_namespace(), version="test")
-    try:
-        program.run(["invoke", *argv], exit=True)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 @pytest.mark.parametrize("argv", [
     ("rotate",),                                   # no --name
     ("rotate-instance", "--name", "a", "--parallel", "0"),

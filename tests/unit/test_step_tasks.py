@@ -3,7 +3,6 @@
 The cloud is the in-memory fake; settings and the spec are real files under tmp_path.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import tenacity
 from fakecloud import FakeConnection
-from invoke import Program
+from invoking import run
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
@@ -42,13 +41,6 @@ userdata_vars = { secret_word = "swordfish-7" }
 """
 
 
-def load_namespace():
-    spec = importlib.util.spec_from_file_location("ivc_root_tasks", ROOT / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ns
-
-
 @pytest.fixture
 def conn(tmp_path, monkeypatch):
     """Real settings and spec under tmp_path; a fake cloud behind ``connect``."""
@@ -67,16 +59,6 @@ def conn(tmp_path, monkeypatch):
 
     monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
     return fake
-
-
-def run(*argv):
-    """Run ``invoke *argv``; return the exit code (0 when it returned normally)."""
-    program = Program(namespace=load_namespace(), version="test")
-    try:
-        program.run(["invoke", *argv], exit=True)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
 
 
 def test_list_shows_every_step_with_a_one_line_summary(capsys):
