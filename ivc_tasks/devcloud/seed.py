@@ -86,7 +86,7 @@ def demo_connection(secrets: dict):
 
 
 def _role(ident, name):
-    return ident.find_role(name) or ident.create_role(name=name)
+    return ident.find_role(name, ignore_missing=True) or ident.create_role(name=name)
 
 
 def seed_identity(secrets: dict, say: Say) -> None:
@@ -102,19 +102,21 @@ def seed_identity(secrets: dict, say: Say) -> None:
                                   region_id=REGION)
     admin, service_role, member, reader = (_role(ident, n) for n in
                                            ("admin", "service", "member", "reader"))
-    domain = ident.find_domain("default") or ident.find_domain("Default")
-    service_project = ident.find_project("service", domain_id=domain.id) or ident.create_project(
-        name="service", domain_id=domain.id)
+    domain = (ident.find_domain("default", ignore_missing=True)
+              or ident.find_domain("Default", ignore_missing=True))
+    service_project = (ident.find_project("service", domain_id=domain.id, ignore_missing=True)
+                       or ident.create_project(name="service", domain_id=domain.id))
     for name in SERVICE_USERS:
-        user = ident.find_user(name, domain_id=domain.id) or ident.create_user(
-            name=name, password=secrets["service"], domain_id=domain.id)
+        user = (ident.find_user(name, domain_id=domain.id, ignore_missing=True)
+                or ident.create_user(name=name, password=secrets["service"], domain_id=domain.id))
         for role in (admin, service_role):
             ident.assign_project_role_to_user(service_project, user, role)
-    demo = ident.find_project(DEMO_PROJECT, domain_id=domain.id) or ident.create_project(
-        name=DEMO_PROJECT, domain_id=domain.id, description="ivc demo project")
-    user = ident.find_user(DEMO_USER, domain_id=domain.id) or ident.create_user(
-        name=DEMO_USER, password=secrets["demo"], domain_id=domain.id,
-        default_project_id=demo.id)
+    demo = (ident.find_project(DEMO_PROJECT, domain_id=domain.id, ignore_missing=True)
+            or ident.create_project(name=DEMO_PROJECT, domain_id=domain.id,
+                                    description="ivc demo project"))
+    user = (ident.find_user(DEMO_USER, domain_id=domain.id, ignore_missing=True)
+            or ident.create_user(name=DEMO_USER, password=secrets["demo"], domain_id=domain.id,
+                                 default_project_id=demo.id))
     for role in (member, reader):
         ident.assign_project_role_to_user(demo, user, role)
     say(f"keystone: catalog of {len(CATALOG)} services, {len(SERVICE_USERS)} service users, "
@@ -142,11 +144,11 @@ def _keypair_files(layout: Layout) -> str:
 def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     """Flavors, image, networks, router, keypair, demo volumes and roomy quotas."""
     admin = admin_connection(secrets)
-    demo_project = admin.identity.find_project(DEMO_PROJECT)
+    demo_project = admin.identity.find_project(DEMO_PROJECT, ignore_missing=False)
     for name, ram, vcpus, disk in FLAVORS:
         if not admin.compute.find_flavor(name, ignore_missing=True):
             admin.compute.create_flavor(name=name, ram=ram, vcpus=vcpus, disk=disk)
-    if not admin.image.find_image(IMAGE):
+    if not admin.image.find_image(IMAGE, ignore_missing=True):
         admin.image.create_image(name=IMAGE, data=b"\0" * 1024 * 1024, disk_format="raw",
                                  container_format="bare", visibility="public",
                                  allow_duplicates=True)
@@ -156,27 +158,27 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
                              subnet=30, router=10, security_group=100,
                              security_group_rule=1000)
     net = admin.network
-    public = net.find_network("public") or net.create_network(
+    public = net.find_network("public", ignore_missing=True) or net.create_network(
         name="public", is_router_external=True, provider_network_type="flat",
         provider_physical_network="public")
-    if not net.find_subnet("public-subnet"):
+    if not net.find_subnet("public-subnet", ignore_missing=True):
         net.create_subnet(name="public-subnet", network_id=public.id, ip_version=4,
                           cidr=PUBLIC_CIDR, enable_dhcp=False)
-    private = net.find_network("private", project_id=demo_project.id) or net.create_network(
-        name="private", project_id=demo_project.id)
-    subnet = net.find_subnet("private-subnet", project_id=demo_project.id) or net.create_subnet(
-        name="private-subnet", network_id=private.id, ip_version=4, cidr=PRIVATE_CIDR,
-        project_id=demo_project.id)
-    router = net.find_router("ivc-router", project_id=demo_project.id)
+    private = (net.find_network("private", project_id=demo_project.id, ignore_missing=True)
+               or net.create_network(name="private", project_id=demo_project.id))
+    subnet = (net.find_subnet("private-subnet", project_id=demo_project.id, ignore_missing=True)
+              or net.create_subnet(name="private-subnet", network_id=private.id, ip_version=4,
+                                   cidr=PRIVATE_CIDR, project_id=demo_project.id))
+    router = net.find_router("ivc-router", project_id=demo_project.id, ignore_missing=True)
     if router is None:
         router = net.create_router(name="ivc-router", project_id=demo_project.id,
                                    external_gateway_info={"network_id": public.id})
         net.add_interface_to_router(router, subnet_id=subnet.id)
     demo = demo_connection(secrets)
-    if not demo.compute.find_keypair(KEYPAIR):
+    if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
     for name in DEMO_VOLUMES:
-        if not demo.block_storage.find_volume(name):
+        if not demo.block_storage.find_volume(name, ignore_missing=True):
             demo.block_storage.create_volume(name=name, size=1, description="ivc demo data")
     say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public + "
         f"private, router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")

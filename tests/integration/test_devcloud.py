@@ -16,9 +16,9 @@ USERDATA = "#cloud-config\nhostname: devcloud-test\n"
 
 
 def _boot(conn, name, secgroup):
-    image = conn.image.find_image("ivc-tiny")
-    flavor = conn.compute.find_flavor("m1.tiny")
-    network = conn.network.find_network("private")
+    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    network = conn.network.find_network("private", ignore_missing=False)
     server = conn.compute.create_server(
         name=name, image_id=image.id, flavor_id=flavor.id, networks=[{"uuid": network.id}],
         security_groups=[{"name": secgroup}], key_name="ivc-demo", config_drive=True,
@@ -56,7 +56,7 @@ def test_full_round_trip(conn, admin_conn, unique):
         volume = conn.block_storage.create_volume(name=f"{unique}-vol", size=1,
                                                   metadata={"marker": unique})
         volume = conn.block_storage.wait_for_status(volume, "available", interval=0.5, wait=60)
-        conn.compute.create_volume_attachment(first, volume_id=volume.id)
+        conn.compute.create_volume_attachment(first, volume=volume)
         volume = conn.block_storage.wait_for_status(volume, "in-use", interval=0.5, wait=60)
         assert [a["server_id"] for a in volume.attachments] == [first.id]
 
@@ -66,11 +66,11 @@ def test_full_round_trip(conn, admin_conn, unique):
 
         second = _boot(conn, f"{unique}-b", sg.name)
         servers.append(second)
-        conn.compute.create_volume_attachment(second, volume_id=volume.id)
+        conn.compute.create_volume_attachment(second, volume=volume)
         volume = conn.block_storage.wait_for_status(volume, "in-use", interval=0.5, wait=60)
         assert [a["server_id"] for a in volume.attachments] == [second.id]
 
-        public = conn.network.find_network("public")
+        public = conn.network.find_network("public", ignore_missing=False)
         port_a, port_b = _port_of(conn, first), _port_of(conn, second)
         fip = conn.network.create_ip(floating_network_id=public.id, port_id=port_a.id)
         assert conn.network.get_ip(fip.id).port_id == port_a.id
@@ -92,22 +92,22 @@ def test_full_round_trip(conn, admin_conn, unique):
         assert volume.size == 1
     finally:
         if fip is not None:
-            conn.network.delete_ip(fip, ignore_missing=True)
+            conn.network.delete_ip(fip, ignore_missing=False)
         for server in servers:
-            conn.compute.delete_server(server, ignore_missing=True)
+            conn.compute.delete_server(server, ignore_missing=False)
             conn.compute.wait_for_delete(server, interval=0.5, wait=120)
         if volume is not None:
             conn.block_storage.wait_for_status(volume, "available", interval=0.5, wait=60)
-            conn.block_storage.delete_volume(volume, ignore_missing=True)
-        conn.network.delete_security_group(sg, ignore_missing=True)
+            conn.block_storage.delete_volume(volume, ignore_missing=False)
+        conn.network.delete_security_group(sg, ignore_missing=False)
 
 
 def test_demo_resources_are_seeded(conn):
-    assert conn.image.find_image("ivc-tiny") is not None
+    assert conn.image.find_image("ivc-tiny", ignore_missing=False) is not None
     assert {f.name for f in conn.compute.flavors()} >= {"m1.tiny", "m1.small"}
-    assert conn.network.find_network("public").is_router_external is True
-    assert conn.network.find_network("private") is not None
-    assert conn.compute.find_keypair("ivc-demo") is not None
+    assert conn.network.find_network("public", ignore_missing=False).is_router_external is True
+    assert conn.network.find_network("private", ignore_missing=False) is not None
+    assert conn.compute.find_keypair("ivc-demo", ignore_missing=False) is not None
     names = {v.name: v.status for v in conn.block_storage.volumes()}
     assert names.get("web1-data") in ("available", "in-use")
     assert names.get("web1-logs") in ("available", "in-use")
