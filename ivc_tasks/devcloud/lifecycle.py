@@ -18,6 +18,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import bootstrap, configs, procs, seed
@@ -192,6 +193,31 @@ def _databases_ours(layout: Layout) -> tuple[bool, str]:
     return True, ""
 
 
+def reported_since(records: list, started: float) -> bool:
+    """Whether a service record is up and was written after ``started`` (epoch seconds).
+
+    A service that was just restarted still looks "up" for a minute from its predecessor's
+    last heartbeat; only a record written since the start shows that this process got through
+    its own start-up (nova-compute sets to ERROR any instance scheduled to it before that).
+    The database keeps whole seconds, hence the floor.
+    """
+    for record in records:
+        stamp = record.updated_at
+        if record.state != "up" or not stamp:
+            continue
+        written = datetime.fromisoformat(str(stamp).rstrip("Z")).replace(tzinfo=timezone.utc)
+        if written.timestamp() >= int(started):
+            return True
+    return False
+
+
+def _reported_since_start(records: list, layout: Layout, name: str) -> bool:
+    pidfile = layout.pidfile(name)
+    if not procs.alive(procs.read_pidfile(pidfile)):
+        return False
+    return reported_since(records, pidfile.stat().st_mtime)
+
+
 def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None:
     """Wait for nova-compute and cinder-volume to report up; map the compute host on rebuild."""
     conn = seed.admin_connection(secrets)
@@ -201,10 +227,8 @@ def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None
     while True:
         compute = [s for s in conn.compute.services() if s.binary == "nova-compute"]
         volume = [s for s in conn.block_storage.services() if s.binary == "cinder-volume"]
-        compute_up = any(s.state == "up" for s in compute) and procs.alive(
-            procs.read_pidfile(layout.pidfile("nova-compute")))
-        volume_up = any(s.state == "up" for s in volume) and procs.alive(
-            procs.read_pidfile(layout.pidfile("cinder-volume")))
+        compute_up = _reported_since_start(compute, layout, "nova-compute")
+        volume_up = _reported_since_start(volume, layout, "cinder-volume")
         if compute_up and not mapped:
             bootstrap.run([layout.bin("nova-manage"), "--config-file",
                            str(layout.etc / "nova/nova.conf"), "cell_v2", "discover_hosts"],

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -119,3 +120,24 @@ def test_listener_pid_finds_the_listening_process():
         server.wait()
     time.sleep(0.1)
     assert procs.listener_pid(port) is None
+
+
+def _record(state, updated_at):
+    return SimpleNamespace(state=state, updated_at=updated_at)
+
+
+def test_a_service_counts_as_started_only_once_it_reported_since_its_start():
+    from datetime import datetime, timezone
+
+    from ivc_tasks.devcloud.lifecycle import reported_since
+
+    started = datetime(2026, 11, 25, 13, 1, 25, 600000, tzinfo=timezone.utc).timestamp()
+    # the predecessor's heartbeat, still "up" for a minute: not this process
+    assert not reported_since([_record("up", "2026-11-25T13:01:03.000000")], started)
+    # the database keeps whole seconds: a record of the same second counts
+    assert reported_since([_record("up", "2026-11-25T13:01:25.000000")], started)
+    assert reported_since([_record("up", "2026-11-25T13:01:36.000000")], started)
+    assert not reported_since([_record("down", "2026-11-25T13:01:36.000000")], started)
+    assert not reported_since([_record("up", None)], started)
+    assert reported_since([_record("up", "2026-11-25T13:00:00"),
+                           _record("up", "2026-11-25T13:01:40Z")], started)
