@@ -77,6 +77,8 @@ META_ROLE = "ivc_role"
 META_REPLACES = "ivc_replaces"
 META_WAS = "ivc_was"
 META_ROLLBACK = "ivc_rollback"
+# new-server states in which Nova refuses a metadata change (409): rollback deletes it unmarked
+UNMARKABLE = ("ERROR", "BUILD")
 FIP_KEY_PREFIX = "ivc_fip:"
 MARKER_KEYS = (META_ROTATION, META_ROLE, META_REPLACES, META_WAS, META_ROLLBACK)
 
@@ -660,7 +662,9 @@ def ensure_fips_on(cloud: Cloud, fips: Mapping[str, tuple[str, str]], target: An
     if not fips:
         return actions, placed
     ports = server_ports(cloud, target.id)
-    listed = {f.id: f for f in list_floating_ips(cloud)}  # listed under the lock, or refetched
+    # forward: as listed under the lock; rollback: as the cloud says now (an update that failed
+    # on our side may have taken effect on Neutron's)
+    listed = {f.id: f for f in list_floating_ips(cloud, refresh=back_to_recorded_port)}
     for fip_id, (port_id, network_id) in fips.items():
         fip = listed.get(fip_id)
         if fip is None:
@@ -1040,25 +1044,28 @@ class Rotation:
             raise CloudError(f"the old server {old_id} is gone; nothing to roll back to")
         new = get_server(cloud, new_id) if new_id else None
         fips = fip_markers(self._markers(old)) or fip_markers(self._markers(new))
-        was = self._markers(old).get(META_WAS) or self._markers(new).get(META_WAS) or "ACTIVE"
-        if new is not None:
-            # an ERROR server cannot take metadata (409), and a rerun rolls it back anyway
-            if new.status != "ERROR" and (new.metadata or {}).get(META_ROLLBACK) != "1":
-                cloud.call(f"mark new server {self.name} for rollback",
-                           lambda: self.conn.compute.set_server_metadata(new.id,
-                                                                         **{META_ROLLBACK: "1"}))
-            if new.status == "ERROR":  # Nova refuses to detach from it: deleting frees them
-                self._delete_new(new.id)
-                new = None
+        was = (self._markers(old).get(META_WAS) or self._markers(new).get(META_WAS)
+               or self._status_before(old_id) or old.status)
+        if new is not None and new.status not in UNMARKABLE \
+                and (new.metadata or {}).get(META_ROLLBACK) != "1":
+            cloud.call(f"mark new server {self.name} for rollback",
+                       lambda: self.conn.compute.set_server_metadata(new.id,
+                                                                     **{META_ROLLBACK: "1"}))
+        # the floating IPs first: their record is the new server's metadata, which may go next
+        actions, _ = ensure_fips_on(cloud, fips, old, f"old server {self.name}",
+                                    back_to_recorded_port=True)
+        self.report.actions += actions
+        if new is not None and new.status in UNMARKABLE:
+            # ERROR: Nova refuses to detach from it, deleting frees the volumes; BUILD: nothing
+            # of ours is on it yet (volumes move once it is ACTIVE). A rerun rolls back anyway.
+            self._delete_new(new.id)
+            new = None
         jobs = {ref: (lambda ref=ref, vid=vid: ensure_volume_on(
             cloud, vid, ref, old_id, f"old server {self.name}",
             movable_from=[new_id] if new_id else [], timeout=cloud.volume_timeout))
             for ref, vid in self.prepared.volumes.items()}
         for actions in run_side_by_side(jobs).values():
             self.report.actions += actions
-        actions, _ = ensure_fips_on(cloud, fips, old, f"old server {self.name}",
-                                    back_to_recorded_port=True)
-        self.report.actions += actions
         old = self._settle(get_server(cloud, old_id) or old)
         if was == "ACTIVE" and old.status == "SHUTOFF":
             log.info("starting old server %s (%s) again", self.name, old_id)
@@ -1073,6 +1080,11 @@ class Rotation:
         clear_markers(cloud, old_id, f"server {self.name}")
         self.report.new_id = None
         self.report.generation = generation(old)
+
+    def _status_before(self, old_id: str) -> str | None:
+        """The old server's status as this run first listed it (before it stopped anything)."""
+        old = self.prepared.decision.old
+        return old.status if old is not None and old.id == old_id else None
 
     def _delete_new(self, new_id: str) -> None:
         if delete_server_and_wait(self.cloud, new_id, f"new server {self.name}",

@@ -1,7 +1,8 @@
 """A small threaded HTTP proxy on loopback that forwards to a real OpenStack endpoint and injects
 faults on matching requests: an HTTP error instead of forwarding, a reset connection before
-forwarding (the request never reaches the service), or a reset after forwarding (the service did
-it, the client never hears back: a lost response).
+forwarding (the request never reaches the service), a reset after forwarding (the service did
+it, the client never hears back: a lost response), or an HTTP error after forwarding (the service
+did it, a gateway on the way answered with an error).
 
 ``proxied_clouds_yaml`` writes a clouds.yaml whose entry copies ``ivc-local`` and points
 ``<service>_endpoint_override`` at the proxies, so that ivc (run with ``OS_CLIENT_CONFIG_FILE``)
@@ -32,8 +33,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 class Fault:
     """Inject ``action`` on the first ``times`` requests matching ``method`` and ``path``.
 
-    ``action``: an HTTP status (int) to answer with, ``"reset"`` (before forwarding) or
-    ``"reset_after"`` (after forwarding).
+    ``action``: an HTTP status (int) to answer with, ``"reset"`` (before forwarding),
+    ``"reset_after"`` (after forwarding) or ``"after:<status>"`` (forward, then answer with
+    that status instead of the service's answer).
     """
 
     method: str
@@ -122,6 +124,13 @@ class FaultProxy:
         response = upstream.getresponse()
         data = response.read()
         upstream.close()
+        if fault is not None and str(fault.action).startswith("after:"):
+            status = int(str(fault.action).split(":", 1)[1])
+            self._note(method, path, f"forwarded ({response.status}), then answered {status}")
+            payload = json.dumps({"NeutronError": {"type": "HTTPInternalServerError",
+                                                   "message": "injected by the test proxy"}})
+            self._reply(h, status, [("Content-Type", "application/json")], payload.encode())
+            return
         if fault is not None:  # reset_after: the service did it, the answer is lost
             self._note(method, path, f"forwarded ({response.status}), then reset")
             self._reset(h)

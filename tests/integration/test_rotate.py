@@ -176,6 +176,41 @@ def test_a_500_rolls_back_to_the_old_server(world, proxied, service, method, pat
     world.assert_serving(world.main, gen=gen, same_id=old_id)
 
 
+def test_a_failed_create_leaves_a_server_the_user_had_stopped_stopped(world, proxied):
+    proxies, env = proxied
+    old_id, gen = current(world)
+    conn = world.conn
+    conn.compute.stop_server(old_id)
+    conn.compute.wait_for_server(conn.compute.get_server(old_id), status="SHUTOFF",
+                                 interval=0.2, wait=60)
+    try:
+        proxies["compute"].add("POST", r"/v2.1/servers$", 500)
+        run = world.run("rotate", "--name", world.main, **env)
+        assert run.returncode == 3, run.stderr
+        [server] = world.managed(world.main)
+        assert (server.id, server.status) == (old_id, "SHUTOFF"), run.stderr
+        actions = [p for m, p, _ in proxies["compute"].seen if p.endswith("/action")]
+        assert actions == [], "the old server was started"
+    finally:
+        conn.compute.start_server(old_id)
+        conn.compute.wait_for_server(conn.compute.get_server(old_id), status="ACTIVE",
+                                     interval=0.2, wait=60)
+    world.assert_serving(world.main, gen=gen, same_id=old_id)
+
+
+def test_a_floating_ip_moved_despite_a_500_is_put_back_by_the_rollback(world, proxied):
+    # Neutron moved it, a gateway answered 500: the rollback must look, not trust its listing
+    proxies, env = proxied
+    old_id, gen = current(world)
+    fault = proxies["network"].add("PUT", r"/floatingips/", "after:500")
+    run = world.run("rotate", "--name", world.main, **env)
+    assert run.returncode == 3, run.stderr
+    assert fault.hits == 1 and "failed in phase move-floating-ip" in run.stderr, run.stderr
+    puts = [o for m, p, o in proxies["network"].seen if m == "PUT" and "/floatingips/" in p]
+    assert puts == ["forwarded (200), then answered 500", "200"], puts  # moved, moved back
+    world.assert_serving(world.main, gen=gen, same_id=old_id)
+
+
 def test_a_lost_create_response_finds_the_server_instead_of_making_a_second(world, proxied):
     proxies, env = proxied
     old_id, gen = current(world)
@@ -233,6 +268,15 @@ def test_a_server_in_error_is_replaced_and_its_volumes_move(world):
 
 
 # -- what Heat's rollback did not survive -----------------------------------------------------
+def test_a_new_server_still_building_at_the_timeout_is_deleted_unmarked(world):
+    """Nova refuses metadata on a server in BUILD (409): the rollback must not need it."""
+    old_id, gen = current(world)
+    run = world.run("rotate", "--name", world.main, IVC_BOOT_TIMEOUT="0.01")
+    assert run.returncode == 3, run.stderr
+    assert "failed in phase create" in run.stderr and "still BUILD" in run.stderr, run.stderr
+    world.assert_serving(world.main, gen=gen, same_id=old_id)
+
+
 def test_a_new_server_that_cannot_be_scheduled_rolls_back(world):
     """Heat left an orphan and split volumes here; ivc deletes the new server, the old one
     stands untouched (never stopped: the failure comes before any volume moves)."""
