@@ -65,6 +65,7 @@ from ivc_tasks.ops.resolve import (
 )
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.ops.secgroups import plan_secgroups, secgroups_result
+from ivc_tasks.ops.volumes import attach_done_or_under_way
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
@@ -571,7 +572,7 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
 
             def attached_meanwhile() -> Any | None:
                 fresh = get_volume(cloud, volume_id)
-                return fresh if fresh is not None and target in volume_holders(fresh) else None
+                return fresh if attach_done_or_under_way(fresh, target) else None
 
             cloud.call(f"attach volume {ref} to {target_name}",
                        lambda: conn.compute.create_volume_attachment(target, volume_id),

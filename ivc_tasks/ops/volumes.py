@@ -151,6 +151,13 @@ def _holds(volume: Any, server_id: str) -> bool:
     return any(a.get("server_id") == server_id for a in (volume.attachments or []))
 
 
+def attach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
+    """After a lost attach response: did that attach happen, or is it under way? (Sending it
+    again would get Nova's 400 while the volume is reserved or attaching.)"""
+    return volume is not None and (_holds(volume, server_id)
+                                   or volume.status in ("reserved", "attaching"))
+
+
 def wait_for_in_use(cloud: Cloud, volume_id: str, ref: str, server_id: str, *,
                     timeout: float | None = None) -> Any:
     """Poll the volume every ``poll_interval`` until it is in-use by the server.
@@ -203,7 +210,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
 
                 def attached_meanwhile(vp: VolumePlan = vp) -> Any | None:
                     volume = conn.block_storage.get_volume(vp.volume_id)
-                    return volume if _holds(volume, server.id) else None
+                    return volume if attach_done_or_under_way(volume, server.id) else None
 
                 cloud.call(f"attach volume {vp.ref} to {name}",
                            lambda vp=vp: conn.compute.create_volume_attachment(

@@ -222,6 +222,21 @@ def test_a_lost_create_response_finds_the_server_instead_of_making_a_second(worl
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 
+LOST_VOLUME_RESPONSES = [("POST", r"/os-volume_attachments$"),
+                         ("DELETE", r"/os-volume_attachments/")]
+
+
+@pytest.mark.parametrize("method,path", LOST_VOLUME_RESPONSES, ids=["attach", "detach"])
+def test_a_lost_volume_response_is_not_acted_on_twice(world, proxied, method, path):
+    proxies, env = proxied
+    old_id, gen = current(world)
+    fault = proxies["compute"].add(method, path, "reset_after")
+    run = world.run("rotate", "--name", world.main, **env)
+    assert run.returncode == 0, run.stderr
+    assert fault.hits == 1
+    world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
+
+
 def test_a_reset_connection_on_the_delete_is_retried(world, proxied):
     proxies, env = proxied
     old_id, gen = current(world)

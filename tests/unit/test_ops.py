@@ -457,6 +457,29 @@ def test_attach_volume_retries_a_conflict_and_does_not_attach_twice(conn, cloud,
     assert conn.count("compute.create_volume_attachment") == 2  # 409 refused; 504 took effect
 
 
+def test_a_lost_attach_response_while_the_volume_is_attaching_is_waited_for_not_resent(
+        conn, cloud, spec_of):
+    make_existing_app(conn)
+    data = conn.add_volume("data")
+    polls = []
+
+    def attach(server_id, volume_id):  # accepted; the volume is still attaching
+        data.status = "attaching"
+        raise http_error(504, "gateway timeout")  # and the answer is lost
+
+    def get_volume(volume_id):  # the attach completes two GETs after it was sent
+        if polls.count("attaching") == 2:
+            conn._attach(volume_id, conn.servers[0].id)
+        polls.append(data.status)
+        return data
+
+    conn.compute_create_volume_attachment = attach
+    conn.block_storage_get_volume = get_volume
+    attach_volume(cloud, spec_of(), "app")
+    assert conn.count("compute.create_volume_attachment") == 1, polls  # not sent again
+    assert "attaching" in polls and data.status == "in-use", polls
+
+
 # -- deploy ------------------------------------------------------------------------------------
 def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     conn.add_volume("data")
