@@ -4,12 +4,13 @@ Nova server metadata has no compare-and-set, but Nova keypair names are unique p
 keypair ``ivc-lock-<env>-<server>`` either succeeds (the lock is ours) or fails with 409 (someone
 holds it). The keypair's public key is a throwaway ed25519 key (its private half is never kept)
 whose comment records the holder: ``ivc-lock op=rotate run=<run id> host=<host> pid=<pid>
-start=<unix time>``. Releasing deletes the keypair.
+start=<unix time> ttl=<seconds>``. Releasing deletes the keypair.
 
 A lock whose holder died expires:
   * holder on this host (same hostname): expired as soon as its pid is gone (or a zombie);
   * holder on another host: expired ``ttl`` seconds after the keypair was created (Nova's
-    ``created_at``, else the holder's ``start``).
+    ``created_at``, else the holder's ``start``), the holder's own ``ttl`` (``IVC_LOCK_TTL``
+    where it ran) when it recorded one: a run set for a short TTL never cuts a longer one short.
 An expired lock is taken over (deleted, then created again), logged as a warning.
 
 Limitations (by design of the primitive):
@@ -68,10 +69,11 @@ class Holder:
     pid: int
     start: float
     op: str = "rotate"
+    ttl: float | None = None  # the holder's IVC_LOCK_TTL
 
     def comment(self) -> str:
         return (f"{COMMENT_TAG} op={self.op} run={self.run} host={self.host} pid={self.pid} "
-                f"start={int(self.start)}")
+                f"start={int(self.start)}" + (f" ttl={self.ttl:g}" if self.ttl else ""))
 
     def describe(self, now: float | None = None) -> str:
         age = (now if now is not None else time.time()) - self.start
@@ -87,7 +89,8 @@ def parse_holder(public_key: str | None) -> Holder | None:
     try:
         return Holder(run=fields["run"], host=fields.get("host", "?"),
                       pid=int(fields.get("pid", "0")), start=float(fields.get("start", "0")),
-                      op=fields.get("op", "?"))
+                      op=fields.get("op", "?"),
+                      ttl=float(fields["ttl"]) if "ttl" in fields else None)
     except ValueError:
         return None
 
@@ -135,6 +138,7 @@ def expiry_reason(holder: Holder | None, created_at: float | None, *, now: float
             return f"its holder, pid {holder.pid} on this host, is gone"
         return None
     since = created_at if created_at is not None else (holder.start if holder else None)
+    ttl = holder.ttl if holder is not None and holder.ttl else ttl
     if since is None:
         return f"it shows no holder nor creation time (older than the {ttl:g} s TTL assumed)"
     if now - since > ttl:
@@ -175,7 +179,7 @@ class ServerLock:
     @property
     def holder(self) -> Holder:
         return Holder(run=self.cloud.run_id, host=self.host, pid=self.pid, start=self._start,
-                      op=self.op)
+                      op=self.op, ttl=self.ttl)
 
     def __post_init__(self) -> None:
         self._start = self.now()
@@ -231,7 +235,8 @@ class ServerLock:
                 raise Locked(f"server {self.name}: another run holds the lock (keypair "
                              f"{self.keypair}): {who}; wait for it to finish, or, if it is dead "
                              f"and on another host, delete the keypair ({self.keypair}) or wait "
-                             f"{self.ttl:g} s after it started")
+                             f"{(holder.ttl if holder and holder.ttl else self.ttl):g} s after "
+                             "it started")
             again = self._get()  # re-read just before deleting: narrow the takeover race
             if again is None or getattr(again, "public_key", None) != current.public_key:
                 continue

@@ -1,6 +1,7 @@
 """rotate's pure pieces: the forward/rollback decision from an observed state, the markers, the
 lock's naming, holder and expiry rules, the poll schedule, and the tasks' argument checks."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def test_lock_names_are_valid_keypair_names_and_distinct():
 
 
 def test_the_holder_survives_the_public_key_comment():
-    holder = Holder(run="abc123", host="ci-7", pid=4242, start=1700000000, op="rotate")
+    holder = Holder(run="abc123", host="ci-7", pid=4242, start=1700000000, op="rotate", ttl=900)
     key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA {holder.comment()}"
     assert parse_holder(key) == holder
     assert parse_holder("ssh-ed25519 AAAA someone@laptop") is None
@@ -177,6 +178,8 @@ THERE = Holder(run="r", host="elsewhere", pid=10, start=1000)
     (THERE, None, 1000 + 3601, True, True),  # no created_at: the holder's own start time
     (None, 1000, 1500, True, False),         # unreadable holder: TTL from created_at
     (None, None, 1500, True, True),
+    (dataclasses.replace(THERE, ttl=7200), 1000, 1000 + 3601, True, False),  # the holder's TTL
+    (dataclasses.replace(THERE, ttl=60), 1000, 1000 + 61, True, True),
 ])
 def test_lock_expiry(holder, created, now, alive, expired):
     reason = expiry_reason(holder, created, now=now, ttl=3600, host="me",
