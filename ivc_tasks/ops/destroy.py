@@ -26,8 +26,9 @@ from ivc_tasks.ops.lock import DEFAULT_TTL, ServerLock
 from ivc_tasks.ops.resolve import forget, list_floating_ips, list_volumes
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.ops.rotate import (
-    delete_server_and_wait, server_ports, server_ref, volume_holders, wait_volume,
+    delete_server_and_wait, get_volume, server_ports, server_ref, volume_holders, wait_volume,
 )
+from ivc_tasks.ops.volumes import detach_done_or_under_way
 from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")
@@ -119,7 +120,9 @@ def _destroy_one(cloud: Cloud, server: Any, name: str, fips: list[Any], volumes:
                     cloud.call(f"detach volume {label} from {name}",
                                lambda vid=volume_id: conn.compute.delete_volume_attachment(
                                    server_ref(server.id), vid, ignore_missing=False),
-                               conflict_is_transient=True)
+                               conflict_is_transient=True,
+                               lookup=lambda vid=volume_id: detach_done_or_under_way(
+                                   get_volume(cloud, vid), server.id) or None)
                 except CloudCallError as exc:
                     if exc.status != 404:
                         raise

@@ -65,7 +65,7 @@ from ivc_tasks.ops.resolve import (
 )
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.ops.secgroups import plan_secgroups, secgroups_result
-from ivc_tasks.ops.volumes import attach_done_or_under_way
+from ivc_tasks.ops.volumes import attach_done_or_under_way, detach_done_or_under_way
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
@@ -440,6 +440,16 @@ def get_server(cloud: Cloud, server_id: str) -> Any | None:
     return None if str(server.status).upper() in ("DELETED", "SOFT_DELETED") else server
 
 
+def power_done_or_under_way(cloud: Cloud, server_id: str, status: str) -> bool | None:
+    """A stop/start lookup: after a lost response, is the server there or on its way (sending
+    it again would get Nova's 409)? True, or None to send it again."""
+    server = get_server(cloud, server_id)
+    task = "powering-off" if status == "SHUTOFF" else "powering-on"
+    if server is None or server.status == status or server.task_state == task:
+        return True
+    return None
+
+
 def get_volume(cloud: Cloud, volume_id: str) -> Any | None:
     conn = cloud.conn
     try:
@@ -556,7 +566,9 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
                     cloud.call(f"detach volume {ref} from {holder}",
                                lambda holder=holder: conn.compute.delete_volume_attachment(
                                    server_ref(holder), volume_id, ignore_missing=False),
-                               conflict_is_transient=True)
+                               conflict_is_transient=True,
+                               lookup=lambda holder=holder: detach_done_or_under_way(
+                                   get_volume(cloud, volume_id), holder) or None)
                 except CloudCallError as exc:
                     if exc.status != 404:  # gone meanwhile (a lost response, retried)
                         raise
@@ -905,7 +917,9 @@ class Rotation:
                     return
                 log.info("stopping old server %s (%s)", self.name, old.id)
                 self.cloud.call(f"stop old server {self.name}",
-                                lambda: self.conn.compute.stop_server(old.id))
+                                lambda: self.conn.compute.stop_server(old.id),
+                                lookup=lambda: power_done_or_under_way(self.cloud, old.id,
+                                                                       "SHUTOFF"))
                 self.report.actions.append(Action("stop", "server", self.name,
                                                   f"old server {old.id}", {"id": old.id}))
                 wait_server_status(self.cloud, old.id, f"old server {self.name}", "SHUTOFF",
@@ -1071,7 +1085,8 @@ class Rotation:
         if was == "ACTIVE" and old.status == "SHUTOFF":
             log.info("starting old server %s (%s) again", self.name, old_id)
             cloud.call(f"start old server {self.name}",
-                       lambda: self.conn.compute.start_server(old_id))
+                       lambda: self.conn.compute.start_server(old_id),
+                       lookup=lambda: power_done_or_under_way(cloud, old_id, "ACTIVE"))
             self.report.actions.append(Action("start", "server", self.name,
                                               f"old server {old_id}", {"id": old_id}))
             wait_server_status(cloud, old_id, f"old server {self.name}", "ACTIVE",

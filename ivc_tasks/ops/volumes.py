@@ -151,6 +151,12 @@ def _holds(volume: Any, server_id: str) -> bool:
     return any(a.get("server_id") == server_id for a in (volume.attachments or []))
 
 
+def detach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
+    """After a lost detach response: did that detach happen, or is it under way? (Sending it
+    again would get Nova's 400 while the volume is detaching.)"""
+    return volume is None or volume.status == "detaching" or not _holds(volume, server_id)
+
+
 def attach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
     """After a lost attach response: did that attach happen, or is it under way? (Sending it
     again would get Nova's 400 while the volume is reserved or attaching.)"""

@@ -222,12 +222,13 @@ def test_a_lost_create_response_finds_the_server_instead_of_making_a_second(worl
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 
-LOST_VOLUME_RESPONSES = [("POST", r"/os-volume_attachments$"),
-                         ("DELETE", r"/os-volume_attachments/")]
+LOST_RESPONSES = [("POST", r"/os-volume_attachments$"), ("DELETE", r"/os-volume_attachments/"),
+                  ("POST", r"/action$")]  # the first action: the old server's stop
 
 
-@pytest.mark.parametrize("method,path", LOST_VOLUME_RESPONSES, ids=["attach", "detach"])
-def test_a_lost_volume_response_is_not_acted_on_twice(world, proxied, method, path):
+@pytest.mark.parametrize("method,path", LOST_RESPONSES, ids=["attach", "detach", "stop"])
+def test_a_lost_response_is_not_acted_on_twice(world, proxied, method, path):
+    """Re-sent while the first is under way, each gets Nova's 400 or 409: ivc looks first."""
     proxies, env = proxied
     old_id, gen = current(world)
     fault = proxies["compute"].add(method, path, "reset_after")

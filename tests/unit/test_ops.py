@@ -480,6 +480,33 @@ def test_a_lost_attach_response_while_the_volume_is_attaching_is_waited_for_not_
     assert "attaching" in polls and data.status == "in-use", polls
 
 
+def test_a_lost_detach_response_while_the_volume_is_detaching_is_waited_for_not_resent(
+        conn, cloud):
+    from ivc_tasks.ops.rotate import ensure_volume_on
+
+    old, new = conn.add_server("old"), conn.add_server("new")
+    data = conn.add_volume("data", status="in-use", server_id=old.id)
+    statuses = []
+
+    def detach(server, volume_id, ignore_missing=False):  # accepted, the answer is lost
+        data.status = "detaching"
+        raise http_error(504, "gateway timeout")
+
+    def get_volume(volume_id):  # the detach completes two GETs after it was sent
+        if statuses.count("detaching") == 2 and data.status == "detaching":
+            data.status, data.attachments = "available", []
+        statuses.append(data.status)
+        return data
+
+    conn.compute_delete_volume_attachment = detach
+    conn.block_storage_get_volume = get_volume
+    actions = ensure_volume_on(cloud, data.id, "data", new.id, "new", movable_from=[old.id],
+                               timeout=60)
+    assert conn.count("compute.delete_volume_attachment") == 1, statuses  # not sent again
+    assert [a.verb for a in actions] == ["detach", "attach"]
+    assert data.status == "in-use" and data.attachments == [{"server_id": new.id}]
+
+
 # -- deploy ------------------------------------------------------------------------------------
 def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     conn.add_volume("data")
