@@ -87,6 +87,7 @@ PHASES = ("preflight", "create", "stop", "move-volumes", "move-floating-ip", "de
           "finish")
 ROLLBACK_PHASE = "rollback"
 VOLUME_BUSY = ("attaching", "detaching", "reserved", "creating", "downloading", "maintenance")
+NOVA_LAG_RETRIES = 5  # attach refused while Nova still lists the volume on the server it left
 VOLUME_FAILED = ("error", "error_attaching", "error_detaching", "error_deleting")
 
 
@@ -534,7 +535,8 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
     conn = cloud.conn
     movable = set(movable_from) - {target}
     actions: list[Action] = []
-    for _ in range(8):
+    nova_lags = 0
+    for _ in range(8 + NOVA_LAG_RETRIES):
         # ``known``: as listed, or as the last wait saw it; trusted only for the usual case
         # (a failed state or a foreign holder is fetched again before ivc acts on it)
         snapshot = known is not None
@@ -586,9 +588,22 @@ def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target
                 fresh = get_volume(cloud, volume_id)
                 return fresh if attach_done_or_under_way(fresh, target) else None
 
-            cloud.call(f"attach volume {ref} to {target_name}",
-                       lambda: conn.compute.create_volume_attachment(target, volume_id),
-                       conflict_is_transient=True, lookup=attached_meanwhile)
+            try:
+                cloud.call(f"attach volume {ref} to {target_name}",
+                           lambda: conn.compute.create_volume_attachment(target, volume_id),
+                           conflict_is_transient=True, lookup=attached_meanwhile)
+            except CloudCallError as exc:
+                # Cinder says available a moment before Nova drops the old server's record of
+                # the volume; Nova then refuses the attach (400 naming that server): nothing
+                # changed, so look again shortly
+                left = [h for h in movable if h in exc.details]
+                if exc.status != 400 or "already attached" not in exc.details or not left \
+                        or nova_lags >= NOVA_LAG_RETRIES:
+                    raise
+                nova_lags += 1
+                log.info("Nova still lists volume %s on %s; attaching again", ref, left[0])
+                cloud.sleep(0.1 * nova_lags)
+                continue
             actions.append(Action("attach", "volume", ref, f"to {target_name} ({target})",
                                   {"id": volume_id, "server_id": target}))
             known = wait_volume(cloud, volume_id, ref, "in-use",

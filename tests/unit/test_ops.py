@@ -507,6 +507,38 @@ def test_a_lost_detach_response_while_the_volume_is_detaching_is_waited_for_not_
     assert data.status == "in-use" and data.attachments == [{"server_id": new.id}]
 
 
+def test_an_attach_refused_while_nova_still_lists_the_old_server_is_tried_again(conn, cloud):
+    from ivc_tasks.ops.rotate import ensure_volume_on
+
+    old, new = conn.add_server("old"), conn.add_server("new")
+    data = conn.add_volume("data", status="in-use", server_id=old.id)
+
+    def detach(server, volume_id, ignore_missing=False):  # Cinder: available at once
+        data.status, data.attachments = "available", []
+
+    conn.compute_delete_volume_attachment = detach
+    conn.fail_next("compute.create_volume_attachment", http_error(
+        400, f"Invalid volume: volume {data.id} is already attached to instances: {old.id}"))
+    actions = ensure_volume_on(cloud, data.id, "data", new.id, "new", movable_from=[old.id],
+                               timeout=60)
+    assert conn.count("compute.create_volume_attachment") == 2
+    assert [a.verb for a in actions] == ["detach", "attach"]
+    assert data.status == "in-use" and data.attachments == [{"server_id": new.id}]
+
+
+def test_an_attach_refused_for_a_foreign_server_is_not_tried_again(conn, cloud):
+    from ivc_tasks.errors import IvcError
+    from ivc_tasks.ops.rotate import ensure_volume_on
+
+    new = conn.add_server("new")
+    data = conn.add_volume("data")
+    conn.fail_next("compute.create_volume_attachment", http_error(
+        400, f"Invalid volume: volume {data.id} is already attached to instances: srv-other"))
+    with pytest.raises(IvcError, match="already attached"):
+        ensure_volume_on(cloud, data.id, "data", new.id, "new", movable_from=[], timeout=60)
+    assert conn.count("compute.create_volume_attachment") == 1
+
+
 # -- deploy ------------------------------------------------------------------------------------
 def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     conn.add_volume("data")
