@@ -21,12 +21,12 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.instances import attached_ids, floating_marker, managed_servers
+from ivc_tasks.ops.instances import attached_ids, floating_marker, managed_servers, volume_holders
 from ivc_tasks.ops.lock import DEFAULT_TTL, ServerLock
 from ivc_tasks.ops.resolve import forget, list_floating_ips, list_volumes
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.ops.rotate import (
-    delete_server_and_wait, get_volume, server_ports, server_ref, volume_holders, wait_volume,
+    delete_server_and_wait, get_volume, server_ports, server_ref, wait_volume,
 )
 from ivc_tasks.ops.volumes import detach_done_or_under_way
 from ivc_tasks.spec import Spec

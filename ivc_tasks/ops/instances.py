@@ -93,6 +93,11 @@ def volume_key(ref: str) -> str:
     return VOLUME_KEY_PREFIX + "sha256." + hashlib.sha256(ref.encode()).hexdigest()[:16]
 
 
+def volume_holders(volume: Any) -> list[str]:
+    """Return the ids of the servers Cinder says ``volume`` is attached to."""
+    return [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
+
+
 def attached_ids(server: Any) -> set[str]:
     """Return the ids of the volumes Nova says are attached to ``server``."""
     out = set()
@@ -236,7 +241,7 @@ def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: st
 
     :raises ConfigError: attached to another server (named), or not available.
     """
-    others = [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
+    others = volume_holders(volume)
     if others:
         raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached to "
                           f"server {server_label(cloud, others[0])}; detach it there first "

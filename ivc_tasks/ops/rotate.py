@@ -55,7 +55,7 @@ from ivc_tasks.errors import CloudError, ConfigError, IvcError, Locked, RolledBa
 from ivc_tasks.ops.instances import (
     WAITING_STATES, InstancePlan, apply_instance, attached_ids, create_request,
     declared_server, ensure_floating_ip, fault_message, generation, is_managed, managed_servers,
-    plan_instance, planned_result, redacted_request, server_metadata, volume_key,
+    plan_instance, planned_result, redacted_request, server_metadata, volume_holders, volume_key,
 )
 from ivc_tasks.ops.lock import DEFAULT_TTL, LockLost, ServerLock, acquire_all, lock_name, \
     parse_holder, release_all
@@ -387,7 +387,7 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         entry = f"servers.{name}.volumes[{i}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
-        holders = {a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")}
+        holders = set(volume_holders(volume))
         foreign = holders - ours
         if foreign:
             raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
@@ -513,10 +513,6 @@ def delete_server_and_wait(cloud: Cloud, server_id: str, what: str, timeout: flo
                done=lambda s: s is None, failed=lambda s: None, timeout=timeout)
     forget(cloud, "servers")
     return True
-
-
-def volume_holders(volume: Any) -> list[str]:
-    return [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
 
 
 def ensure_volume_on(cloud: Cloud, volume_id: str, ref: str, target: str, target_name: str, *,

@@ -25,7 +25,7 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.ops.instances import (
     attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
-    server_label, volume_key,
+    server_label, volume_holders, volume_key,
 )
 from ivc_tasks.ops.resolve import list_volumes, pick
 from ivc_tasks.ops.result import Action, StepResult
@@ -130,7 +130,7 @@ def plan_attach(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = ()
         entry = f"servers.{name}.volumes[{declared.volumes.index(ref)}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
-        holders = [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
+        holders = volume_holders(volume)
         if volume.id in attached_here or server.id in holders:
             plan.volumes.append(VolumePlan(ref=ref, volume_id=volume.id, volume=volume,
                                            record=True))
@@ -148,7 +148,7 @@ def plan_attach(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = ()
 
 
 def _holds(volume: Any, server_id: str) -> bool:
-    return any(a.get("server_id") == server_id for a in (volume.attachments or []))
+    return server_id in volume_holders(volume)
 
 
 def detach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
@@ -204,7 +204,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
             fresh = cloud.call(f"get volume {vp.ref}",
                                lambda vp=vp: conn.block_storage.get_volume(vp.volume_id))
             if not _holds(fresh, server.id):
-                holders = [a.get("server_id") for a in (fresh.attachments or [])]
+                holders = volume_holders(fresh)
                 if holders:
                     raise ConfigError(f"volume {vp.ref!r} ({fresh.id}) got attached to "
                                       f"{server_label(cloud, holders[0])} meanwhile; detach it "
