@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.secgroup_rules import (
+from ivc_tasks.secgroup_rules import (
     ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
 )
 from ivc_tasks.userdata import RESERVED_VARS, render_userdata

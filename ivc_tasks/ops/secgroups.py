@@ -24,7 +24,7 @@ from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.ops.resolve import forget, list_security_groups
 from ivc_tasks.ops.result import Action, StepResult
-from ivc_tasks.ops.secgroup_rules import RulePlan, plan_rules
+from ivc_tasks.secgroup_rules import RulePlan, plan_rules
 from ivc_tasks.spec import SecGroup, Spec
 
 log = logging.getLogger("ivc")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ivc_tasks.ops.secgroup_rules import (
+from ivc_tasks.secgroup_rules import (
     RulePlan, api_body, normalise_prefix, plan_rules, protocol_number, rule_key,
 )
 from ivc_tasks.spec import Rule
