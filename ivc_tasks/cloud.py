@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.errors import CloudError, ConfigError, clip
 from ivc_tasks.retry import cloud_retrying, describe_cloud_error, status_code
+from ivc_tasks.settings import DEFAULTS
 
 if TYPE_CHECKING:
     from ivc_tasks.settings import Settings
@@ -100,6 +101,8 @@ class Cloud:
     :param conn: the openstacksdk Connection (or a stand-in with the same proxies in tests).
     :param env: the environment's name (``ivc_env`` metadata).
     :param run_id: this run's id (``ivc_run`` metadata), to recognise what this run created.
+    The timings (``poll_interval``, ``*_timeout``, ``lock_ttl``, ``retry_*``) are the run's
+    Settings, with the same defaults (``settings.DEFAULTS``, defined once).
     :param floating_network: the external network to take floating IPs from, by name or id
         (``IVC_FLOATING_NETWORK``; default: the only external network).
     :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
@@ -110,11 +113,14 @@ class Cloud:
     env: str
     counter: RequestCounter = field(default_factory=RequestCounter)
     run_id: str = field(default_factory=lambda: new_run_id())
-    poll_interval: float = 0.5
-    boot_timeout: float = 300.0
-    volume_timeout: float = 120.0
-    retry_attempts: int = 6
-    retry_max_seconds: float = 120.0
+    poll_interval: float = DEFAULTS["poll_interval"]
+    boot_timeout: float = DEFAULTS["boot_timeout"]
+    volume_timeout: float = DEFAULTS["volume_timeout"]
+    stop_timeout: float = DEFAULTS["stop_timeout"]
+    delete_timeout: float = DEFAULTS["delete_timeout"]
+    lock_ttl: float = DEFAULTS["lock_ttl"]
+    retry_attempts: int = int(DEFAULTS["retry_attempts"])
+    retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
     floating_network: str | None = None
     retry_overrides: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
@@ -251,35 +257,45 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def open_connection(settings: Settings, counter: RequestCounter) -> Any:
+def open_connection(settings: Settings, counter: RequestCounter, *,
+                    prompt: Callable[[str], str] | None = None) -> Any:
     """Open an openstacksdk Connection for ``settings.os_cloud`` with ``counter`` hooked on.
 
-    No request is made here (openstacksdk authenticates on the first call), and nothing can
-    prompt: no password callback is given, so missing credentials are an error, not a prompt.
+    No request is made here (see ``authenticate``). The credentials are checked first (see
+    ``resolve_credentials``); which cloud and which credentials are used is logged once.
 
-    :raises ConfigError: the cloud is not in clouds.yaml, or its configuration is incomplete.
+    :param prompt: asks for a missing password; default: ``getpass`` at an interactive terminal
+        only (stdin a TTY and ``CI`` unset), never otherwise.
+    :raises ConfigError: no such cloud entry, a clouds file missing or malformed, or missing
+        credentials; the message names the entry, the file and the fix.
     """
     import openstack  # noqa: PLC0415 (keep `invoke --list` light)
-    from keystoneauth1 import exceptions as ksa  # noqa: PLC0415
 
-    try:
-        with _environment(settings.os_vars):
-            conn = openstack.connect(cloud=settings.os_cloud, app_name="ivc")
-    except (openstack.exceptions.ConfigException, ksa.MissingRequiredOptions,
-            ksa.MissingAuthPlugin) as exc:
-        where = settings.os_vars.get("OS_CLIENT_CONFIG_FILE") or "clouds.yaml"
-        raise ConfigError(f"{settings.env_file}: OS_CLOUD={settings.os_cloud!r}: {exc} ({where}); "
-                          "fix OS_CLOUD or the clouds.yaml entry") from None
+    origin = "the environment" if "OS_PASSWORD" in os.environ else str(settings.env_file)
+    with _environment(settings.os_vars):
+        creds = resolve_credentials(settings, prompt=prompt, password_origin=origin)
+        try:
+            conn = openstack.connection.Connection(config=creds.region)
+        except Exception as exc:  # noqa: BLE001 (anything the SDK raises on a bad entry)
+            raise ConfigError(f"{creds.where}: {clip(str(exc))}; fix the cloud entry") from None
+    log.info("cloud: %s; credentials: %s", creds.where, creds.source)
     conn.session.session.hooks.setdefault("response", []).append(counter.hook)
+    conn.ivc_credentials = creds
     return conn
 
 
 def connect(settings: Settings, **overrides: Any) -> Cloud:
-    """Return the run's Cloud: one connection, counted, with the settings' limits.
+    """Return the run's Cloud: one connection, counted, with the settings' limits, authenticated.
 
-    :param overrides: Cloud fields to override (tests pass ``retry_overrides``).
-    :raises ConfigError: see ``open_connection``.
+    Authentication (identity version discovery and the token request) runs under the same
+    retry policy as every other call; a refusal (401/403) fails at once.
+
+    :param overrides: Cloud fields to override (tests pass ``retry_overrides``);
+        ``authenticate=False`` skips the token request (it then happens at the first call).
+    :raises ConfigError: see ``open_connection``; the credentials were refused.
+    :raises CloudCallError: the identity service could not be reached, after retries.
     """
+    do_auth = overrides.pop("authenticate", True)
     counter = RequestCounter()
     conn = open_connection(settings, counter)
     fields = dict(
@@ -288,4 +304,212 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
         retry_attempts=settings.retry_attempts, retry_max_seconds=settings.retry_max_seconds,
         floating_network=settings.values.get("IVC_FLOATING_NETWORK") or None,
     )
-    return Cloud(**(fields | overrides))
+    cloud = Cloud(**(fields | overrides))
+    if do_auth:
+        authenticate(cloud, conn.ivc_credentials)
+    return cloud
+
+
+def authenticate(cloud: Cloud, creds: Credentials) -> None:
+    """Get the run's token now (discovery + token request), retried like every call.
+
+    :raises ConfigError: the identity service refused the credentials (401/403), or
+        keystoneauth found them incomplete.
+    :raises CloudCallError: the identity service could not be reached, after retries.
+    """
+    try:
+        cloud.call(f"authenticate to cloud {creds.name}", cloud.conn.session.get_token)
+    except CloudCallError as exc:
+        if exc.status in (401, 403):
+            raise ConfigError(
+                f"{creds.where}: the identity service refused the credentials "
+                f"({clip(describe_cloud_error(exc.original), 300)}); credentials: {creds.source}; "
+                "check the password or application credential of that entry") from None
+        raise CloudCallError(f"authenticate to {creds.where}", exc.original) from None
+    except Exception as exc:  # noqa: BLE001 keystoneauth's bare Exception("... is a required attribute")
+        if type(exc) is not Exception:
+            raise
+        raise ConfigError(f"{creds.where}: {clip(str(exc))}; {MISSING_SECRET_FIX}") from None
+
+
+# -- credentials: which cloud entry, from which file, with which secret -------------------------
+MISSING_SECRET_FIX = ("set OS_PASSWORD (environment or env file), add auth.password to the entry "
+                      "(or to secure.yaml), or use an application credential "
+                      "(auth_type: v3applicationcredential)")
+ENV_CLOUD = "envvars"  # openstacksdk's name for the cloud made of OS_* variables
+
+
+@dataclass
+class Credentials:
+    """What ``resolve_credentials`` found: the cloud region to connect with, the entry's name,
+    the file it came from (None for ``OS_*`` variables), and where the secret came from (for
+    the log; never the secret itself)."""
+
+    region: Any
+    name: str
+    file: str | None
+    source: str
+
+    @property
+    def where(self) -> str:
+        if self.file is None:
+            return f"cloud {self.name!r} (the OS_* variables)"
+        return f"cloud entry {self.name!r} in {self.file}"
+
+
+def interactive() -> bool:
+    """Return True when ivc may prompt: stdin is a terminal and ``CI`` is not set."""
+    import sys  # noqa: PLC0415
+
+    try:
+        tty = sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        tty = False
+    return tty and not os.environ.get("CI")
+
+
+def _getpass(text: str) -> str:
+    import getpass  # noqa: PLC0415
+
+    return getpass.getpass(text)
+
+
+def clouds_files() -> list[str]:
+    """The clouds.yaml files openstacksdk reads, in its order (``OS_CLIENT_CONFIG_FILE`` first)."""
+    from openstack.config import loader  # noqa: PLC0415
+
+    files = list(loader.CONFIG_FILES)
+    override = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    return [override, *files] if override else files
+
+
+def check_clouds_file(settings: Settings) -> str | None:
+    """Return the clouds file openstacksdk will use (None if there is none), after checking it.
+
+    openstacksdk skips a malformed file with a warning (then says the cloud "was not found");
+    this names the file, the YAML problem and its line instead.
+
+    :raises ConfigError: ``OS_CLIENT_CONFIG_FILE`` names a file that does not exist, or the
+        file is not readable, not UTF-8, not YAML, or not a mapping.
+    """
+    import yaml  # noqa: PLC0415
+
+    override = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    if override:
+        try:
+            exists, is_file = os.path.exists(override), os.path.isfile(override)
+        except (OSError, ValueError):
+            exists = is_file = False
+        if not exists or not is_file:
+            problem = "does not exist" if not exists else "is not a file"
+            raise ConfigError(f"{settings.env_file}: OS_CLIENT_CONFIG_FILE: the clouds file "
+                              f"{clip(override)} {problem}; create it or fix the path") from None
+    for path in clouds_files():
+        try:
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except PermissionError:
+            continue  # openstacksdk skips it too
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save the clouds file as UTF-8") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML: {problem}{line}; fix the clouds "
+                              "file (openstacksdk would skip it)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the clouds file: {exc.strerror}") from None
+        if data is not None and not (isinstance(data, dict) and
+                                     isinstance(data.get("clouds", {}), dict)):
+            raise ConfigError(f"{path}: not a clouds file (expected a mapping with a 'clouds' "
+                              "key of cloud entries); fix the file")
+        return path
+    return None
+
+
+def resolve_credentials(settings: Settings, *, prompt: Callable[[str], str] | None = None,
+                        password_origin: str = "the environment") -> Credentials:
+    """Find the cloud entry and its credentials, without any request (run inside the env vars).
+
+    Precedence for a password: the entry's ``auth.password`` (clouds.yaml, or secure.yaml beside
+    it), then ``OS_PASSWORD``, then (at an interactive terminal only) one prompt. With no
+    ``OS_CLOUD`` and ``OS_AUTH_URL`` etc. set, the ``OS_*`` variables are the cloud.
+
+    :raises ConfigError: naming the entry, the file and the fix.
+    """
+    import openstack  # noqa: PLC0415
+    from keystoneauth1 import exceptions as ksa  # noqa: PLC0415
+    from keystoneauth1 import loading  # noqa: PLC0415
+
+    path = check_clouds_file(settings)
+    try:
+        config = openstack.config.OpenStackConfig(app_name="ivc")
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"{path or 'clouds.yaml'}: {clip(str(exc))}") from None
+    name = settings.os_cloud or config.default_cloud
+    entries = sorted(k for k in config.cloud_config.get("clouds", {}) if k != ENV_CLOUD)
+    if settings.os_cloud and settings.os_cloud not in config.cloud_config.get("clouds", {}):
+        looked = path or f"no clouds.yaml found (looked in {', '.join(clouds_files())})"
+        have = f" (it has: {', '.join(entries)})" if path and entries else ""
+        raise ConfigError(f"{settings.env_file}: OS_CLOUD={settings.os_cloud!r}: no such cloud "
+                          f"entry in {looked}{have}; fix OS_CLOUD or the clouds.yaml entry")
+    if not name or name == "defaults":
+        raise ConfigError(f"{settings.env_file}: no cloud configured: set OS_CLOUD to an entry of "
+                          "clouds.yaml, or the OS_AUTH_URL, OS_USERNAME... variables")
+    file = None if name == ENV_CLOUD else path
+    creds = Credentials(region=None, name=name, file=file, source="")
+    try:
+        raw = config.get_one(cloud=name, validate=False).config
+        auth_type = raw.get("auth_type") or "password"
+        options = loading.get_plugin_loader(auth_type).get_options()
+    except ksa.NoMatchingPlugin:
+        raise ConfigError(f"{creds.where}: unknown auth_type {clip(str(raw.get('auth_type')))}; "
+                          "use password or v3applicationcredential") from None
+    except (openstack.exceptions.ConfigException, ksa.ClientException) as exc:
+        raise ConfigError(f"{creds.where}: {clip(str(exc))}; fix the cloud entry") from None
+    auth = raw.get("auth") or {}
+    extra: dict[str, Any] = {}
+    secrets = [o.dest for o in options if o.secret and (o.prompt or o.required)]
+    source = f"{auth_type}, no secret needed"
+    for dest in secrets:
+        if auth.get(dest) or raw.get(dest):
+            source = f"{auth_type}, {dest} from " + (
+                "the OS_* variables" if file is None else "the entry (clouds.yaml/secure.yaml)")
+            continue
+        if dest == "password" and os.environ.get("OS_PASSWORD"):
+            extra[dest] = os.environ["OS_PASSWORD"]
+            source = f"{auth_type}, password from OS_PASSWORD ({password_origin})"
+            continue
+        ask = prompt if prompt is not None else (_getpass if interactive() else None)
+        if ask is None or not [o for o in options if o.dest == dest and o.prompt]:
+            raise ConfigError(f"{creds.where}: no {dest.replace('_', ' ')} (auth_type "
+                              f"{auth_type}) and not asking (stdin is not a terminal, or CI is "
+                              f"set); {MISSING_SECRET_FIX}")
+        value = ask(f"Password for cloud {name} ({file or 'OS_* variables'}): ")
+        if not value:
+            raise ConfigError(f"{creds.where}: no password given at the prompt; "
+                              f"{MISSING_SECRET_FIX}")
+        extra[dest] = value
+        source = f"{auth_type}, password typed at the prompt"
+    try:
+        creds.region = config.get_one(cloud=name, auth=extra) if extra else config.get_one(cloud=name)
+    except ksa.MissingRequiredOptions as exc:
+        missing = ", ".join(o.dest for o in exc.options)
+        raise ConfigError(f"{creds.where}: missing {missing} (auth_type {auth_type}); add them to "
+                          "the entry's auth (or the matching OS_* variables)") from None
+    except (openstack.exceptions.ConfigException, ksa.ClientException) as exc:
+        raise ConfigError(f"{creds.where}: {clip(str(exc))}; fix the cloud entry") from None
+    creds.source = source
+    return creds
+
+
+_REAL_ENVIRON: dict[str, str] = dict(os.environ)
+
+
+def _real_environ() -> Mapping[str, str]:
+    """The process environment as it was before ``_environment`` applied the env file."""
+    return _REAL_ENVIRON

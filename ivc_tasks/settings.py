@@ -34,6 +34,7 @@ _NUMBERS: dict[str, tuple[str, float, type]] = {
     "IVC_RETRY_MAX_SECONDS": ("retry_max_seconds", 120.0, float),
     "IVC_LOCK_TTL": ("lock_ttl", 3600.0, float),
 }
+DEFAULTS: dict[str, float] = {attr: default for attr, default, _ in _NUMBERS.values()}
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -57,14 +58,15 @@ class Settings:
     env_file: Path
     spec_path: Path
     os_cloud: str | None
-    boot_timeout: float = 300.0
-    volume_timeout: float = 120.0
-    delete_timeout: float = 120.0
-    stop_timeout: float = 120.0
-    poll_interval: float = 0.5
-    retry_attempts: int = 6
-    retry_max_seconds: float = 120.0
-    lock_ttl: float = 3600.0
+    boot_timeout: float = DEFAULTS["boot_timeout"]
+    volume_timeout: float = DEFAULTS["volume_timeout"]
+    delete_timeout: float = DEFAULTS["delete_timeout"]
+    stop_timeout: float = DEFAULTS["stop_timeout"]
+    poll_interval: float = DEFAULTS["poll_interval"]
+    retry_attempts: int = int(DEFAULTS["retry_attempts"])
+    retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
+    lock_ttl: float = DEFAULTS["lock_ttl"]
+    floating_network: str | None = None
     os_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -79,6 +81,7 @@ class Settings:
             "env_file": str(self.env_file),
             "spec_path": str(self.spec_path),
             "os_cloud": self.os_cloud,
+            "floating_network": self.floating_network,
         }
         out.update({attr: getattr(self, attr) for attr, _, _ in _NUMBERS.values()})
         out["os_vars"] = mask(self.os_vars)
@@ -138,6 +141,7 @@ def load_settings(
         env_file=env_file,
         spec_path=_under(root, values.get("IVC_SPEC") or f"env/{name}.toml"),
         os_cloud=values.get("OS_CLOUD") or None,
+        floating_network=values.get("IVC_FLOATING_NETWORK", "").strip() or None,
         os_vars=MappingProxyType(os_vars),
         values=MappingProxyType(values),
         **numbers,
