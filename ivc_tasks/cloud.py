@@ -301,8 +301,10 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
     fields = dict(
         conn=conn, env=settings.env, counter=counter, poll_interval=settings.poll_interval,
         boot_timeout=settings.boot_timeout, volume_timeout=settings.volume_timeout,
+        stop_timeout=settings.stop_timeout, delete_timeout=settings.delete_timeout,
+        lock_ttl=settings.lock_ttl,
         retry_attempts=settings.retry_attempts, retry_max_seconds=settings.retry_max_seconds,
-        floating_network=settings.values.get("IVC_FLOATING_NETWORK") or None,
+        floating_network=settings.floating_network,
     )
     cloud = Cloud(**(fields | overrides))
     if do_auth:

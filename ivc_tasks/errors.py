@@ -46,3 +46,31 @@ class Locked(IvcError):
     """Another run holds the lock for the server."""
 
     exit_code = EXIT_LOCKED
+
+
+CLIP = 80  # characters of a value shown in a message
+MESSAGE_LIMIT = 2000  # characters of a whole message
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """Return ``text``, or its first ``limit`` characters and its full length when longer."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def clip_repr(value: object, limit: int = CLIP) -> str:
+    """Return ``repr(value)`` cut like ``clip`` (for values quoted in messages)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return clip(repr(value), limit)
+
+
+def clip_message(message: str, *, word: int = 200, limit: int = MESSAGE_LIMIT) -> str:
+    """Cut a whole message for output: every run of more than ``word`` non-blank characters,
+    then the message itself beyond ``limit`` characters (the lengths are given)."""
+    import re  # noqa: PLC0415
+
+    message = re.sub(r"\S{%d,}" % (word + 1), lambda m: clip(m.group(0), CLIP), str(message))
+    return clip(message, limit)

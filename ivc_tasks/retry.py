@@ -4,6 +4,10 @@ Transient (retried):
   * connection failures and timeouts: keystoneauth1 ``ConnectFailure`` / ``ConnectTimeout``,
     requests ``ConnectionError`` / ``Timeout`` (not SSL errors);
   * HTTP 429 (waiting what ``Retry-After`` asks, capped), 502, 503, 504;
+  * a failed version discovery (keystoneauth1 ``DiscoveryFailure``, openstacksdk
+    ``ServiceDiscoveryException``) whose cause is one of the above: authentication discovers
+    the identity API's versions inside the first call, and wraps a 503 or a reset connection
+    there in a DiscoveryFailure;
   * HTTP 409 only when the caller says conflicts are transient for its operation (volume
     attach/detach while a task_state is set).
 Never retried: any other status (400, 401, 403, 404, 413...) and any error whose message
@@ -28,6 +32,8 @@ CONFLICT = 409
 RETRY_AFTER_CAP = 60.0
 # Class names recognised when the class itself cannot be imported (or is a look-alike).
 CONNECTION_ERROR_NAMES = frozenset({"ConnectFailure", "ConnectTimeout", "RetriableConnectionFailure"})
+# Wrappers of a discovery failure: transient when what they wrap is.
+DISCOVERY_ERROR_NAMES = frozenset({"DiscoveryFailure", "ServiceDiscoveryException"})
 REQUEST_ID_HEADERS = ("x-openstack-request-id", "x-compute-request-id")
 _KSA_SUFFIX = re.compile(r" \(HTTP \d+\)( \(Request-ID: [^)]*\))?$")
 
@@ -82,7 +88,19 @@ def is_transient(exc: BaseException, *, conflict_is_transient: bool = False) -> 
     status = status_code(exc)
     if status is not None:
         return status in TRANSIENT_STATUS or (conflict_is_transient and status == CONFLICT)
-    return is_connection_error(exc)
+    if is_connection_error(exc):
+        return True
+    cause = discovery_cause(exc)
+    return cause is not None and is_transient(cause)
+
+
+def discovery_cause(exc: BaseException) -> BaseException | None:
+    """Return what a failed version discovery wraps (the HTTP error or connection failure that
+    keystoneauth1 or openstacksdk was handling when it raised), else None."""
+    if not any(cls.__name__ in DISCOVERY_ERROR_NAMES for cls in type(exc).__mro__):
+        return None
+    cause = exc.__cause__ or exc.__context__
+    return cause if cause is not None and cause is not exc else None
 
 
 def retry_after_seconds(exc: BaseException | None) -> float | None:

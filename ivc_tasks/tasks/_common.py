@@ -6,23 +6,28 @@ HTTP request of the run, authentication and version discovery included) and
 ``requests_by_method``. A failure prints that object too, with ``error`` and ``exit_code``.
 
 Exit codes (``ivc_tasks.errors``): 0 done, changed or not; 1 a cloud operation failed;
-2 invalid input or configuration, nothing touched.
+2 invalid input or configuration, nothing touched. Never a traceback: what escapes as another
+exception while reading the inputs is exit 2 naming the file, anything else exit 1 (set
+``IVC_DEBUG=1`` to log the traceback). Messages are cut (``errors.clip_message``): a long value
+shows its first characters and its length, in text and in JSON.
 
 Nothing here imports openstacksdk at import time: ``invoke --list`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from invoke import Exit
 
-from ivc_tasks.errors import EXIT_INVALID, ConfigError, IvcError
+from ivc_tasks.errors import EXIT_CLOUD, EXIT_INVALID, ConfigError, IvcError, clip, clip_message
 
 LOG_FORMAT = "%(message)s"
 
@@ -47,7 +52,17 @@ def load_inputs() -> tuple[Any, Any]:
     from ivc_tasks.settings import load_settings  # noqa: PLC0415 (keep `invoke --list` light)
     from ivc_tasks.spec import load_spec  # noqa: PLC0415
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError:
+        raise
+    except OSError as exc:  # e.g. IVC_ENV or IVC_ROOT too long for the filesystem
+        name = clip(str(exc.filename)) if exc.filename else "the env file"
+        raise ConfigError(f"{name}: {exc.strerror or exc} (from IVC_ROOT / IVC_ENV); use a shorter "
+                          "environment name or root folder") from None
+    except Exception as exc:  # noqa: BLE001 (a dotenv parse problem, a bad byte...)
+        raise ConfigError(f"env/{clip(os.environ.get('IVC_ENV') or 'local')}.env: cannot read "
+                          f"the settings: {type(exc).__name__}: {clip(str(exc))}") from None
     return settings, load_spec(settings.spec_path, env_name=settings.env)
 
 
@@ -82,6 +97,21 @@ def count_flag(value: Any, flag: str) -> int:
     return number
 
 
+@contextlib.contextmanager
+def usage(step: str, *, json: bool) -> Iterator[None]:
+    """Check flags inside this block: an ``Exit`` raised there (a usage error, exit 2) also
+    prints the one JSON object with ``error`` and ``exit_code`` when ``--json`` was given."""
+    start = time.monotonic()
+    try:
+        yield
+    except Exit as exc:
+        message = clip_message(str(exc.message or ""))
+        if json:
+            _print_json({"step": step, "changed": False, "actions": [], "error": message,
+                         "exit_code": exc.code, **_stats(None, start)})
+        raise Exit(message, code=exc.code) from None
+
+
 def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
              connect: Callable[[Any], Any] | None = None) -> Any:
     """Load inputs, connect, run ``action(cloud, spec)``, print its result, map errors to exits.
@@ -102,16 +132,11 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
         cloud = connect(settings)
         result = action(cloud, spec)
     except IvcError as exc:
-        partial = getattr(exc, "result", None)
-        out = partial.to_dict() if partial is not None else {"step": step, "changed": False,
-                                                              "actions": []}
-        out.update(error=str(exc), exit_code=exc.exit_code, **_stats(cloud, start))
-        if json:
-            _print_json(out)
-        elif partial is not None and partial.changed:
-            _print_lines(partial.lines())
-        kind = "invalid input" if isinstance(exc, ConfigError) else "failed"
-        raise Exit(f"{step}: {kind}: {exc}", code=exc.exit_code) from None
+        _fail(step, exc, exc.exit_code, json=json, cloud=cloud, start=start)
+    except Exception as exc:  # noqa: BLE001 (never a traceback; IVC_DEBUG=1 logs it)
+        if os.environ.get("IVC_DEBUG"):
+            logging.getLogger("ivc").exception("unexpected error")
+        _fail(step, exc, EXIT_CLOUD, json=json, cloud=cloud, start=start)
     out = {**result.to_dict(), **_stats(cloud, start)}
     if json:
         _print_json(out)
@@ -119,6 +144,36 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
         _print_lines(result.lines() + [*(f"warning: {w}" for w in out.get("warnings", []))] +
                      [f"{out['requests']} requests in {out['elapsed_seconds']} s"])
     return out
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception that is not an IvcError."""
+    from ivc_tasks.cloud import is_cloud_exception  # noqa: PLC0415
+    from ivc_tasks.retry import describe_cloud_error  # noqa: PLC0415
+
+    if is_cloud_exception(exc):
+        return describe_cloud_error(exc)
+    return (f"unexpected error {type(exc).__name__}: {exc} (a bug in ivc: please report it; "
+            "IVC_DEBUG=1 logs the traceback)")
+
+
+def _fail(step: str, exc: BaseException, code: int, *, json: bool, cloud: Any,
+          start: float) -> None:
+    """Print the failure (JSON, or what a partial result did) and raise ``Exit``."""
+    message = clip_message(str(exc) if isinstance(exc, IvcError) else _describe(exc))
+    partial = getattr(exc, "result", None)
+    try:
+        out = partial.to_dict() if partial is not None else None
+    except Exception:  # noqa: BLE001
+        out = None
+    out = out or {"step": step, "changed": False, "actions": []}
+    out.update(error=message, exit_code=code, **_stats(cloud, start))
+    if json:
+        _print_json(out)
+    elif partial is not None and getattr(partial, "changed", False):
+        _print_lines(partial.lines())
+    kind = "invalid input" if isinstance(exc, ConfigError) else "failed"
+    raise Exit(f"{step}: {kind}: {message}", code=code) from None
 
 
 def _stats(cloud: Any, start: float) -> dict[str, Any]:

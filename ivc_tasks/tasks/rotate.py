@@ -13,7 +13,7 @@ server's lock.
 from invoke import Exit, task
 
 from ivc_tasks.errors import EXIT_INVALID
-from ivc_tasks.tasks._common import count_flag, require, run_step, seconds_flag
+from ivc_tasks.tasks._common import count_flag, require, run_step, seconds_flag, usage
 
 DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
@@ -45,9 +45,10 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_ru
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
     from ivc_tasks.ops.rotate import rotate  # noqa: PLC0415
 
-    require(name, "--name", "the declared server(s) to rotate")
-    workers = count_flag(1 if parallel is None else parallel, "--parallel")
-    seconds = seconds_flag(timeout, "--timeout")
+    with usage("rotate-instance", json=json):
+        require(name, "--name", "the declared server(s) to rotate")
+        workers = count_flag(1 if parallel is None else parallel, "--parallel")
+        seconds = seconds_flag(timeout, "--timeout")
     run_step("rotate-instance",
              lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=_options(
                  stop=stop, boot_timeout=seconds, parallel=workers)),
@@ -77,10 +78,12 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
     """Delete a server, detaching its volumes first (never deleting them)."""
     from ivc_tasks.ops.destroy import destroy as run_destroy  # noqa: PLC0415
 
-    require(name, "--name", "the declared server to destroy")
-    if not yes and not dry_run:
-        raise Exit(f"destroy: refusing to delete server {name} without --yes (try --dry-run to "
-                   "see what would go)", code=EXIT_INVALID)
+    with usage("destroy", json=json):
+        require(name, "--name", "the declared server to destroy")
+        if not yes and not dry_run:
+            raise Exit(f"destroy: refusing to delete server {name} without --yes (try --dry-run "
+                       "to see what would go)", code=EXIT_INVALID)
+
     def action(cloud, spec):
         options = _options()
         return run_destroy(cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run,

@@ -8,7 +8,7 @@ touched).
 
 from invoke import task
 
-from ivc_tasks.tasks._common import require, run_step, seconds_flag
+from ivc_tasks.tasks._common import require, run_step, seconds_flag, usage
 
 DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
@@ -39,8 +39,9 @@ def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
     """Create a declared server if ivc has none, wait for ACTIVE, add its floating IP."""
     from ivc_tasks.ops.instances import create_instance as create  # noqa: PLC0415
 
-    require(name, "--name", "the declared server to create")
-    seconds = seconds_flag(timeout, "--timeout")
+    with usage("create-instance", json=json):
+        require(name, "--name", "the declared server to create")
+        seconds = seconds_flag(timeout, "--timeout")
     run_step("create-instance",
              lambda cloud, spec: create(cloud, spec, name, dry_run=dry_run, timeout=seconds),
              json=json)
@@ -57,8 +58,9 @@ def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=F
     """Attach a server's declared, existing volumes to it (never creates one)."""
     from ivc_tasks.ops.volumes import attach_volume as attach  # noqa: PLC0415
 
-    require(name, "--name", "the declared server to attach volumes to")
-    seconds = seconds_flag(timeout, "--timeout")
+    with usage("attach-volume", json=json):
+        require(name, "--name", "the declared server to attach volumes to")
+        seconds = seconds_flag(timeout, "--timeout")
     run_step("attach-volume",
              lambda cloud, spec: attach(cloud, spec, name, volume or (), dry_run=dry_run,
                                         timeout=seconds),
@@ -74,6 +76,7 @@ def deploy(c, timeout=None, dry_run=False, json=False):
     """Ensure the security groups, then create every declared server and attach its volumes."""
     from ivc_tasks.ops.deploy import deploy as run_deploy  # noqa: PLC0415
 
-    seconds = seconds_flag(timeout, "--timeout")
+    with usage("deploy", json=json):
+        seconds = seconds_flag(timeout, "--timeout")
     run_step("deploy", lambda cloud, spec: run_deploy(cloud, spec, dry_run=dry_run,
                                                        timeout=seconds), json=json)

@@ -195,7 +195,7 @@ def test_connect_hooks_the_counter_before_any_request(tmp_path, monkeypatch):
         "      project_domain_name: Default\n")
     (tmp_path / "env" / "x.env").write_text("OS_CLOUD=c\nOS_CLIENT_CONFIG_FILE=clouds.yaml\n")
     settings = load_settings("x", root=tmp_path, environ={})
-    cloud = connect(settings, env="override")
+    cloud = connect(settings, env="override", authenticate=False)
     hooks = cloud.conn.session.session.hooks["response"]
     assert cloud.counter.hook in hooks
     assert cloud.counter.total == 0 and cloud.env == "override"

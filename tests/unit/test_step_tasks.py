@@ -210,7 +210,8 @@ def test_deploy_failure_reports_the_steps_done_in_json(conn, capsys):
 
 
 def test_missing_credentials_never_prompt(tmp_path):
-    """No password in clouds.yaml, CI=true, stdin closed: a failure (exit 1), never a prompt."""
+    """No password in clouds.yaml, CI=true, stdin closed: invalid configuration (exit 2) naming
+    the entry, the file and the fix, never a prompt."""
     (tmp_path / "env").mkdir()
     (tmp_path / "clouds.yaml").write_text(
         "clouds:\n  c:\n    auth:\n      auth_url: http://127.0.0.1:9/\n      username: u\n"
@@ -223,6 +224,9 @@ def test_missing_credentials_never_prompt(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "ensure-secgroups", "--json"],
                           cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 1, proc.stderr
-    assert "password" not in (proc.stdout + proc.stderr).lower()
-    assert json.loads(proc.stdout)["exit_code"] == 1
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Password:" not in proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["exit_code"] == 2 and data["mutating_requests"] == 0
+    assert "'c'" in data["error"] and str(tmp_path / "clouds.yaml") in data["error"]
+    assert "OS_PASSWORD" in data["error"]
