@@ -4,6 +4,14 @@ Every error is a ConfigError on one line: ``<file>: <entry>: <problem>; <how to 
 entry is a dotted path such as ``servers.web1.networks`` or ``secgroups.web.rules[0].ports``.
 Paths in the file (templates, files, public keys) are relative to the spec file's folder.
 Lists given in a server replace those of ``[defaults]``; ``userdata_vars`` and ``metadata`` merge.
+
+The checks mirror the cloud's own rules for everything ivc sends, so that a declaration the cloud
+would refuse fails here, before any change (a deploy that creates the security groups and then
+gets Nova's 400 on the server would be a half-made change): Nova's metadata keys and values,
+keypair names and public keys (parsed as Nova parses them, with ``cryptography``), Neutron's
+names and descriptions (255 characters), rule fields. Values quoted in messages are cut to 80
+characters (their length is given); any other failure while reading a file or rendering a
+template is a ConfigError naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ivc_tasks.errors import ConfigError
+from ivc_tasks.errors import ConfigError, clip_message
+from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.secgroup_rules import (
     ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
 )
@@ -25,6 +34,10 @@ from ivc_tasks.userdata import RESERVED_VARS, render_userdata
 
 SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # one DNS label, lower case
 KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_ -]{1,255}$")  # what every Nova microversion accepts
+# Nova's metadata schema (nova/api/validation/parameter_types.py), pattern copied as is: in
+# Python's re, "9-_" is the range 0x39-0x5F, so ";<=>?@[\]^" pass too, but "/" or "," do not.
+NOVA_METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
+NEUTRON_NAME_MAX = 255  # security group names and descriptions, rule descriptions
 PERMISSIONS = re.compile(r"^0?[0-7]{3}$")
 RESERVED_METADATA_PREFIX = "ivc_"
 METADATA_MAX = 255
@@ -146,7 +159,17 @@ def load_spec(path: Path, *, env_name: str) -> Spec:
     :raises ConfigError: anything invalid, named by file and entry, before any cloud call.
     """
     path = Path(path)
-    return _Loader(path).load(env_name)
+    try:
+        return _Loader(path).load(env_name)
+    except ConfigError:
+        raise
+    except OSError as exc:  # a path too long, a folder where a file was expected, no permission
+        name = exc.filename if exc.filename is not None else path
+        raise ConfigError(clip_message(f"{path}: cannot read {name}: {exc.strerror or exc}; fix the "
+                                       "path or the file's permissions")) from None
+    except Exception as exc:  # noqa: BLE001 (never a traceback: name the file)
+        raise ConfigError(clip_message(f"{path}: {type(exc).__name__}: {exc}; fix the "
+                                       "declarations")) from None
 
 
 def _type_name(value: Any) -> str:
@@ -163,8 +186,8 @@ class _Loader:
         self.folder = path.parent
 
     def fail(self, entry: str, problem: str, fix: str) -> NoReturn:
-        message = f"{self.path}: {entry}: {problem}; {fix}"
-        raise ConfigError(re.sub(r"\s*\n\s*", " ", message))
+        message = f"{self.path}: {clip_message(entry, word=80)}: {problem}; {fix}"
+        raise ConfigError(clip_message(re.sub(r"\s*\n\s*", " ", message)))
 
     # -- generic checks -----------------------------------------------------------------------
     def table(self, value: Any, entry: str) -> dict:
@@ -179,7 +202,7 @@ class _Loader:
             if key not in allowed:
                 where = f"{entry}.{key}" if entry else key
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(allowed)}"
+                hint = f"did you mean {_r(close[0])}?" if close else f"valid keys: {', '.join(allowed)}"
                 self.fail(where, "unknown key", hint)
 
     def string(self, value: Any, entry: str) -> str:
@@ -190,7 +213,7 @@ class _Loader:
 
     def boolean(self, value: Any, entry: str) -> bool:
         if not isinstance(value, bool):
-            self.fail(entry, f"expected true or false, got {_type_name(value)} {value!r}",
+            self.fail(entry, f"expected true or false, got {_type_name(value)} {_r(value)}",
                       "write true or false without quotes")
         return value
 
@@ -201,7 +224,7 @@ class _Loader:
         items = tuple(self.string(v, f"{entry}[{i}]") for i, v in enumerate(value))
         for i, item in enumerate(items):
             if item in items[:i]:
-                self.fail(f"{entry}[{i}]", f"{item!r} is listed twice", "list it once")
+                self.fail(f"{entry}[{i}]", f"{_r(item)} is listed twice", "list it once")
         return items
 
     def existing_file(self, value: Any, entry: str, what: str) -> Path:
@@ -217,7 +240,13 @@ class _Loader:
             doc = tomllib.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             self.fail("spec", "file not found", "create it or point IVC_SPEC at the declarations")
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except IsADirectoryError:
+            self.fail("spec", "is a folder, not a file",
+                      "point IVC_SPEC at the declarations file (e.g. env/NAME.toml)")
+        except UnicodeDecodeError as exc:
+            self.fail("spec", f"is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                      "save it as UTF-8")
+        except tomllib.TOMLDecodeError as exc:
             self.fail("toml", f"invalid TOML: {exc}", "fix the syntax")
         self.keys(doc, "", TOP_KEYS)
         secgroups_raw = self.table(doc.get("secgroups", {}), "secgroups")
@@ -241,9 +270,7 @@ class _Loader:
     # -- keypairs ---------------------------------------------------------------------------
     def keypair(self, name: str, raw: Any) -> Keypair:
         entry = f"keypairs.{name}"
-        if not KEYPAIR_NAME.match(name):
-            self.fail(entry, f"{name!r} is not a valid keypair name",
-                      "use letters, digits, '_', '-' or spaces (at most 255)")
+        self.keypair_name(name, entry)
         self.keys(self.table(raw, entry), entry, KEYPAIR_KEYS)
         if "public_key_file" not in raw:
             self.fail(f"{entry}.public_key_file", "is missing", 'set public_key_file = "keys/NAME.pub"')
@@ -256,19 +283,37 @@ class _Loader:
         if not text.startswith(PUBLIC_KEY_TYPES):
             self.fail(f"{entry}.public_key_file", f"{key_file} is not an OpenSSH public key",
                       "use the one-line .pub file made by ssh-keygen")
+        problem = public_key_problem(text)
+        if problem is not None:
+            self.fail(f"{entry}.public_key_file", f"{key_file}: {problem} (Nova would refuse it)",
+                      "use the one-line .pub file made by ssh-keygen, unchanged")
         return Keypair(name=name, public_key_file=key_file, public_key=text)
+
+    def keypair_name(self, name: str, entry: str) -> None:
+        """Nova's keypair name: 1-255 of letters, digits, '_', '-', ' ' (every microversion),
+        without leading or trailing spaces."""
+        if not KEYPAIR_NAME.match(name) or name != name.strip():
+            self.fail(entry, f"{_r(name)} is not a valid keypair name",
+                      "use 1-255 letters, digits, '_', '-' or inner spaces")
+
+    def neutron_text(self, value: Any, entry: str) -> str:
+        """A Neutron description: a string of at most 255 characters."""
+        if not isinstance(value, str):
+            self.fail(entry, f"expected a string, got {_type_name(value)}",
+                      'quote it: description = "..."')
+        if len(value) > NEUTRON_NAME_MAX:
+            self.fail(entry, f"is {len(value)} characters, over Neutron's {NEUTRON_NAME_MAX}",
+                      "shorten it")
+        return value
 
     # -- security groups ----------------------------------------------------------------------
     def secgroup(self, name: str, raw: Any, declared: Mapping[str, Any]) -> SecGroup:
         entry = f"secgroups.{name}"
         if not name.strip() or len(name) > 255 or name.lower() == "default":
-            self.fail(entry, f"{name!r} is not a usable group name",
+            self.fail(entry, f"{_r(name)} is not a usable group name",
                       "pick a non-empty name of at most 255 characters other than 'default'")
         self.keys(self.table(raw, entry), entry, SECGROUP_KEYS)
-        description = raw.get("description", "")
-        if not isinstance(description, str):
-            self.fail(f"{entry}.description", f"expected a string, got {_type_name(description)}",
-                      'quote it: description = "..."')
+        description = self.neutron_text(raw.get("description", ""), f"{entry}.description")
         rules = raw.get("rules", [])
         if not isinstance(rules, list):
             self.fail(f"{entry}.rules", f"expected a list of rules, got {_type_name(rules)}",
@@ -280,13 +325,13 @@ class _Loader:
         self.keys(self.table(raw, entry), entry, RULE_KEYS)
         direction = raw.get("direction", "ingress")
         if direction not in ("ingress", "egress"):
-            self.fail(f"{entry}.direction", f"{direction!r} is not a direction",
+            self.fail(f"{entry}.direction", f"{_r(direction)} is not a direction",
                       'use "ingress" or "egress"')
         protocol, number = self.protocol(raw.get("protocol"), f"{entry}.protocol")
         prefix, family = self.prefix(raw.get("remote_ip_prefix"), f"{entry}.remote_ip_prefix")
         ethertype = self.ethertype(raw.get("ethertype"), f"{entry}.ethertype", family, number)
         if number in IPV6_ONLY_PROTOCOLS and ethertype == "IPv4":
-            self.fail(f"{entry}.ethertype", f"protocol {protocol!r} is IPv6-only but the rule is IPv4",
+            self.fail(f"{entry}.ethertype", f"protocol {_r(protocol)} is IPv6-only but the rule is IPv4",
                       'set ethertype = "IPv6" (and an IPv6 remote_ip_prefix, if any)')
         pmin, pmax = self.ports(raw, entry, protocol, number)
         group = raw.get("remote_group")
@@ -294,15 +339,12 @@ class _Loader:
             group = self.string(group, f"{entry}.remote_group")
             if group not in declared:
                 close = difflib.get_close_matches(group, list(declared), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else "declare it under [secgroups]"
-                self.fail(f"{entry}.remote_group", f"{group!r} is not a declared security group", hint)
+                hint = f"did you mean {_r(close[0])}?" if close else "declare it under [secgroups]"
+                self.fail(f"{entry}.remote_group", f"{_r(group)} is not a declared security group", hint)
             if prefix is not None:
                 self.fail(entry, "remote_ip_prefix and remote_group are both set",
                           "keep one: a rule matches either addresses or members of a group")
-        description = raw.get("description", "")
-        if not isinstance(description, str):
-            self.fail(f"{entry}.description", f"expected a string, got {_type_name(description)}",
-                      'quote it: description = "..."')
+        description = self.neutron_text(raw.get("description", ""), f"{entry}.description")
         return Rule(direction=direction, ethertype=ethertype, protocol=protocol,
                     port_range_min=pmin, port_range_max=pmax, remote_ip_prefix=prefix,
                     remote_group=group, description=description)
@@ -328,9 +370,9 @@ class _Loader:
             try:
                 loose = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                self.fail(entry, f"{text!r} is not an IP address or CIDR",
+                self.fail(entry, f"{_r(text)} is not an IP address or CIDR",
                           'write e.g. "203.0.113.0/24", "198.51.100.7" or "2001:db8::/32"')
-            self.fail(entry, f"{text!r} has host bits set", f'use the network "{loose}"')
+            self.fail(entry, f"{_r(text)} has host bits set", f'use the network "{loose}"')
         return str(network), network.version
 
     def ethertype(self, raw: Any, entry: str, family: int | None, number: int | None) -> str:
@@ -340,7 +382,7 @@ class _Loader:
             return "IPv6" if number in IPV6_ONLY_PROTOCOLS else "IPv4"
         canonical = {"ipv4": "IPv4", "ipv6": "IPv6"}.get(str(raw).lower())
         if canonical is None:
-            self.fail(entry, f"{raw!r} is not an ethertype", 'use "IPv4" or "IPv6"')
+            self.fail(entry, f"{_r(raw)} is not an ethertype", 'use "IPv4" or "IPv6"')
         if family is not None and canonical != f"IPv{family}":
             self.fail(entry, f"{canonical} contradicts the IPv{family} remote_ip_prefix",
                       f'set ethertype = "IPv{family}" or remove it')
@@ -374,18 +416,18 @@ class _Loader:
         text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text) if isinstance(text, str) else None
         if match is None:
-            self.fail(entry, f"{raw!r} is not a port or a port range", 'write "22" or "8000-8100"')
+            self.fail(entry, f"{_r(raw)} is not a port or a port range", 'write "22" or "8000-8100"')
         low = int(match.group(1))
         high = int(match.group(2) or low)
         if not (1 <= low <= 65535 and 1 <= high <= 65535):
-            self.fail(entry, f"{raw!r} is outside 1-65535", "use ports from 1 to 65535")
+            self.fail(entry, f"{_r(raw)} is outside 1-65535", "use ports from 1 to 65535")
         if low > high:
-            self.fail(entry, f"{raw!r} starts above its end", f'write "{high}-{low}"')
+            self.fail(entry, f"{_r(raw)} starts above its end", f'write "{high}-{low}"')
         return low, high
 
     def icmp_value(self, raw: Any, entry: str) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 255:
-            self.fail(entry, f"{raw!r} is not an integer from 0 to 255",
+            self.fail(entry, f"{_r(raw)} is not an integer from 0 to 255",
                       "write e.g. icmp_type = 8 (echo request)")
         return raw
 
@@ -403,7 +445,7 @@ class _Loader:
     def server(self, name: str, raw: Any, defaults: dict[str, Any]) -> Server:
         entry = f"servers.{name}"
         if not SERVER_NAME.match(name):
-            self.fail(entry, f"{name!r} is not a valid server name",
+            self.fail(entry, f"{_r(name)} is not a valid server name",
                       "use 1-63 lower-case letters, digits and '-', not starting or ending with '-'")
         self.keys(self.table(raw, entry), entry, SERVER_KEYS)
         own = self.server_fields(raw, entry)
@@ -425,9 +467,7 @@ class _Loader:
 
     def keypair_ref(self, value: Any, entry: str) -> str:
         name = self.string(value, entry)
-        if not KEYPAIR_NAME.match(name):
-            self.fail(entry, f"{name!r} is not a valid keypair name",
-                      "use letters, digits, '_', '-' or spaces")
+        self.keypair_name(name, entry)
         return name
 
     def userdata_vars(self, value: Any, entry: str) -> dict[str, Any]:
@@ -444,12 +484,23 @@ class _Loader:
         for key, item in self.table(value, entry).items():
             where = f"{entry}.{key}"
             if key.lower().startswith(RESERVED_METADATA_PREFIX):
-                self.fail(where, f"keys starting with {RESERVED_METADATA_PREFIX!r} are reserved for ivc",
+                self.fail(where, f"keys starting with {_r(RESERVED_METADATA_PREFIX)} are reserved for ivc",
                           "rename the key")
             if not isinstance(item, str):
-                self.fail(where, f"expected a string, got {_type_name(item)}", f'quote it: {key} = "{item}"')
-            if not key or len(key) > METADATA_MAX or len(item) > METADATA_MAX:
-                self.fail(where, f"keys and values must be 1-{METADATA_MAX} characters", "shorten it")
+                self.fail(where, f"expected a string, got {_type_name(item)}",
+                          f'quote it: {clip_message(key, word=80)} = "{clip_message(str(item), word=80)}"')
+            if not key or len(key) > METADATA_MAX:
+                self.fail(where, f"the key is {len(key)} characters; Nova takes keys of "
+                          f"1-{METADATA_MAX} characters", "shorten it")
+            if not NOVA_METADATA_KEY.fullmatch(key):
+                bad = sorted({c for c in key if not NOVA_METADATA_KEY.fullmatch(c)})
+                self.fail(where, f"Nova refuses this metadata key (character(s) "
+                          f"{_r(''.join(bad))})", "use letters, digits, '-', '_', ':', '.' "
+                          "and spaces")
+            if len(item) > METADATA_MAX:
+                self.fail(where, f"the value is {len(item)} characters; Nova takes keys of "
+                          f"1-{METADATA_MAX} characters and values of at most {METADATA_MAX}",
+                          "shorten it")
         return dict(value)
 
     def files(self, value: Any, entry: str) -> tuple[FileSpec, ...]:
@@ -465,12 +516,12 @@ class _Loader:
                     self.fail(f"{where}.{key}", "is missing", f"set {key} for every file")
             target = self.string(raw["path"], f"{where}.path")
             if not target.startswith("/"):
-                self.fail(f"{where}.path", f"{target!r} is not an absolute path", 'write e.g. "/etc/motd"')
+                self.fail(f"{where}.path", f"{_r(target)} is not an absolute path", 'write e.g. "/etc/motd"')
             if any(f.path == target for f in out):
-                self.fail(f"{where}.path", f"{target!r} is declared twice", "declare each path once")
+                self.fail(f"{where}.path", f"{_r(target)} is declared twice", "declare each path once")
             permissions = raw.get("permissions", "0644")
             if not isinstance(permissions, str) or not PERMISSIONS.match(permissions):
-                self.fail(f"{where}.permissions", f"{permissions!r} is not an octal mode",
+                self.fail(f"{where}.permissions", f"{_r(permissions)} is not an octal mode",
                           'quote it: permissions = "0644"')
             owner = raw.get("owner")
             out.append(FileSpec(
@@ -486,6 +537,33 @@ class _Loader:
         for server in servers.values():
             for volume in server.volumes:
                 if volume in seen:
-                    self.fail(f"servers.{server.name}.volumes", f"{volume!r} is also a volume of "
+                    self.fail(f"servers.{server.name}.volumes", f"{_r(volume)} is also a volume of "
                               f"servers.{seen[volume]}", "a volume attaches to one server: keep it on one")
                 seen[volume] = server.name
+
+
+def public_key_problem(text: str) -> str | None:
+    """Return why Nova would refuse ``text`` as a keypair's public key, else None.
+
+    Nova (``nova.crypto.generate_fingerprint``) loads the key with ``cryptography``'s
+    ``load_ssh_public_key`` (which checks the base64 and that the type inside it matches the
+    type in front), then base64-decodes its second space-separated field; so does this.
+    """
+    import base64  # noqa: PLC0415
+    import binascii  # noqa: PLC0415
+
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    if "\n" in text or "\r" in text:
+        return "holds more than one line (one key per file)"
+    try:
+        serialization.load_ssh_public_key(text.encode("utf-8"))
+    except (ValueError, TypeError) as exc:
+        return f"not a valid OpenSSH public key ({clip_message(str(exc), word=80, limit=160)})"
+    except Exception as exc:  # noqa: BLE001 (cryptography's UnsupportedAlgorithm and the like)
+        return f"not a public key Nova can read ({type(exc).__name__})"
+    try:
+        base64.b64decode(text.split(" ")[1], validate=False)
+    except (IndexError, binascii.Error):
+        return "its key data is not separated from its type by one space"
+    return None

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ivc_tasks.errors import ConfigError
+from ivc_tasks.errors import ConfigError, clip_message
+from ivc_tasks.errors import clip_repr as _r
 
 if TYPE_CHECKING:
     from ivc_tasks.spec import FileSpec, Server, Spec
@@ -43,10 +44,15 @@ def gzip_b64(data: bytes) -> str:
 
 def write_files_entry(file: FileSpec) -> dict[str, Any]:
     """Return the cloud-init ``write_files`` entry that writes one declared file."""
+    try:
+        data = file.source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(clip_message(f"{file.source}: cannot read the file for {file.path}: "
+                                       f"{exc.strerror or exc}")) from None
     entry: dict[str, Any] = {
         "path": file.path,
         "encoding": "gz+b64",
-        "content": gzip_b64(file.source.read_bytes()),
+        "content": gzip_b64(data),
         "permissions": file.permissions,
     }
     if file.owner:
@@ -98,11 +104,11 @@ def _render_template(spec_path: Path, entry: str, template: Path, context: dict)
     try:
         return env.get_template(template.name).render(context)
     except jinja2.TemplateNotFound as exc:
-        _fail(spec_path, entry, f"template {template}: cannot find {exc.name!r}",
+        _fail(spec_path, entry, f"template {template}: cannot find {_r(exc.name)}",
               "create the file or fix the path (relative to the spec file's folder)")
     except jinja2.UndefinedError as exc:
         match = re.search(r"'([^']+)' is undefined", str(exc))
-        what = f"variable {match.group(1)!r}" if match else str(exc)
+        what = f"variable {_r(match.group(1))}" if match else str(exc)
         _fail(spec_path, entry, f"template {template} uses undefined {what}",
               f"add it to {entry}_vars or defaults.userdata_vars")
     except jinja2.TemplateSyntaxError as exc:
@@ -110,6 +116,25 @@ def _render_template(spec_path: Path, entry: str, template: Path, context: dict)
               "fix the Jinja syntax")
     except jinja2.TemplateError as exc:
         _fail(spec_path, entry, f"template {template}: {exc}", "fix the template")
+    except UnicodeDecodeError as exc:
+        _fail(spec_path, entry, f"template {template} is not UTF-8 text ({exc.reason} at byte "
+              f"{exc.start})", "save it as UTF-8")
+    except OSError as exc:
+        _fail(spec_path, entry, f"template {template}: cannot read "
+              f"{exc.filename or template}: {exc.strerror or exc}", "fix the path or permissions")
+    except Exception as exc:  # noqa: BLE001 (an expression that raises at render time)
+        _fail(spec_path, entry, f"template {template}{_template_line(exc, template)} raised "
+              f"{type(exc).__name__}: {exc}", "fix the template")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _template_line(exc: BaseException, template: Path) -> str:
+    """`` line N`` where the template raised (Jinja maps its frames back to the template)."""
+    import traceback  # noqa: PLC0415
+
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
+             if frame.filename == str(template) or frame.filename.endswith(f"/{template.name}")]
+    return f" line {lines[-1]}" if lines else ""
 
 
 def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, ...]) -> str:
@@ -152,4 +177,4 @@ def _block_dumper() -> type:
 
 
 def _fail(path: Path, entry: str, problem: str, fix: str) -> NoReturn:
-    raise ConfigError(re.sub(r"\s*\n\s*", " ", f"{path}: {entry}: {problem}; {fix}"))
+    raise ConfigError(clip_message(re.sub(r"\s*\n\s*", " ", f"{path}: {entry}: {problem}; {fix}")))
