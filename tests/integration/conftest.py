@@ -1,6 +1,8 @@
-"""Fixtures for tests against the local cloud (`invoke devcloud.up` must have run).
+"""Fixtures for tests against the local cloud.
 
-These tests fail, rather than skip, when the cloud does not answer: CI brings it up first.
+When a test to run is marked ``cloud``, the session first makes sure the cloud is up (cloudup.py):
+used as it is when it answers, brought up by what `invoke devcloud.up` runs when it does not,
+and the whole session stops with devcloud.up's reason when it cannot come up.
 """
 
 import json
@@ -15,13 +17,16 @@ import pytest
 
 from ivc_tasks.retry import cloud_retrying
 
+from .cloudup import pytest_collection_finish  # noqa: F401  (brings the cloud up for `cloud` tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDS_YAML = Path(os.environ.get("DEVCLOUD_DIR", ROOT / ".devcloud")) / "clouds.yaml"
 
 
 def _connect(cloud: str):
     if not CLOUDS_YAML.exists():
-        pytest.fail(f"{CLOUDS_YAML} is missing: run `invoke devcloud.up` first")
+        pytest.fail(f"{CLOUDS_YAML} is missing: is this test marked `cloud`? (the session "
+                    "brings the cloud up before the first test marked so)")
     config = openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)])
     return openstack.connection.Connection(config=config.get_one(cloud=cloud))
 
