@@ -486,17 +486,20 @@ def resolve_credentials(settings: Settings, *, prompt: Callable[[str], str] | No
             extra[dest] = os.environ["OS_PASSWORD"]
             source = f"{auth_type}, password from OS_PASSWORD ({password_origin})"
             continue
+        what = f"no {dest.replace('_', ' ')} (auth_type {auth_type})"
+        asked = next((o.prompt for o in options if o.dest == dest and o.prompt), None)
+        if asked is None:
+            raise ConfigError(f"{creds.where}: {what}; add auth.{dest} to the entry (or to "
+                              "secure.yaml beside it)")
         ask = prompt if prompt is not None else (_getpass if interactive() else None)
-        if ask is None or not [o for o in options if o.dest == dest and o.prompt]:
-            raise ConfigError(f"{creds.where}: no {dest.replace('_', ' ')} (auth_type "
-                              f"{auth_type}) and not asking (stdin is not a terminal, or CI is "
-                              f"set); {MISSING_SECRET_FIX}")
-        value = ask(f"Password for cloud {name} ({file or 'OS_* variables'}): ")
+        if ask is None:
+            raise ConfigError(f"{creds.where}: {what}, and ivc asks only at a terminal (stdin "
+                              f"is not one, or CI is set); {MISSING_SECRET_FIX}")
+        value = ask(f"{asked.rstrip(': ')} for cloud {name} ({file or 'OS_* variables'}): ")
         if not value:
-            raise ConfigError(f"{creds.where}: no password given at the prompt; "
-                              f"{MISSING_SECRET_FIX}")
+            raise ConfigError(f"{creds.where}: nothing given at the prompt; {MISSING_SECRET_FIX}")
         extra[dest] = value
-        source = f"{auth_type}, password typed at the prompt"
+        source = f"{auth_type}, {dest} typed at the prompt"
     try:
         creds.region = config.get_one(cloud=name, auth=extra) if extra else config.get_one(cloud=name)
     except ksa.MissingRequiredOptions as exc:

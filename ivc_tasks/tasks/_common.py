@@ -32,11 +32,23 @@ from ivc_tasks.errors import EXIT_CLOUD, EXIT_INVALID, ConfigError, IvcError, cl
 LOG_FORMAT = "%(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it between tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging() -> None:
     """Send the ``ivc`` logger's INFO lines to stderr (once)."""
     log = logging.getLogger("ivc")
     if not any(getattr(h, "_ivc", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler._ivc = True  # type: ignore[attr-defined]
         log.addHandler(handler)
