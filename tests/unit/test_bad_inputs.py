@@ -9,6 +9,7 @@ cloud, unchanged.
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -104,6 +105,17 @@ from ivc_tasks.cloud import connect as REAL_CONNECT  # noqa: E402  (before any m
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     return World(tmp_path, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def ivc_logger():
+    """The tasks set up the ``ivc`` logger (stderr, no propagation); put it back afterwards, so
+    that other tests' caplog still sees its records."""
+    log = logging.getLogger("ivc")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:], log.propagate = saved[0], saved[1]
+    log.setLevel(saved[2])
 
 
 ENTRY = ("clouds:\n  c:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: u\n"
