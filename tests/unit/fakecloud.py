@@ -1,15 +1,49 @@
 """A small in-memory stand-in for an openstacksdk Connection, for ops tests without a cloud.
 
-It holds servers, groups, volumes... as SimpleNamespace objects, records every call in
-``calls`` (``("compute.create_server", {...})``), and can be told to fail the next call of a
-method (``fail_next("compute.create_server", exc, after=True)`` makes the call take effect, then
-raise, as when a response is lost).
+It holds servers, groups, volumes, ports, floating IPs and keypairs, records every call in
+``calls`` (``("compute.create_server", args, kwargs)``; ``requests`` counts them, as one HTTP
+request each), and can be told to fail the next call of a method (``fail_next(
+"compute.create_server", exc, after=True)`` makes the call take effect, then raise, as when a
+response is lost).
+
+What it answers the way the cloud does:
+  * a GET, DELETE or update of an unknown id raises openstacksdk's ``NotFoundException`` (404),
+    built from a response as openstacksdk builds it (``http_error``);
+  * what a call returns is a copy of the cloud's record, as a fresh response is: a test's
+    objects do not change under the code that holds them (servers, volumes, ports, floating IPs
+    and keypairs; a server copy's ``set_metadata(session, metadata=..., replace=...)`` is
+    the PUT of openstacksdk's ``Server.set_metadata``, recorded as ``server.set_metadata``);
+  * things take time: a new server is BUILD for ``boot_polls`` GETs; stop, start and delete
+    leave a task under way (``powering-off``, ``powering-on``, ``deleting``) for
+    ``power_polls`` / ``delete_polls`` GETs of the server; a deleted server is then
+    ``DELETED`` once and 404 after, its ports are deleted (their floating IPs disassociated)
+    and its volumes detach; a volume attach goes through ``attach_states`` (default
+    ``attaching``; ``("reserved", "attaching")`` for both) and a detach through ``detaching``,
+    each state lasting ``volume_polls`` GETs of the volume;
+  * Nova's refusals: 409 to stop a server that is not ACTIVE (or start one not SHUTOFF), to
+    change the metadata of a server in BUILD or ERROR or with a task under way, to attach or
+    detach on a server in ERROR or BUILD or with a task under way; 400 to attach a volume
+    that is not available ("already attached to instances: <id>"); Neutron's 409 for a port
+    that has a floating IP already; 409 to create a keypair whose name is taken (rotate's lock).
+
+Listings do not advance anything; only the GETs of the thing itself do.
+
+For tests: ``add_server(name, metadata=..., networks=[ids], status=...)``, ``add_volume``,
+``add_fip(port_id, description)``, ``add_lock(name, public_key)`` (another run's lock),
+``next_boot_fault`` (the next new server goes to ERROR with that fault), ``delete_now(id)``
+and ``settle()`` (let time pass), and to read the end state ``server(id)`` (None when gone),
+``deleted`` (ids, in order), ``holders(volume)``, ``ports_of(server id)``, ``fip_server(fip)``,
+``mutations()``, ``count(key)``, ``requests`` and ``requests_by_method()``.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import itertools
 import json
+import threading
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +53,10 @@ from requests.structures import CaseInsensitiveDict
 
 PROJECT = "p-1"
 _ids = itertools.count(1)
+# the metadata and attach/detach checks of Nova (check_instance_state): vm states allowed
+METADATA_STATES = ("ACTIVE", "PAUSED", "SUSPENDED", "SHUTOFF")
+VOLUME_ACTION_STATES = ("ACTIVE", "PAUSED", "SUSPENDED", "SHUTOFF", "SHELVED",
+                        "SHELVED_OFFLOADED")
 
 
 def new_id(kind: str) -> str:
@@ -43,11 +81,50 @@ def http_error(status: int, message: str | None = None, **headers: str) -> Excep
     raise AssertionError("no exception raised")
 
 
+def not_found(kind: str, ident: Any) -> Exception:
+    return http_error(404, f"{kind} {ident} could not be found.")
+
+
+def conflict(message: str) -> Exception:
+    return http_error(409, message)
+
+
 def default_egress(group_id: str) -> list[dict[str, Any]]:
     return [{"id": new_id("rule"), "security_group_id": group_id, "direction": "egress",
              "ethertype": family, "protocol": None, "port_range_min": None,
              "port_range_max": None, "remote_ip_prefix": None, "remote_group_id": None}
             for family in ("IPv4", "IPv6")]
+
+
+def _id(thing: Any) -> str:
+    """An id, or the id of a resource (openstacksdk accepts either)."""
+    return thing if isinstance(thing, str) else thing.id
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+class Resource(SimpleNamespace):
+    """A cloud record; callers get copies of it (``snapshot``), as from a fresh response."""
+
+    def snapshot(self) -> Resource:
+        out = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, (dict, list)):
+                setattr(out, key, copy.deepcopy(value))
+        return out
+
+
+class FakeServer(Resource):
+    """A server record; its copies carry openstacksdk's ``Server.set_metadata``."""
+
+    def set_metadata(self, session: Any, metadata: dict | None = None, replace: bool = False):
+        fresh = self._conn._call("server.set_metadata", self._conn._set_metadata,
+                                 (self.id,), {"metadata": dict(metadata or {}),
+                                              "replace": replace})
+        self.metadata = dict(fresh.metadata)
+        return self
 
 
 class _Proxy:
@@ -56,20 +133,8 @@ class _Proxy:
 
     def __getattr__(self, name: str):
         method = getattr(self._cloud, f"{self._service}_{name}")
-
-        def call(*args, **kwargs):
-            key = f"{self._service}.{name}"
-            self._cloud.calls.append((key, args, kwargs))
-            failures = self._cloud.failures.get(key)
-            if failures:
-                exc, after = failures.pop(0)
-                if not after:
-                    raise exc
-                method(*args, **kwargs)
-                raise exc
-            return method(*args, **kwargs)
-
-        return call
+        key = f"{self._service}.{name}"
+        return lambda *args, **kwargs: self._cloud._call(key, method, args, kwargs)
 
 
 class FakeConnection:
@@ -81,28 +146,180 @@ class FakeConnection:
         self.calls: list[tuple[str, tuple, dict]] = []
         self.failures: dict[str, list] = {}
         self.groups: list[SimpleNamespace] = []
-        self.servers: list[SimpleNamespace] = []
-        self.volumes: list[SimpleNamespace] = []
-        self.fips: list[SimpleNamespace] = []
-        self.ports: list[SimpleNamespace] = []
-        self.keys: list[SimpleNamespace] = [SimpleNamespace(name="ivc-demo",
-                                                            public_key="ssh-ed25519 AAAA demo")]
-        self.images = [SimpleNamespace(id="img-1", name="ivc-tiny")]
+        self.servers: list[FakeServer] = []
+        self.volumes: list[Resource] = []
+        self.fips: list[Resource] = []
+        self.ports: list[Resource] = []
+        self.keys: list[Resource] = [Resource(name="ivc-demo", public_key="ssh-ed25519 AAAA demo",
+                                              created_at="2025-01-01T00:00:00.000000")]
+        self.images = [SimpleNamespace(id="img-1", name="ivc-tiny"),
+                       SimpleNamespace(id="img-2", name="ivc-tiny-2")]
         self.flavors = [SimpleNamespace(id="fl-1", name="m1.tiny"),
                         SimpleNamespace(id="fl-2", name="m1.small")]
         self.networks = [SimpleNamespace(id="net-pub", name="public", is_router_external=True),
                          SimpleNamespace(id="net-priv", name="private", is_router_external=False)]
         self.boot_polls = 1  # GETs a new server stays in BUILD
+        self.power_polls = 1  # GETs a stop or start stays under way
+        self.delete_polls = 1  # GETs a deleted server shows "deleting" before DELETED, then 404
+        self.volume_polls = 1  # GETs each transitional volume state lasts
+        self.attach_states: tuple[str, ...] = ("attaching",)
+        self.next_boot_fault: str | None = None  # the next created server goes to ERROR so
+        self.deleted: list[str] = []  # ids of the servers deleted, in order
+        self._lock = threading.RLock()
         self.network = _Proxy(self, "network")
         self.compute = _Proxy(self, "compute")
         self.block_storage = _Proxy(self, "block_storage")
         self.image = _Proxy(self, "image")
 
+    # -- the wire -------------------------------------------------------------------------------
+    def _call(self, key: str, method, args: tuple, kwargs: dict):
+        with self._lock:
+            self.calls.append((key, args, kwargs))
+            self._before_get(key, args)
+            failures = self.failures.get(key)
+            if failures:
+                exc, after = failures.pop(0)
+                if not after:
+                    raise exc
+                method(*args, **kwargs)
+                raise exc
+            return self._wire(method(*args, **kwargs))
+
+    def _wire(self, result: Any) -> Any:
+        """What goes over the wire: copies of the records."""
+        if isinstance(result, Resource):
+            return self._snapshot(result)
+        if isinstance(result, (list, tuple)) or hasattr(result, "__next__"):
+            return iter([self._snapshot(r) if isinstance(r, Resource) else r for r in result])
+        return result
+
+    def _before_get(self, key: str, args: tuple) -> None:
+        """A GET of a server or volume: a change under way advances (before the method runs,
+        so that a test's stand-in for the method sees it too)."""
+        if key == "compute.get_server" and args:
+            found = self.server(_id(args[0]))
+        elif key == "block_storage.get_volume" and args:
+            found = next((v for v in self.volumes if v.id == _id(args[0])), None)
+        else:
+            return
+        if found is not None:
+            self._advance(found)
+
+    def _snapshot(self, item: Resource) -> Resource:
+        out = item.snapshot()
+        if isinstance(item, FakeServer):
+            out._conn = self
+            ports = [p for p in self.ports if p.device_id == item.id]
+            if ports:
+                out.addresses = self._addresses(ports)
+        return out
+
+    def _addresses(self, ports: list[Resource]) -> dict[str, list[dict[str, str]]]:
+        names = {n.id: n.name for n in self.networks}
+        out: dict[str, list[dict[str, str]]] = {}
+        for port in ports:
+            entries = out.setdefault(names.get(port.network_id, port.network_id), [])
+            for fixed in port.fixed_ips:
+                entries.append({"addr": fixed["ip_address"], "OS-EXT-IPS:type": "fixed"})
+            for fip in self.fips:
+                if fip.port_id == port.id:
+                    entries.append({"addr": fip.floating_ip_address,
+                                    "OS-EXT-IPS:type": "floating"})
+        return out
+
+    # -- for tests ------------------------------------------------------------------------------
     def fail_next(self, key: str, exc: Exception, *, after: bool = False) -> None:
         self.failures.setdefault(key, []).append((exc, after))
 
     def count(self, key: str) -> int:
         return sum(1 for k, _, _ in self.calls if k == key)
+
+    @property
+    def requests(self) -> int:
+        """Every call made (each is one HTTP request of openstacksdk)."""
+        return len(self.calls)
+
+    def requests_by_method(self) -> Counter:
+        """The calls by the HTTP method openstacksdk would use."""
+        verbs = (("get", "GET"), ("create", "POST"), ("stop", "POST"), ("start", "POST"),
+                 ("update", "PUT"), ("set", "PUT"), ("delete", "DELETE"))
+        out: Counter = Counter()
+        for key, _, _ in self.calls:
+            name = key.split(".", 1)[1]
+            out[next((m for prefix, m in verbs if name.startswith(prefix)), "GET")] += 1
+        return out
+
+    def mutations(self) -> list[str]:
+        """The calls that change something, in order."""
+        prefixes = ("create", "update", "delete", "set", "stop", "start")
+        return [k for k, _, _ in self.calls if k.split(".", 1)[1].startswith(prefixes)]
+
+    def server(self, server_id: str) -> FakeServer | None:
+        """The cloud's record of a server (None when it is gone)."""
+        return next((s for s in self.servers if s.id == server_id), None)
+
+    def volume(self, volume_id: str) -> Resource:
+        return next(v for v in self.volumes if v.id == volume_id)
+
+    def holders(self, volume: Resource) -> list[str]:
+        """The servers Cinder says the volume is attached to."""
+        return [a["server_id"] for a in volume.attachments]
+
+    def ports_of(self, server_id: str) -> list[Resource]:
+        return [p for p in self.ports if p.device_id == server_id]
+
+    def fip_server(self, fip: Resource) -> str | None:
+        """The server whose port holds the floating IP."""
+        port = next((p for p in self.ports if p.id == fip.port_id), None)
+        return port.device_id if port is not None else None
+
+    def settle(self) -> None:
+        """Let every change under way complete (as time passing would), deleted servers going
+        away and what they held with them."""
+        while True:
+            busy = [i for i in [*self.servers, *self.volumes] if i.steps]
+            gone = [s for s in self.servers if s.status == "DELETED"]
+            if not busy and not gone:
+                return
+            for item in busy:
+                while item.steps:
+                    item.steps.pop(0)[1]()
+            for server in [s for s in self.servers if s.status == "DELETED"]:
+                self._remove(server)
+
+    def delete_now(self, server_id: str) -> None:
+        """The server is gone at once (Nova's delete has completed); its volumes detach as
+        usual (``volume_polls`` GETs each), its ports and their floating IPs go with it."""
+        self._remove(self._server(server_id))
+
+    def add_volume(self, name, status="available", server_id=None):
+        volume = Resource(id=new_id("vol"), name=name, status=status, attachments=[],
+                          size=1, gets=0, steps=[])
+        self.volumes.append(volume)
+        if server_id:
+            self._attach(volume.id, server_id)
+        return volume
+
+    def add_server(self, name, *, metadata=None, status="ACTIVE", networks=(), image="img-1",
+                   flavor="m1.tiny", task_state=None, fault=None):
+        """A server as a previous run left it; ``networks``: ids, one port on each."""
+        server = FakeServer(id=new_id("srv"), name=name, status=status, task_state=task_state,
+                            metadata=dict(metadata or {}), addresses={}, fault=fault,
+                            created_at="2025-01-01T00:00:00Z", attached_volumes=[], polls=0,
+                            image={"id": image}, flavor={"original_name": flavor}, steps=[])
+        self.servers.append(server)
+        for network_id in networks:
+            self._add_port(server.id, network_id)
+        return server
+
+    def add_fip(self, port_id=None, description="", network_id="net-pub"):
+        return self.network_create_ip(network_id, port_id, description)
+
+    def add_lock(self, keypair_name: str, public_key: str, created_at: str | None = None):
+        """A keypair as another run's lock leaves it."""
+        key = Resource(name=keypair_name, public_key=public_key, created_at=created_at or _now())
+        self.keys.append(key)
+        return key
 
     # -- network ------------------------------------------------------------------------------
     def network_security_groups(self, project_id=None):
@@ -140,85 +357,290 @@ class FakeConnection:
     def network_networks(self):
         return iter(self.networks)
 
+    def _add_port(self, server_id, network_id):
+        port = Resource(id=new_id("port"), device_id=server_id, network_id=network_id,
+                        fixed_ips=[{"ip_address": f"10.0.0.{len(self.ports) + 10}",
+                                    "subnet_id": f"sub-{network_id}"}])
+        self.ports.append(port)
+        return port
+
     def network_ports(self, device_id=None):
-        return iter([p for p in self.ports if p.device_id == device_id])
+        return iter([p for p in self.ports if device_id is None or p.device_id == device_id])
 
     def network_ips(self, project_id=None):
         return iter(list(self.fips))
 
+    def _check_port_free(self, port_id, fip_id=None):
+        if port_id is None:
+            return
+        if not any(p.id == port_id for p in self.ports):
+            raise not_found("Port", port_id)
+        taken = [f for f in self.fips if f.port_id == port_id and f.id != fip_id]
+        if taken:
+            raise conflict(f"Cannot associate floating IP with port {port_id} because it "
+                           f"already has a floating IP {taken[0].floating_ip_address} on "
+                           "external network")
+
     def network_create_ip(self, floating_network_id, port_id=None, description=""):
-        fip = SimpleNamespace(id=new_id("fip"), floating_ip_address=f"203.0.113.{len(self.fips) + 10}",
-                              floating_network_id=floating_network_id, port_id=port_id,
-                              description=description)
+        self._check_port_free(port_id)
+        fip = Resource(id=new_id("fip"),
+                       floating_ip_address=f"203.0.113.{len(self.fips) + 10}",
+                       floating_network_id=floating_network_id, port_id=port_id,
+                       description=description)
         self.fips.append(fip)
         return fip
 
-    def network_update_ip(self, fip, port_id=None):
-        fip.port_id = port_id
-        return fip
+    def _fip(self, fip) -> Resource:
+        found = next((f for f in self.fips if f.id == _id(fip)), None)
+        if found is None:
+            raise not_found("Floating IP", _id(fip))
+        return found
 
-    # -- compute ------------------------------------------------------------------------------
+    def network_update_ip(self, fip, port_id=None):
+        stored = self._fip(fip)
+        self._check_port_free(port_id, stored.id)
+        stored.port_id = port_id
+        return stored
+
+    def network_delete_ip(self, fip, ignore_missing=True):
+        try:
+            stored = self._fip(fip)
+        except sdk.NotFoundException:
+            if ignore_missing:
+                return None
+            raise
+        self.fips.remove(stored)
+        return None
+
+    # -- compute: servers ---------------------------------------------------------------------
     def compute_servers(self, details=True):
         return iter(list(self.servers))
 
     def compute_flavors(self, details=True):
         return iter(self.flavors)
 
-    def compute_keypairs(self):
-        return iter(list(self.keys))
-
-    def compute_create_keypair(self, name, public_key):
-        key = SimpleNamespace(name=name, public_key=public_key)
-        self.keys.append(key)
-        return key
-
     def compute_create_server(self, **body):
-        server = SimpleNamespace(
+        flavor = next((f.name for f in self.flavors if f.id == body.get("flavor_id")), None)
+        server = FakeServer(
             id=new_id("srv"), name=body["name"], status="BUILD", task_state="spawning",
             metadata=dict(body.get("metadata", {})), addresses={}, fault=None,
-            created_at="2026-01-01T00:00:00Z", attached_volumes=[], body=body, polls=0)
+            created_at=_now(), attached_volumes=[], body=body, polls=0,
+            image={"id": body.get("image_id")}, flavor={"original_name": flavor}, steps=[],
+            boot_fault=self.next_boot_fault)
+        self.next_boot_fault = None
         for bdm in body.get("block_device_mapping", []):
             if bdm["source_type"] == "volume":
-                server.attached_volumes.append({"id": bdm["uuid"]})
                 self._attach(bdm["uuid"], server.id)
+                if {"id": bdm["uuid"]} not in server.attached_volumes:
+                    server.attached_volumes.append({"id": bdm["uuid"]})
         for net in body.get("networks", []):
-            self.ports.append(SimpleNamespace(id=new_id("port"), device_id=server.id,
-                                              network_id=net["uuid"], fixed_ips=[{"ip": "x"}]))
+            self._add_port(server.id, net["uuid"])
         self.servers.append(server)
         return server
 
+    def _server(self, server) -> FakeServer:
+        found = self.server(_id(server))
+        if found is None:
+            raise not_found("Instance", _id(server))
+        return found
+
     def compute_get_server(self, server_id):
-        server = next(s for s in self.servers if s.id == server_id)
+        server = self._server(server_id)
         server.polls += 1
         if server.status == "BUILD" and server.polls >= self.boot_polls:
-            server.status, server.task_state = "ACTIVE", None
+            if getattr(server, "boot_fault", None):
+                server.status, server.task_state = "ERROR", None
+                server.fault = {"message": server.boot_fault, "code": 500}
+            else:
+                server.status, server.task_state = "ACTIVE", None
+        if server.status == "DELETED":
+            self._remove(server)
         return server
 
-    def compute_create_volume_attachment(self, server_id, volume_id):
-        self._attach(volume_id, server_id)
-        server = next(s for s in self.servers if s.id == server_id)
-        server.attached_volumes.append({"id": volume_id})
-        return SimpleNamespace(id=volume_id)
+    def _advance(self, item: Resource) -> None:
+        """One GET of something with a change under way: after enough GETs, the next state."""
+        if not item.steps:
+            return
+        item.gets = getattr(item, "gets", 0) + 1
+        polls, apply = item.steps[0]
+        if item.gets >= polls:
+            item.steps.pop(0)
+            item.gets = 0
+            apply()
+
+    def _power(self, server_id, want_from, task, to, verb):
+        server = self._server(server_id)
+        if server.status != want_from or server.task_state:
+            raise conflict(f"Cannot '{verb}' instance {server.id} while it is in vm_state "
+                           f"{server.status.lower()}, task_state {server.task_state}")
+        server.task_state = task
+
+        def done():
+            server.status, server.task_state = to, None
+
+        server.steps.append((self.power_polls, done))
+
+    def compute_stop_server(self, server_id):
+        self._power(server_id, "ACTIVE", "powering-off", "SHUTOFF", "stop")
+
+    def compute_start_server(self, server_id):
+        self._power(server_id, "SHUTOFF", "powering-on", "ACTIVE", "start")
+
+    def compute_delete_server(self, server_id, ignore_missing=True, force=False):
+        server = self.server(_id(server_id))
+        if server is None:
+            if ignore_missing:
+                return None
+            raise not_found("Instance", _id(server_id))
+        if server.task_state == "deleting":
+            return None
+        server.task_state = "deleting"
+        server.steps = []
+
+        def gone():
+            server.status, server.task_state = "DELETED", None
+
+        server.steps.append((self.delete_polls, gone))
+        return None
+
+    def _remove(self, server: FakeServer) -> None:
+        """The server is gone: Neutron deletes its ports (disassociating their floating IPs),
+        Cinder detaches its volumes."""
+        self.servers.remove(server)
+        self.deleted.append(server.id)
+        ports = {p.id for p in self.ports if p.device_id == server.id}
+        self.ports = [p for p in self.ports if p.id not in ports]
+        for fip in self.fips:
+            if fip.port_id in ports:
+                fip.port_id = None
+        for volume in self.volumes:
+            if server.id in self.holders(volume):
+                self._detach_steps(volume, server.id, nova=None)
 
     def compute_set_server_metadata(self, server_id, **metadata):
-        server = next(s for s in self.servers if s.id == server_id)
-        server.metadata.update(metadata)
+        return self._set_metadata(server_id, metadata=metadata, replace=False)
+
+    def _set_metadata(self, server_id, *, metadata, replace):
+        server = self._server(server_id)
+        if server.status not in METADATA_STATES or server.task_state:
+            raise conflict(f"Cannot 'update_metadata' instance {server.id} while it is in "
+                           f"vm_state {server.status.lower()}, task_state {server.task_state}")
+        if replace:
+            server.metadata = dict(metadata)
+        else:
+            server.metadata.update(metadata)
         return server
+
+    # -- compute: volume attachments ----------------------------------------------------------
+    def _check_volume_action(self, server: FakeServer, verb: str) -> None:
+        if server.status not in VOLUME_ACTION_STATES or server.task_state:
+            raise conflict(f"Cannot '{verb}' instance {server.id} while it is in vm_state "
+                           f"{server.status.lower()}, task_state {server.task_state}")
+
+    def compute_create_volume_attachment(self, server_id, volume_id):
+        server = self._server(server_id)
+        volume = self._volume(volume_id)
+        self._check_volume_action(server, "attach_volume")
+        if volume.status != "available":
+            holders = self.holders(volume)
+            if holders:
+                raise http_error(400, f"Invalid volume: volume {volume.id} is already attached "
+                                      f"to instances: {', '.join(holders)}")
+            raise http_error(400, f"Invalid volume: Volume {volume.id} status must be available "
+                                  f"or downloading to reserve, but the current status is "
+                                  f"{volume.status}.")
+        if {"id": volume.id} not in server.attached_volumes:
+            server.attached_volumes.append({"id": volume.id})
+        first, *rest = self.attach_states or ("attaching",)
+        volume.status = first
+        for state in rest:
+            volume.steps.append((self.volume_polls,
+                                 lambda state=state: setattr(volume, "status", state)))
+        volume.steps.append((self.volume_polls, lambda: self._attach(volume.id, server.id)))
+        volume.gets = 0
+        return SimpleNamespace(id=volume.id, server_id=server.id, volume_id=volume.id)
+
+    def compute_delete_volume_attachment(self, server, volume_id, ignore_missing=True):
+        stored = self._server(server)
+        volume = self._volume(volume_id)
+        attached = stored.id in self.holders(volume) or \
+            {"id": volume.id} in stored.attached_volumes
+        if not attached:
+            if ignore_missing:
+                return None
+            raise not_found(f"Volume attachment of volume {volume.id} on instance", stored.id)
+        self._check_volume_action(stored, "detach_volume")
+        if volume.status != "in-use":
+            raise http_error(400, f"Invalid volume: Unable to detach volume. Volume status must "
+                                  f"be 'in-use' and attach_status must be 'attached' to detach. "
+                                  f"(status {volume.status})")
+        self._detach_steps(volume, stored.id, nova=stored)
+        return None
+
+    def _detach_steps(self, volume: Resource, server_id: str, nova: FakeServer | None) -> None:
+        volume.status = "detaching"
+        volume.steps = []
+        volume.gets = 0
+
+        def done():
+            volume.attachments = [a for a in volume.attachments if a["server_id"] != server_id]
+            volume.status = "in-use" if volume.attachments else "available"
+            if nova is not None:
+                nova.attached_volumes = [a for a in nova.attached_volumes
+                                         if a.get("id") != volume.id]
+
+        volume.steps.append((self.volume_polls, done))
+
+    # -- compute: keypairs --------------------------------------------------------------------
+    def compute_keypairs(self):
+        return iter(list(self.keys))
+
+    def compute_get_keypair(self, name):
+        found = next((k for k in self.keys if k.name == _name(name)), None)
+        if found is None:
+            raise not_found("Keypair", _name(name))
+        return found
+
+    def compute_create_keypair(self, name, public_key):
+        if any(k.name == name for k in self.keys):
+            raise conflict(f"Key pair '{name}' already exists.")
+        key = Resource(name=name, public_key=public_key, created_at=_now())
+        self.keys.append(key)
+        return key
+
+    def compute_delete_keypair(self, name, ignore_missing=True):
+        found = next((k for k in self.keys if k.name == _name(name)), None)
+        if found is None:
+            if ignore_missing:
+                return None
+            raise not_found("Keypair", _name(name))
+        self.keys.remove(found)
+        return None
 
     # -- block storage / image ----------------------------------------------------------------
     def _attach(self, volume_id, server_id):
-        volume = next(v for v in self.volumes if v.id == volume_id)
+        """The attach is complete (Cinder and Nova agree)."""
+        volume = self.volume(volume_id)
         volume.status = "in-use"
         volume.attachments = [{"server_id": server_id}]
+        server = self.server(server_id)
+        if server is not None and {"id": volume_id} not in server.attached_volumes:
+            server.attached_volumes.append({"id": volume_id})
+
+    def _volume(self, volume_id) -> Resource:
+        found = next((v for v in self.volumes if v.id == _id(volume_id)), None)
+        if found is None:
+            raise not_found("Volume", _id(volume_id))
+        return found
 
     def block_storage_volumes(self, details=True):
         return iter(list(self.volumes))
 
     def block_storage_get_volume(self, volume_id):
-        return next(v for v in self.volumes if v.id == volume_id)
+        return self._volume(volume_id)
 
     def image_images(self, name=None):
-        return iter([i for i in self.images if i.name == name])
+        return iter([i for i in self.images if name is None or i.name == name])
 
     def image_get_image(self, image_id):
         for image in self.images:
@@ -226,22 +648,6 @@ class FakeConnection:
                 return image
         raise http_error(404, "image not found")
 
-    # -- helpers for tests --------------------------------------------------------------------
-    def add_volume(self, name, status="available", server_id=None):
-        volume = SimpleNamespace(id=new_id("vol"), name=name, status=status, attachments=[])
-        self.volumes.append(volume)
-        if server_id:
-            self._attach(volume.id, server_id)
-        return volume
 
-    def add_server(self, name, *, metadata=None, status="ACTIVE"):
-        server = SimpleNamespace(id=new_id("srv"), name=name, status=status, task_state=None,
-                                 metadata=dict(metadata or {}), addresses={}, fault=None,
-                                 created_at="2025-01-01T00:00:00Z", attached_volumes=[], polls=0)
-        self.servers.append(server)
-        return server
-
-    def mutations(self) -> list[str]:
-        """The calls that change something, in order."""
-        prefixes = ("create", "update", "delete", "set")
-        return [k for k, _, _ in self.calls if k.split(".", 1)[1].startswith(prefixes)]
+def _name(keypair: Any) -> str:
+    return keypair if isinstance(keypair, str) else keypair.name
