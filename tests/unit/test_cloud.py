@@ -201,3 +201,43 @@ def test_connect_hooks_the_counter_before_any_request(tmp_path, monkeypatch):
     assert cloud.counter.total == 0 and cloud.env == "override"
     assert "OS_CLIENT_CONFIG_FILE" not in os.environ or \
         os.environ["OS_CLIENT_CONFIG_FILE"] != str(tmp_path / "clouds.yaml")
+
+
+# -- credentials and the clouds file (issue 9) ---------------------------------------------------
+@pytest.mark.parametrize("tty,ci,expected", [(True, None, True), (True, "true", False),
+                                             (False, None, False)])
+def test_ivc_asks_only_at_a_terminal_outside_ci(monkeypatch, tty, ci, expected):
+    from ivc_tasks.cloud import interactive  # noqa: PLC0415
+
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: tty))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    assert interactive() is expected
+
+
+def _clouds_settings(tmp_path, text):
+    (tmp_path / "env").mkdir()
+    if text is not None:
+        (tmp_path / "clouds.yaml").write_text(text)
+    (tmp_path / "env" / "x.env").write_text("OS_CLOUD=c\nOS_CLIENT_CONFIG_FILE=clouds.yaml\n")
+    return load_settings("x", root=tmp_path, environ={})
+
+
+@pytest.mark.parametrize("text,fragments", [
+    (None, ["OS_CLIENT_CONFIG_FILE", "does not exist"]),
+    ("clouds:\n  c:\n   auth: {}\n  - x\n", ["not valid YAML", "line 4"]),
+    ("just a string\n", ["not a clouds file"]),
+    ("clouds:\n  other: {}\n", ["OS_CLOUD='c'", "no such cloud entry", "it has: other"]),
+], ids=["missing", "malformed", "not a mapping", "no such entry"])
+def test_a_clouds_file_problem_is_named_before_any_request(tmp_path, monkeypatch, text,
+                                                           fragments):
+    for key in list(os.environ):
+        if key.startswith("OS_"):
+            monkeypatch.delenv(key)
+    settings = _clouds_settings(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        connect(settings)
+    for fragment in fragments:
+        assert fragment in str(info.value)

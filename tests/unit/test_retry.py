@@ -212,3 +212,35 @@ def test_request_id_prefers_the_attribute():
     assert request_id(exc) == "req-os"  # from the response headers
     exc.response.headers.pop("x-openstack-request-id")
     assert request_id(exc) == "req-c"
+
+
+# -- authentication: keystoneauth wraps what failed during discovery (issue 9) -----------------
+def discovery_failure(cause):
+    """A DiscoveryFailure raised while handling ``cause``, as keystoneauth's generic plugin does."""
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise ksa.DiscoveryFailure(f"Could not find versioned identity endpoints. {exc}")
+    except ksa.DiscoveryFailure as failure:
+        return failure
+
+
+@pytest.mark.parametrize("cause,transient", [
+    (ksa.ServiceUnavailable(), True), (ksa.BadGateway(), True), (ksa.GatewayTimeout(), True),
+    (ksa.ConnectFailure("reset"), True), (ksa.Unauthorized(), False), (ksa.Forbidden(), False),
+    (ksa.NotFound(), False), (ValueError("x"), False),
+], ids=["503", "502", "504", "reset", "401", "403", "404", "other"])
+def test_a_discovery_failure_is_transient_when_its_cause_is(cause, transient):
+    assert is_transient(discovery_failure(cause)) is transient
+
+
+def test_a_discovery_failure_with_no_cause_is_not_transient():
+    assert is_transient(ksa.DiscoveryFailure("no versions")) is False
+
+
+def test_a_token_request_answered_503_is_retried_then_succeeds():
+    policy = cloud_retrying(operation="authenticate", wait=tenacity.wait_none())
+    result, calls = run(policy, [discovery_failure(ksa.ServiceUnavailable()),
+                                 ksa.ServiceUnavailable(), "token"])
+    assert result == "token" and calls == 3

@@ -156,3 +156,30 @@ def test_render_errors(tmp_path, template, files, entry, fragment):
     assert message.startswith(f"{spec.path}: {entry}: ")
     assert fragment.format(t=srv.userdata_template) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("template", "fragment"), [
+    ("#cloud-config\nx: {{ 1 // 0 }}\n", "template {t} line 2 raised ZeroDivisionError"),
+    ("{% for x in 5 %}{% endfor %}", "raised TypeError"),
+    ("{{ {}[('k' * 10 ** 7)] }}", "uses undefined"),
+    (b"#cloud-config\nx: \xff\n", "is not UTF-8 text"),
+], ids=["1 // 0", "iterates a number", "long value", "not UTF-8"])
+def test_a_template_failing_at_render_time_is_a_config_error_naming_it(tmp_path, template,
+                                                                       fragment):
+    spec, srv = make(tmp_path, "")
+    if isinstance(template, bytes):
+        srv.userdata_template.write_bytes(template)
+    else:
+        srv.userdata_template.write_text(template)
+    with pytest.raises(ConfigError) as info:
+        render_userdata(spec, srv)
+    message = str(info.value)
+    assert message.startswith(f"{spec.path}: servers.web1.userdata: ")
+    assert fragment.format(t=srv.userdata_template) in message
+    assert len(message) < 1000  # a 10 MB value in the error is cut
+
+
+def test_an_unreadable_embedded_file_names_it(tmp_path):
+    spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", tmp_path)])  # a folder
+    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read the file for /etc/motd"):
+        render_userdata(spec, srv)
