@@ -13,11 +13,11 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
-from ivc_tasks.ops.instances import apply_instance, plan_instance, planned_result
+from ivc_tasks.ops.instances import apply_instance, describe_instance, plan_instance
 from ivc_tasks.ops.resolve import list_security_groups, list_servers, prefetch
 from ivc_tasks.ops.result import StepResult
-from ivc_tasks.ops.secgroups import plan_secgroups, secgroups_result
-from ivc_tasks.ops.volumes import AttachPlan, apply_attach, plan_attach, planned_attach
+from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
+from ivc_tasks.ops.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 from ivc_tasks.spec import Spec
 
 STEP = "deploy"
@@ -84,11 +84,11 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
                     for p in instance_plans if p.existing is not None and p.declared.volumes}
     result = DeployResult(dry_run=dry_run)
     if dry_run:
-        result.steps.append(secgroups_result(cloud, sg_plan, dry_run=True))
+        result.steps.append(describe_secgroups(sg_plan))
         for plan in instance_plans:
-            result.steps.append(planned_result(cloud, plan, group_ids=sg_plan.ids))
+            result.steps.append(describe_instance(cloud, plan, group_ids=sg_plan.ids))
             if plan.name in attach_plans:
-                result.steps.append(planned_attach(attach_plans[plan.name]))
+                result.steps.append(describe_attach(attach_plans[plan.name]))
         return result
 
     def run(step: str, target: str | None, fn, *args, **kwargs) -> StepResult:
@@ -99,7 +99,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
         result.steps.append(outcome)
         return outcome
 
-    groups = run("ensure-secgroups", None, secgroups_result, cloud, sg_plan, dry_run=False)
+    groups = run("ensure-secgroups", None, apply_secgroups, cloud, sg_plan)
     group_ids = {**sg_plan.ids, **groups.info.get("ids", {})}
     for plan in instance_plans:
         run("create-instance", plan.name, apply_instance, cloud, plan, group_ids=group_ids,

@@ -19,26 +19,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ivc_tasks.cloud import Cloud, CloudCallError
+from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.instances import attached_ids, floating_marker, managed_servers, volume_holders
-from ivc_tasks.ops.lock import DEFAULT_TTL, ServerLock
+from ivc_tasks.ops.attachments import send_detach, wait_detached
+from ivc_tasks.ops.floating_ips import associate, floating_marker, release, server_ports
+from ivc_tasks.ops.lock import ServerLock
 from ivc_tasks.ops.resolve import forget, list_floating_ips, list_volumes
 from ivc_tasks.ops.result import Action, StepResult
-from ivc_tasks.ops.rotate import (
-    delete_server_and_wait, get_volume, server_ports, server_ref, wait_volume,
-)
-from ivc_tasks.ops.volumes import detach_done_or_under_way
+from ivc_tasks.ops.servers import attached_ids, managed_servers
+from ivc_tasks.ops.waits import delete_server_and_wait
 from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")
 STEP = "destroy"
-DELETE_TIMEOUT = 120.0
 
 
 def destroy(cloud: Cloud, spec: Spec, name: str, *, keep_floating_ip: bool = False,
-            dry_run: bool = False, lock_ttl: float = DEFAULT_TTL,
-            delete_timeout: float = DELETE_TIMEOUT) -> StepResult:
+            dry_run: bool = False) -> StepResult:
     """Delete server ``name`` (every managed server of that name), keeping its volumes.
 
     :param keep_floating_ip: disassociate ivc's floating IP instead of releasing it.
@@ -54,7 +51,7 @@ def destroy(cloud: Cloud, spec: Spec, name: str, *, keep_floating_ip: bool = Fal
     result = StepResult(step=STEP, target=name, dry_run=dry_run)
     if not servers:
         return result
-    lock = None if dry_run else ServerLock(cloud, name, op="destroy", ttl=lock_ttl)
+    lock = None if dry_run else ServerLock(cloud, name, op="destroy")
     if lock is not None:
         lock.acquire()
     try:
@@ -64,8 +61,7 @@ def destroy(cloud: Cloud, spec: Spec, name: str, *, keep_floating_ip: bool = Fal
         released: set[str] = set()
         for server in servers:
             _destroy_one(cloud, server, name, fips, volumes, marker, result,
-                         keep_floating_ip=keep_floating_ip, dry_run=dry_run,
-                         delete_timeout=delete_timeout, released=released)
+                         keep_floating_ip=keep_floating_ip, dry_run=dry_run, released=released)
         if not keep_floating_ip:
             for fip in fips:
                 if not fip.port_id and fip.description == marker and fip.id not in released:
@@ -81,12 +77,7 @@ def destroy(cloud: Cloud, spec: Spec, name: str, *, keep_floating_ip: bool = Fal
 
 def _release(cloud: Cloud, fip: Any, name: str, result: StepResult, dry_run: bool) -> None:
     if not dry_run:
-        try:
-            cloud.call(f"release floating IP {fip.floating_ip_address}",
-                       lambda: cloud.conn.network.delete_ip(fip, ignore_missing=True))
-        except CloudCallError as exc:
-            if exc.status != 404:
-                raise
+        release(cloud, fip)
         log.info("released floating IP %s (ivc allocated it for %s)", fip.floating_ip_address,
                  name)
     result.actions.append(Action("delete", "floating_ip", fip.floating_ip_address,
@@ -96,8 +87,7 @@ def _release(cloud: Cloud, fip: Any, name: str, result: StepResult, dry_run: boo
 
 def _destroy_one(cloud: Cloud, server: Any, name: str, fips: list[Any], volumes: dict[str, Any],
                  marker: str, result: StepResult, *, keep_floating_ip: bool, dry_run: bool,
-                 delete_timeout: float, released: set[str]) -> None:
-    conn = cloud.conn
+                 released: set[str]) -> None:
     ports = {p.id for p in server_ports(cloud, server.id)}
     for fip in [f for f in fips if f.port_id in ports]:
         if fip.description == marker and not keep_floating_ip:
@@ -105,8 +95,7 @@ def _destroy_one(cloud: Cloud, server: Any, name: str, fips: list[Any], volumes:
             released.add(fip.id)
             continue
         if not dry_run:
-            cloud.call(f"disassociate floating IP {fip.floating_ip_address}",
-                       lambda fip=fip: conn.network.update_ip(fip, port_id=None))
+            associate(cloud, fip, None, f"disassociate floating IP {fip.floating_ip_address}")
         why = "allocated by ivc, kept" if fip.description == marker else \
             "not allocated by ivc: kept"
         result.actions.append(Action("disassociate", "floating_ip", fip.floating_ip_address,
@@ -116,23 +105,14 @@ def _destroy_one(cloud: Cloud, server: Any, name: str, fips: list[Any], volumes:
         for volume_id in attached:
             label = getattr(volumes.get(volume_id), "name", None) or volume_id
             if not dry_run:
-                try:
-                    cloud.call(f"detach volume {label} from {name}",
-                               lambda vid=volume_id: conn.compute.delete_volume_attachment(
-                                   server_ref(server.id), vid, ignore_missing=False),
-                               conflict_is_transient=True,
-                               lookup=lambda vid=volume_id: detach_done_or_under_way(
-                                   get_volume(cloud, vid), server.id) or None)
-                except CloudCallError as exc:
-                    if exc.status != 404:
-                        raise
+                send_detach(cloud, volume_id, label, server.id, name)
             result.actions.append(Action("detach", "volume", label, f"from {server.id}, kept",
                                          {"id": volume_id}))
         if not dry_run:
             for volume_id in attached:
-                _wait_available(cloud, volume_id, server.id)
+                wait_detached(cloud, volume_id, volume_id, server.id, cloud.volume_timeout)
     if not dry_run:
-        delete_server_and_wait(cloud, server.id, f"server {name}", delete_timeout)
+        delete_server_and_wait(cloud, server.id, f"server {name}", cloud.delete_timeout)
         log.info("deleted server %s (%s)", name, server.id)
     result.actions.append(Action("delete", "server", name, f"{server.id} ({server.status})",
                                  {"id": server.id}))
@@ -140,13 +120,7 @@ def _destroy_one(cloud: Cloud, server: Any, name: str, fips: list[Any], volumes:
         for volume_id in attached:
             label = getattr(volumes.get(volume_id), "name", None) or volume_id
             if not dry_run:
-                _wait_available(cloud, volume_id, server.id)
+                wait_detached(cloud, volume_id, volume_id, server.id, cloud.volume_timeout)
             result.actions.append(Action("detach", "volume", label,
                                          f"freed by deleting {server.id}, kept",
                                          {"id": volume_id}))
-
-
-def _wait_available(cloud: Cloud, volume_id: str, server_id: str) -> None:
-    wait_volume(cloud, volume_id, volume_id, "available",
-                 lambda v: v.status == "available" or server_id not in volume_holders(v),
-                 cloud.volume_timeout)

@@ -1,9 +1,7 @@
 """create-instance: make one declared server exist and be ACTIVE, with its floating IP.
 
-ivc finds its servers by metadata, not by name (Nova names are not unique): every server it
-creates carries ``ivc_managed=1``, ``ivc_env``, ``ivc_name``, ``ivc_run`` (the run that created
-it), ``ivc_gen`` (1; ``rotate`` increments it) and ``ivc_userdata`` (a short sha256 of the
-user_data). One request lists the project's servers with details; the filtering is local.
+plan_instance (reads, validates) -> describe_instance (what --dry-run prints) -> apply_instance.
+The server is found by its metadata tags (``ops.servers``), not by its name.
 
 Found and ACTIVE: nothing to do. BUILD: wait. ERROR: fail, saying ``rotate`` replaces it.
 Missing: resolve everything it needs (image, flavor, networks, security groups, keypair, boot
@@ -21,151 +19,36 @@ tagged with this run's id, if the lost attempt made it.
 from __future__ import annotations
 
 import base64
-import difflib
-import hashlib
 import logging
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.ops.attachments import volume_holders
+from ivc_tasks.ops.floating_ips import (
+    FloatingPlan, ensure_floating_ip, plan_floating, server_floating_ip,
+)
 from ivc_tasks.ops.resolve import (
-    find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
-    list_servers, list_volumes, pick,
+    find_images, forget, list_flavors, list_keypairs, list_networks, list_volumes, pick,
 )
 from ivc_tasks.ops.result import Action, StepResult, userdata_summary
 from ivc_tasks.ops.secgroups import groups_by_name
+from ivc_tasks.ops.servers import (
+    META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
+    fault_message, generation, made_by_run, managed_servers, server_info, server_label,
+    server_metadata,
+)
+from ivc_tasks.ops.waits import wait_server
 from ivc_tasks.spec import Server, Spec, needs_config_drive
 from ivc_tasks.userdata import userdata_sha256
 
 log = logging.getLogger("ivc")
 STEP = "create-instance"
 
-META_MANAGED = "ivc_managed"
-META_ENV = "ivc_env"
-META_NAME = "ivc_name"
-META_RUN = "ivc_run"
-META_GEN = "ivc_gen"
-META_USERDATA = "ivc_userdata"
-VOLUME_KEY_PREFIX = "ivc_vol:"
-USERDATA_SHORT = 16  # hex digits of the sha256 kept in ivc_userdata
-_METADATA_KEY = re.compile(r"^[A-Za-z0-9_:. -]{1,200}$")  # what Nova accepts, with room to spare
-WAITING_STATES = ("BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE")
-
-
-# -- finding ivc's servers ---------------------------------------------------------------------
-def generation(server: Any) -> int:
-    """Return a server's ``ivc_gen`` (0 when absent or not a number)."""
-    try:
-        return int((server.metadata or {}).get(META_GEN, 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def is_managed(server: Any, env: str, name: str) -> bool:
-    """Return True for a server ivc made for declared server ``name`` in environment ``env``."""
-    meta = getattr(server, "metadata", None) or {}
-    return (meta.get(META_MANAGED) == "1" and meta.get(META_ENV) == env
-            and meta.get(META_NAME) == name)
-
-
-def managed_servers(cloud: Cloud, name: str, *, refresh: bool = False) -> list[Any]:
-    """Return ivc's servers for ``name`` in this env, newest generation first (one listing)."""
-    found = [s for s in list_servers(cloud, refresh=refresh)
-             if is_managed(s, cloud.env, name) and s.status not in ("DELETED", "SOFT_DELETED")]
-    return sorted(found, key=lambda s: (generation(s), str(s.created_at or "")), reverse=True)
-
-
-def made_by_run(cloud: Cloud, name: str) -> Any | None:
-    """The server for ``name`` that this run created, if any (lists the servers again)."""
-    for server in managed_servers(cloud, name, refresh=True):
-        if (server.metadata or {}).get(META_RUN) == cloud.run_id:
-            return server
-    return None
-
-
-def volume_key(ref: str) -> str:
-    """Return the metadata key that records which volume the declared ``ref`` resolved to."""
-    if _METADATA_KEY.match(ref):
-        return VOLUME_KEY_PREFIX + ref
-    return VOLUME_KEY_PREFIX + "sha256." + hashlib.sha256(ref.encode()).hexdigest()[:16]
-
-
-def volume_holders(volume: Any) -> list[str]:
-    """Return the ids of the servers Cinder says ``volume`` is attached to."""
-    return [a.get("server_id") for a in (volume.attachments or []) if a.get("server_id")]
-
-
-def attached_ids(server: Any) -> set[str]:
-    """Return the ids of the volumes Nova says are attached to ``server``."""
-    out = set()
-    for item in getattr(server, "attached_volumes", None) or []:
-        value = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
-        if value:
-            out.add(value)
-    return out
-
-
-def recorded_attached(server: Any, ref: str) -> str | None:
-    """The id recorded for volume ``ref`` in the server's metadata, if Nova shows it attached."""
-    volume_id = (server.metadata or {}).get(volume_key(ref))
-    return volume_id if volume_id and volume_id in attached_ids(server) else None
-
-
-def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
-                    volumes: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return the metadata a new server gets: the declared one plus ivc's tags."""
-    return {
-        **declared.metadata,
-        META_MANAGED: "1",
-        META_ENV: env,
-        META_NAME: declared.name,
-        META_RUN: run_id,
-        META_GEN: str(gen),
-        META_USERDATA: userdata_sha256(declared.userdata)[:USERDATA_SHORT],
-        **{volume_key(ref): vid for ref, vid in (volumes or {}).items()},
-    }
-
-
-def declared_server(spec: Spec, name: str | None) -> Server:
-    """Return the declared server ``name``.
-
-    :raises ConfigError: no name given, or not declared.
-    """
-    if not name:
-        raise ConfigError(f"--name is required: one of {', '.join(spec.servers) or 'none declared'}")
-    if name not in spec.servers:
-        close = difflib.get_close_matches(name, list(spec.servers), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else \
-            f"declared: {', '.join(spec.servers) or 'none'}"
-        raise ConfigError(f"{spec.path}: --name {name!r}: not a declared server "
-                          f"(servers.{name}); {hint}")
-    return spec.servers[name]
-
-
-def fault_message(server: Any) -> str:
-    """The message of a server's fault (why it is in ERROR)."""
-    fault = getattr(server, "fault", None) or {}
-    return str(fault.get("message") or "no fault message") if isinstance(fault, Mapping) \
-        else str(fault)
-
-
-def error_hint(name: str) -> str:
-    """What to do about a server in ERROR."""
-    return f"`invoke rotate --name {name}` will replace it"
-
 
 # -- the plan ------------------------------------------------------------------------------
-@dataclass
-class FloatingPlan:
-    """Where the server's floating IP comes from."""
-
-    network: Any  # the external network
-    internal_network_ids: list[str] = field(default_factory=list)  # in declared order
-
-
 @dataclass
 class InstancePlan:
     """What create-instance will do for one server.
@@ -208,34 +91,6 @@ def resolve_networks(cloud: Cloud, spec: Spec, declared: Server) -> list[Any]:
             for i, ref in enumerate(declared.networks)]
 
 
-def plan_floating(cloud: Cloud, spec: Spec, declared: Server, networks: list[Any]
-                  ) -> FloatingPlan:
-    """Pick the external network for the server's floating IP.
-
-    :raises ConfigError: the server is only on external networks, there is no external
-        network, or several and ``IVC_FLOATING_NETWORK`` does not pick one.
-    """
-    entry = f"servers.{declared.name}.floating_ip"
-    internal = [n.id for n in networks if not n.is_router_external]
-    if not internal:
-        raise ConfigError(f"{spec.path}: {entry}: the server is only on external networks, "
-                          "where it has a public address already; set floating_ip = false")
-    external = [n for n in list_networks(cloud) if n.is_router_external]
-    if cloud.floating_network:
-        chosen = pick(external, cloud.floating_network, kind="external network",
-                      spec_path=spec.path, entry=f"{entry} (IVC_FLOATING_NETWORK)")
-    elif len(external) == 1:
-        chosen = external[0]
-    elif not external:
-        raise ConfigError(f"{spec.path}: {entry}: the cloud shows no external network to take "
-                          "a floating IP from; set floating_ip = false or ask for one")
-    else:
-        names = ", ".join(sorted(n.name for n in external))
-        raise ConfigError(f"{spec.path}: {entry}: several external networks ({names}); set "
-                          "IVC_FLOATING_NETWORK in the env file to the one to use")
-    return FloatingPlan(network=chosen, internal_network_ids=internal)
-
-
 def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: str) -> None:
     """Refuse a volume that cannot be attached to a new server.
 
@@ -249,14 +104,6 @@ def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: st
     if volume.status != "available":
         raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
                           f"{volume.status!r}, not available; fix it in the cloud first")
-
-
-def server_label(cloud: Cloud, server_id: str) -> str:
-    """``name (id)`` of a server of the project, from the listing already made."""
-    for server in list_servers(cloud):
-        if server.id == server_id:
-            return f"{server.name!r} ({server_id})"
-    return server_id
 
 
 def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
@@ -374,93 +221,6 @@ def redacted_request(body: Mapping[str, Any], userdata: bytes | None) -> dict[st
     return out
 
 
-def wait_for_active(cloud: Cloud, server: Any, name: str, *, timeout: float | None = None
-                    ) -> Any:
-    """Poll the server every ``poll_interval`` until ACTIVE.
-
-    :raises CloudError: it went to ERROR (with its fault message) or timed out.
-    """
-    conn = cloud.conn
-    return cloud.poll(
-        f"server {name}",
-        lambda: cloud.call(f"get server {name}", lambda: conn.compute.get_server(server.id)),
-        lambda s: s.status + (f" ({s.task_state})" if s.task_state else ""),
-        done=lambda s: s.status == "ACTIVE",
-        failed=lambda s: (f"went to ERROR: {fault_message(s)} (server {s.id}); {error_hint(name)}"
-                          if s.status == "ERROR" else None),
-        timeout=cloud.boot_timeout if timeout is None else timeout,
-    )
-
-
-def server_floating_ip(cloud: Cloud, server: Any) -> tuple[list[Any], Any | None]:
-    """Return the server's ports and the floating IP on one of them, if any (two requests).
-
-    Neutron is asked, not Nova's address cache, which lags behind an association change.
-    """
-    conn = cloud.conn
-    ports = cloud.call(f"list ports of server {server.id}",
-                       lambda: list(conn.network.ports(device_id=server.id)))
-    port_ids = {p.id for p in ports}
-    fips = list_floating_ips(cloud, refresh=True)
-    return ports, next((f for f in fips if f.port_id and f.port_id in port_ids), None)
-
-
-def floating_marker(env: str, name: str) -> str:
-    """The description that marks a floating IP as ivc's, for server ``name``."""
-    return f"ivc:{env}:{name}"
-
-
-def ensure_floating_ip(cloud: Cloud, plan: InstancePlan, server: Any) -> Action | None:
-    """Give ``server`` a floating IP, reusing one when possible; None when it has one already.
-
-    Reuse, in order: one already on a port of the server; an unattached one described for this
-    server; else create one on the external network, associated to the port in the same request.
-
-    :raises CloudError: the server has no port on an internal network; a cloud call failed.
-    """
-    conn = cloud.conn
-    name = plan.name
-    fplan = plan.floating
-    ports, attached = server_floating_ip(cloud, server)
-    if attached is not None:
-        log.info("server %s has floating IP %s already", name, attached.floating_ip_address)
-        return None
-    fips = list_floating_ips(cloud)
-    order = {net_id: i for i, net_id in enumerate(fplan.internal_network_ids)}
-    candidates = sorted((p for p in ports if p.network_id in order and p.fixed_ips),
-                        key=lambda p: order[p.network_id])
-    if not candidates:
-        raise CloudError(f"server {name} ({server.id}) has no port on an internal network to "
-                         "put a floating IP on")
-    port = candidates[0]
-    marker = floating_marker(cloud.env, name)
-    spare = [f for f in fips if not f.port_id and f.description == marker
-             and f.floating_network_id == fplan.network.id]
-    if spare:
-        fip = spare[0]
-        cloud.call(f"associate floating IP {fip.floating_ip_address} with {name}",
-                   lambda: conn.network.update_ip(fip, port_id=port.id))
-        log.info("associated floating IP %s with %s", fip.floating_ip_address, name)
-        return Action("associate", "floating_ip", name, fip.floating_ip_address, {
-            "id": fip.id, "address": fip.floating_ip_address, "port_id": port.id})
-
-    def made_meanwhile() -> Any | None:
-        for item in list_floating_ips(cloud, refresh=True):
-            if item.port_id == port.id:
-                return item
-        return None
-
-    fip = cloud.call(f"create floating IP for {name}",
-                     lambda: conn.network.create_ip(floating_network_id=fplan.network.id,
-                                                    port_id=port.id, description=marker),
-                     lookup=made_meanwhile)
-    forget(cloud, "floating_ips")
-    log.info("created floating IP %s for %s", fip.floating_ip_address, name)
-    return Action("create", "floating_ip", name, fip.floating_ip_address, {
-        "id": fip.id, "address": fip.floating_ip_address, "port_id": port.id,
-        "network": fplan.network.name})
-
-
 def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, str] | None = None,
                    timeout: float | None = None) -> StepResult:
     """Carry out a plan: create (keypair, server), wait for ACTIVE, ensure the floating IP.
@@ -492,16 +252,16 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
         forget(cloud, "servers")
         result.actions.append(Action("create", "server", name, _create_summary(plan), {
             "id": server.id, "request": redacted_request(body, plan.declared.userdata)}))
-        server = wait_for_active(cloud, server, name, timeout=timeout)
+        server = _wait_active(cloud, server, name, timeout)
         log.info("server %s is ACTIVE", name)
     elif server.status in WAITING_STATES:
         log.info("server %s (%s) is %s; waiting", name, server.id, server.status)
-        server = wait_for_active(cloud, server, name, timeout=timeout)
+        server = _wait_active(cloud, server, name, timeout)
     elif server.status != "ACTIVE":
         result.warnings.append(f"server {name} ({server.id}) is {server.status}, not ACTIVE; "
                                "ivc leaves it so")
     if plan.floating is not None:
-        action = ensure_floating_ip(cloud, plan, server)
+        action = ensure_floating_ip(cloud, name, plan.floating, server)
         if action:
             result.actions.append(action)
     result.info.update(server_info(server))
@@ -509,13 +269,10 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
     return result
 
 
-def server_info(server: Any) -> dict[str, Any]:
-    """Printable facts about a server (no user_data)."""
-    addresses = {net: [a.get("addr") for a in items]
-                 for net, items in (server.addresses or {}).items()}
-    meta = server.metadata or {}
-    return {"id": server.id, "status": server.status, "addresses": addresses,
-            "generation": generation(server), "userdata_sha256": meta.get(META_USERDATA)}
+def _wait_active(cloud: Cloud, server: Any, name: str, timeout: float | None) -> Any:
+    return wait_server(cloud, server.id, f"server {name}", "ACTIVE",
+                       cloud.boot_timeout if timeout is None else timeout, eager=False,
+                       error_hint=error_hint(name))
 
 
 def _existing_warnings(plan: InstancePlan) -> list[str]:
@@ -533,7 +290,7 @@ def _existing_warnings(plan: InstancePlan) -> list[str]:
     return out
 
 
-def planned_result(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, str] | None = None
+def describe_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, str] | None = None
                    ) -> StepResult:
     """What ``apply_instance`` would do, for a dry run (no request is made)."""
     result = StepResult(step=STEP, target=plan.name, dry_run=True)
@@ -580,6 +337,6 @@ def create_instance(cloud: Cloud, spec: Spec, name: str, *, dry_run: bool = Fals
     """
     plan = plan_instance(cloud, spec, name)
     if dry_run:
-        return planned_result(cloud, plan)
+        return describe_instance(cloud, plan)
     return apply_instance(cloud, plan, timeout=timeout)
 

@@ -38,12 +38,12 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import Locked
+from ivc_tasks.ops.waits import get_or_none
 
 log = logging.getLogger("ivc")
 
 LOCK_PREFIX = "ivc-lock-"
 COMMENT_TAG = "ivc-lock"
-DEFAULT_TTL = 3600.0  # seconds; longer than any rotation (boot + stop + volumes + delete)
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -166,7 +166,7 @@ class ServerLock:
     cloud: Cloud
     name: str
     op: str = "rotate"
-    ttl: float = DEFAULT_TTL
+    ttl: float | None = None  # default: the run's IVC_LOCK_TTL (cloud.lock_ttl)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     now: Callable[[], float] = time.time
@@ -183,16 +183,13 @@ class ServerLock:
 
     def __post_init__(self) -> None:
         self._start = self.now()
+        if self.ttl is None:
+            self.ttl = self.cloud.lock_ttl
 
     def _get(self) -> Any | None:
         conn = self.cloud.conn
-        try:
-            return self.cloud.call(f"get lock {self.keypair}",
-                                   lambda: conn.compute.get_keypair(self.keypair))
-        except CloudCallError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return get_or_none(self.cloud, f"get lock {self.keypair}",
+                           lambda: conn.compute.get_keypair(self.keypair))
 
     def _mine(self, keypair: Any | None) -> bool:
         holder = parse_holder(getattr(keypair, "public_key", None)) if keypair else None
@@ -281,8 +278,7 @@ class ServerLock:
                         "process is gone", self.name, self.keypair, exc)
 
 
-def acquire_all(cloud: Cloud, names: Iterable[str], *, op: str, ttl: float = DEFAULT_TTL
-                ) -> list[ServerLock]:
+def acquire_all(cloud: Cloud, names: Iterable[str], *, op: str) -> list[ServerLock]:
     """Lock every server of ``names`` (in order), or none of them.
 
     :raises Locked: one is held by another run (those already taken are released).
@@ -290,7 +286,7 @@ def acquire_all(cloud: Cloud, names: Iterable[str], *, op: str, ttl: float = DEF
     locks: list[ServerLock] = []
     try:
         for name in names:
-            lock = ServerLock(cloud, name, op=op, ttl=ttl)
+            lock = ServerLock(cloud, name, op=op)
             lock.acquire()
             locks.append(lock)
     except BaseException:

@@ -8,16 +8,17 @@ nothing or more than one thing matches: these run before any change is made.
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
+from ivc_tasks.hints import did_you_mean, listed
 
+T = TypeVar("T")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
@@ -48,6 +49,34 @@ def prefetch(cloud: Cloud, *listings: Callable[[Cloud], Any]) -> None:
     with ThreadPoolExecutor(max_workers=len(listings)) as pool:
         for future in [pool.submit(listing, cloud) for listing in listings]:
             future.result()
+
+
+def get_or_none(cloud: Cloud, operation: str, fetch: Callable[[], T]) -> T | None:
+    """``fetch()`` through ``Cloud.call``; None when the cloud answers 404.
+
+    :raises CloudCallError: any other failure.
+    """
+    try:
+        return cloud.call(operation, fetch)
+    except CloudCallError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete_or_gone(cloud: Cloud, operation: str, delete: Callable[[], Any]) -> bool:
+    """``delete()`` through ``Cloud.call``; a 404 means it is gone already.
+
+    :returns: True when it was there to delete, False when it was gone.
+    :raises CloudCallError: any other failure.
+    """
+    try:
+        cloud.call(operation, delete)
+    except CloudCallError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def list_security_groups(cloud: Cloud, *, refresh: bool = False) -> list[Any]:
@@ -96,6 +125,12 @@ def list_floating_ips(cloud: Cloud, *, refresh: bool = False) -> list[Any]:
         lambda: list(conn.network.ips(project_id=conn.current_project_id))), refresh)
 
 
+def list_images(cloud: Cloud) -> list[Any]:
+    """Every image the project can see (one listing, paged by the SDK if long)."""
+    return _cached(cloud, "images", lambda: cloud.call(
+        "list images", lambda: list(cloud.conn.image.images())), False)
+
+
 def find_images(cloud: Cloud, ref: str) -> list[Any]:
     """Return the images whose id or name is ``ref`` (one request; cached per ref)."""
     key = f"images:{ref}"
@@ -103,15 +138,10 @@ def find_images(cloud: Cloud, ref: str) -> list[Any]:
         return cloud.cache[key]
     conn = cloud.conn
     if UUID.match(ref):
-        try:
-            found = [cloud.call(f"get image {ref}", lambda: conn.image.get_image(ref))]
-        except CloudCallError as exc:
-            if exc.status != 404:
-                raise
-            found = []
-        if found:
-            cloud.cache[key] = found
-            return found
+        image = get_or_none(cloud, f"get image {ref}", lambda: conn.image.get_image(ref))
+        if image is not None:
+            cloud.cache[key] = [image]
+            return cloud.cache[key]
     found = cloud.call(f"find image {ref}", lambda: list(conn.image.images(name=ref)))
     cloud.cache[key] = found
     return found
@@ -128,20 +158,26 @@ def pick(items: Iterable[Any], ref: str, *, kind: str, spec_path: Path | str, en
     :raises ConfigError: no such item (with close names as a hint), or the name is ambiguous.
     """
     items = list(items)
-    by_id = [i for i in items if getattr(i, "id", None) == ref]
-    if by_id:
-        return by_id[0]
-    named = [i for i in items if getattr(i, "name", None) == ref]
+    named = matching(items, ref)
     if len(named) == 1:
         return named[0]
     if len(named) > 1:
         ids = ", ".join(sorted(str(i.id) for i in named))
         raise ConfigError(f"{spec_path}: {entry}: {len(named)} {kind}s are named {ref!r} "
                           f"(ids {ids}); use the id of the one you mean, or rename the others")
-    names = sorted({str(i.name) for i in items if getattr(i, "name", None)})
-    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
-    hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
-            fix or (f"available: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else "")
-                    if names else f"create the {kind} first"))
+    names = sorted({str(i.name) for i in items if value_of(i, "name")})
+    hint = did_you_mean(ref, names, n=3, otherwise=fix or (
+        f"available: {listed(names)}" if names else f"create the {kind} first"))
     raise ConfigError(f"{spec_path}: {entry}: no {kind} named {ref!r} in the cloud; {hint}")
 
+
+def value_of(item: Any, key: str) -> Any:
+    """``item[key]`` of a dict, ``item.key`` of a resource; None when absent."""
+    return item.get(key) if isinstance(item, Mapping) else getattr(item, key, None)
+
+
+def matching(items: Iterable[Any], ref: str) -> list[Any]:
+    """The items whose id is ``ref`` (an exact id wins), else those named ``ref`` (no error)."""
+    items = list(items)
+    by_id = [i for i in items if value_of(i, "id") == ref]
+    return by_id[:1] or [i for i in items if value_of(i, "name") == ref]

@@ -14,7 +14,6 @@ Find, compare, act only if needed:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.resolve import forget, list_security_groups
+from ivc_tasks.hints import did_you_mean, listed
+from ivc_tasks.ops.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.secgroup_rules import RulePlan, plan_rules
 from ivc_tasks.spec import SecGroup, Spec
@@ -59,9 +59,8 @@ def select_groups(spec: Spec, names: Iterable[str] = ()) -> list[SecGroup]:
     names = list(dict.fromkeys(names or ()))
     for name in names:
         if name not in spec.secgroups:
-            close = difflib.get_close_matches(name, list(spec.secgroups), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else \
-                f"declared: {', '.join(spec.secgroups) or 'none'}"
+            hint = did_you_mean(name, spec.secgroups,
+                                otherwise=f"declared: {listed(spec.secgroups)}")
             raise ConfigError(f"{spec.path}: --name {name!r}: not a declared security group "
                               f"(secgroups.{name}); {hint}")
     return [g for n, g in spec.secgroups.items() if not names or n in names]
@@ -219,13 +218,9 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                      "; ".join(rule_text(r, names_by_id) for r in undeclared))
         for rule in undeclared:
             text = rule_text(rule, names_by_id)
-            try:
-                cloud.call(f"delete rule {rule['id']} of {name}",
+            delete_or_gone(cloud, f"delete rule {rule['id']} of {name}",
                            lambda rule=rule: conn.network.delete_security_group_rule(
-                               rule["id"], ignore_missing=True))
-            except CloudCallError as exc:
-                if exc.status != 404:
-                    raise
+                               rule["id"], ignore_missing=False))
             result.actions.append(Action("delete", "security_group_rule", name, text,
                                          {"id": rule["id"]}))
     if result.actions:
@@ -312,13 +307,11 @@ def ensure_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, pru
     :raises CloudCallError: a cloud call failed.
     """
     plan = plan_secgroups(cloud, spec, names, prune=prune)
-    return secgroups_result(cloud, plan, dry_run=dry_run)
+    return describe_secgroups(plan) if dry_run else apply_secgroups(cloud, plan)
 
 
-def secgroups_result(cloud: Cloud, plan: SecGroupsPlan, *, dry_run: bool) -> StepResult:
-    """Apply ``plan`` (or, in a dry run, describe it)."""
-    if dry_run:
-        actions, warnings = _planned_actions(plan)
-        return StepResult(step=STEP, dry_run=True, actions=actions, warnings=warnings,
-                          info={"ids": dict(plan.ids)})
-    return apply_secgroups(cloud, plan)
+def describe_secgroups(plan: SecGroupsPlan) -> StepResult:
+    """What ``apply_secgroups`` would do, for a dry run (no request)."""
+    actions, warnings = _planned_actions(plan)
+    return StepResult(step=STEP, dry_run=True, actions=actions, warnings=warnings,
+                      info={"ids": dict(plan.ids)})

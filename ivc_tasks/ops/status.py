@@ -13,45 +13,25 @@ declaration; missing volumes or floating IP are reported too, but other steps fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.instances import (
-    META_ENV, META_MANAGED, META_NAME, META_USERDATA, USERDATA_SHORT, attached_ids, generation,
-)
 from ivc_tasks.ops.lock import LOCK_PREFIX, lock_name, parse_holder
 from ivc_tasks.ops.resolve import (
-    list_flavors, list_keypairs, list_networks, list_servers, list_volumes, prefetch,
+    list_flavors, list_images, list_keypairs, list_networks, list_servers, list_volumes,
+    matching, prefetch, value_of,
 )
-from ivc_tasks.ops.rotate import META_ROLE, META_ROTATION
+from ivc_tasks.ops.servers import (
+    META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
+    generation, managed_servers, server_state,
+)
 from ivc_tasks.spec import Server, Spec
 from ivc_tasks.userdata import userdata_sha256
 
 STEP = "status"
 ROTATE_FIELDS = ("image", "flavor", "userdata", "networks")
-
-
-def list_images(cloud: Cloud) -> list[Any]:
-    """Every image the project can see (one listing, paged by the SDK if long)."""
-    if "images" not in cloud.cache:
-        cloud.cache["images"] = cloud.call("list images", lambda: list(cloud.conn.image.images()))
-    return cloud.cache["images"]
-
-
-def _get(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def _resolve(items: Iterable[Any], ref: str) -> list[Any]:
-    items = list(items)
-    by_id = [i for i in items if _get(i, "id") == ref]
-    return by_id or [i for i in items if _get(i, "name") == ref]
 
 
 @dataclass
@@ -126,16 +106,16 @@ def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
     def add(name: str, want: Any, have: Any) -> None:
         out.append({"field": name, "declared": want, "actual": have})
 
-    image_id = _get(server.image, "id")
-    wanted_images = _resolve(list_images(cloud), declared.image)
-    if image_id and image_id not in {_get(i, "id") for i in wanted_images}:
+    image_id = value_of(server.image, "id")
+    wanted_images = matching(list_images(cloud), declared.image)
+    if image_id and image_id not in {value_of(i, "id") for i in wanted_images}:
         have = next((i.name for i in list_images(cloud) if i.id == image_id), image_id)
         add("image", declared.image, have)
-    flavor_name = _get(server.flavor, "original_name") or _get(server.flavor, "name")
-    flavor_id = _get(server.flavor, "id")
-    wanted_flavors = _resolve(list_flavors(cloud), declared.flavor)
-    names = {_get(f, "name") for f in wanted_flavors} | {declared.flavor}
-    ids = {_get(f, "id") for f in wanted_flavors}
+    flavor_name = value_of(server.flavor, "original_name") or value_of(server.flavor, "name")
+    flavor_id = value_of(server.flavor, "id")
+    wanted_flavors = matching(list_flavors(cloud), declared.flavor)
+    names = {value_of(f, "name") for f in wanted_flavors} | {declared.flavor}
+    ids = {value_of(f, "id") for f in wanted_flavors}
     if not (flavor_name in names or (flavor_id and flavor_id in ids)):
         add("flavor", declared.flavor, flavor_name or flavor_id)
     had = (server.metadata or {}).get(META_USERDATA)
@@ -145,7 +125,7 @@ def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
     nets = list_networks(cloud)
     wanted_nets = []
     for ref in declared.networks:
-        found = _resolve(nets, ref)
+        found = matching(nets, ref)
         wanted_nets.append(found[0].name if found else ref)
     have_nets = sorted((server.addresses or {}).keys())
     if sorted(wanted_nets) != have_nets:
@@ -154,7 +134,7 @@ def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
     attached = attached_ids(server)
     missing = []
     for ref in declared.volumes:
-        found = _resolve(volumes, ref)
+        found = matching(volumes, ref)
         if not found or found[0].id not in attached:
             missing.append(ref)
     if missing:
@@ -182,9 +162,7 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
     volumes = {v.id: v for v in list_volumes(cloud)}
     images = {i.id: i for i in list_images(cloud)}
     seen: set[str] = set()
-    servers = [s for s in list_servers(cloud)
-               if (s.metadata or {}).get(META_MANAGED) == "1"
-               and (s.metadata or {}).get(META_ENV) == cloud.env]
+    servers = managed_servers(cloud)
     order = {n: i for i, n in enumerate(spec.servers)}
     servers.sort(key=lambda s: (order.get(s.metadata.get(META_NAME), len(order)),
                                 s.metadata.get(META_NAME), -generation(s)))
@@ -197,17 +175,15 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
         declared = spec.servers.get(name)
         item = ServerStatus(
             name=name, declared=declared is not None, id=server.id,
-            status=server.status + (f" ({server.task_state})" if server.task_state else ""),
-            generation=generation(server),
-            addresses={net: [a.get("addr") for a in items]
-                       for net, items in (server.addresses or {}).items()},
+            status=server_state(server), generation=generation(server),
+            addresses=addresses(server),
             floating_ips=_floating(server),
             volumes=[{"id": vid, "name": getattr(volumes.get(vid), "name", None)}
                      for vid in sorted(attached_ids(server))],
-            image={"id": _get(server.image, "id"),
-                   "name": getattr(images.get(_get(server.image, "id")), "name", None)},
-            flavor=_get(server.flavor, "original_name") or _get(server.flavor, "name")
-            or _get(server.flavor, "id"),
+            image={"id": value_of(server.image, "id"),
+                   "name": getattr(images.get(value_of(server.image, "id")), "name", None)},
+            flavor=value_of(server.flavor, "original_name") or value_of(server.flavor, "name")
+            or value_of(server.flavor, "id"),
         )
         if meta.get(META_ROTATION):
             item.rotation = {"id": meta[META_ROTATION], "role": meta.get(META_ROLE, "?")}

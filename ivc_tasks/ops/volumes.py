@@ -15,7 +15,6 @@ Find, compare, act only if needed:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,17 +22,19 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.instances import (
-    attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
-    server_label, volume_holders, volume_key,
-)
+from ivc_tasks.hints import did_you_mean, listed
+from ivc_tasks.ops.attachments import send_attach, volume_holders, wait_attached
 from ivc_tasks.ops.resolve import list_volumes, pick
 from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.ops.servers import (
+    attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
+    server_label, volume_key,
+)
+from ivc_tasks.ops.waits import get_volume
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
 STEP = "attach-volume"
-FAILED_STATES = ("error", "error_attaching")
 
 
 @dataclass
@@ -69,16 +70,15 @@ def select_volumes(cloud: Cloud, spec: Spec, declared: Server, volumes: Iterable
     given = list(dict.fromkeys(volumes or ()))
     unknown = [ref for ref in given if ref not in declared.volumes]
     if unknown:
-        listed = list_volumes(cloud)
-        declared_by_id = {v.id: ref for ref in declared.volumes for v in listed
+        volumes_listed = list_volumes(cloud)
+        declared_by_id = {v.id: ref for ref in declared.volumes for v in volumes_listed
                           if ref in (v.id, v.name)}
         for ref in unknown:
-            matches = {declared_by_id[v.id] for v in listed
+            matches = {declared_by_id[v.id] for v in volumes_listed
                        if ref in (v.id, v.name) and v.id in declared_by_id}
             if len(matches) != 1:
-                close = difflib.get_close_matches(ref, list(declared.volumes), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else \
-                    f"declared: {', '.join(declared.volumes) or 'none'}"
+                hint = did_you_mean(ref, declared.volumes,
+                                    otherwise=f"declared: {listed(declared.volumes)}")
                 raise ConfigError(f"{spec.path}: --volume {ref!r}: not a volume of servers."
                                   f"{declared.name}.volumes; {hint}")
             given[given.index(ref)] = matches.pop()
@@ -147,48 +147,6 @@ def plan_attach(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = ()
     return plan
 
 
-def _holds(volume: Any, server_id: str) -> bool:
-    return server_id in volume_holders(volume)
-
-
-def detach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
-    """After a lost detach response: did that detach happen, or is it under way? (Sending it
-    again would get Nova's 400 while the volume is detaching.)"""
-    return volume is None or volume.status == "detaching" or not _holds(volume, server_id)
-
-
-def attach_done_or_under_way(volume: Any | None, server_id: str) -> bool:
-    """After a lost attach response: did that attach happen, or is it under way? (Sending it
-    again would get Nova's 400 while the volume is reserved or attaching.)"""
-    return volume is not None and (_holds(volume, server_id)
-                                   or volume.status in ("reserved", "attaching"))
-
-
-def wait_for_in_use(cloud: Cloud, volume_id: str, ref: str, server_id: str, *,
-                    timeout: float | None = None) -> Any:
-    """Poll the volume every ``poll_interval`` until it is in-use by the server.
-
-    :raises CloudError: error, error_attaching, back to available, or timed out.
-    """
-    conn = cloud.conn
-
-    def failed(volume: Any) -> str | None:
-        if volume.status in FAILED_STATES:
-            return f"went to {volume.status} ({volume_id}); look at the cloud's logs"
-        if volume.status == "available":
-            return f"is available again ({volume_id}): Nova rolled the attach back"
-        return None
-
-    return cloud.poll(
-        f"volume {ref}",
-        lambda: cloud.call(f"get volume {ref}", lambda: conn.block_storage.get_volume(volume_id)),
-        lambda v: v.status,
-        done=lambda v: v.status == "in-use" and _holds(v, server_id),
-        failed=failed,
-        timeout=cloud.volume_timeout if timeout is None else timeout,
-    )
-
-
 def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None) -> StepResult:
     """Attach what the plan says, wait for each, and record them in the server's metadata.
 
@@ -201,9 +159,11 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
     record: dict[str, str] = {}
     for vp in plan.volumes:
         if vp.attach:
-            fresh = cloud.call(f"get volume {vp.ref}",
-                               lambda vp=vp: conn.block_storage.get_volume(vp.volume_id))
-            if not _holds(fresh, server.id):
+            fresh = get_volume(cloud, vp.volume_id)
+            if fresh is None:
+                raise CloudError(f"volume {vp.ref!r} ({vp.volume_id}) was deleted meanwhile; "
+                                 "fix the declarations or restore it")
+            if server.id not in volume_holders(fresh):
                 holders = volume_holders(fresh)
                 if holders:
                     raise ConfigError(f"volume {vp.ref!r} ({fresh.id}) got attached to "
@@ -212,17 +172,9 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
                 if fresh.status != "available":
                     raise CloudError(f"volume {vp.ref!r} ({fresh.id}) became {fresh.status!r} "
                                      "meanwhile; run again once it is available")
-                log.info("attaching volume %s to %s", vp.ref, name)
-
-                def attached_meanwhile(vp: VolumePlan = vp) -> Any | None:
-                    volume = conn.block_storage.get_volume(vp.volume_id)
-                    return volume if attach_done_or_under_way(volume, server.id) else None
-
-                cloud.call(f"attach volume {vp.ref} to {name}",
-                           lambda vp=vp: conn.compute.create_volume_attachment(
-                               server.id, vp.volume_id),
-                           conflict_is_transient=True, lookup=attached_meanwhile)
-                wait_for_in_use(cloud, vp.volume_id, vp.ref, server.id, timeout=timeout)
+                send_attach(cloud, vp.volume_id, vp.ref, server.id, name)
+                wait_attached(cloud, vp.volume_id, vp.ref, server.id,
+                              cloud.volume_timeout if timeout is None else timeout, eager=False)
                 log.info("volume %s is in-use by %s", vp.ref, name)
                 result.actions.append(Action("attach", "volume", vp.ref, f"to {name}", {
                     "id": vp.volume_id, "server": name, "server_id": server.id}))
@@ -240,7 +192,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
     return result
 
 
-def planned_attach(plan: AttachPlan) -> StepResult:
+def describe_attach(plan: AttachPlan) -> StepResult:
     """What ``apply_attach`` would do, for a dry run."""
     result = StepResult(step=STEP, target=plan.name, dry_run=True)
     for vp in plan.volumes:
@@ -266,5 +218,5 @@ def attach_volume(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = 
     :raises CloudError: an attach failed or timed out.
     """
     plan = plan_attach(cloud, spec, name, volumes)
-    return planned_attach(plan) if dry_run else apply_attach(cloud, plan, timeout=timeout)
+    return describe_attach(plan) if dry_run else apply_attach(cloud, plan, timeout=timeout)
 

@@ -19,15 +19,6 @@ DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names).
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
 
 
-def _options(**given):
-    """RotateOptions from the settings (stop, delete timeouts, IVC_LOCK_TTL) and the flags."""
-    from ivc_tasks.ops.rotate import RotateOptions  # noqa: PLC0415
-    from ivc_tasks.settings import load_settings  # noqa: PLC0415
-
-    settings = load_settings()
-    return RotateOptions(stop_timeout=settings.stop_timeout,
-                         delete_timeout=settings.delete_timeout, lock_ttl=settings.lock_ttl,
-                         **given)
 
 
 @task(aliases=["rotate"], iterable=["name"], help={
@@ -43,14 +34,14 @@ def _options(**given):
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_run=False,
                     json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
-    from ivc_tasks.ops.rotate import rotate  # noqa: PLC0415
+    from ivc_tasks.ops.rotate import RotateOptions, rotate  # noqa: PLC0415
 
     with usage("rotate-instance", json=json):
         require(name, "--name", "the declared server(s) to rotate")
         workers = count_flag(1 if parallel is None else parallel, "--parallel")
         seconds = seconds_flag(timeout, "--timeout")
     run_step("rotate-instance",
-             lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=_options(
+             lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=RotateOptions(
                  stop=stop, boot_timeout=seconds, parallel=workers)),
              json=json)
 
@@ -84,9 +75,5 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
             raise Exit(f"destroy: refusing to delete server {name} without --yes (try --dry-run "
                        "to see what would go)", code=EXIT_INVALID)
 
-    def action(cloud, spec):
-        options = _options()
-        return run_destroy(cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run,
-                           lock_ttl=options.lock_ttl, delete_timeout=options.delete_timeout)
-
-    run_step("destroy", action, json=json)
+    run_step("destroy", lambda cloud, spec: run_destroy(
+        cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run), json=json)

@@ -18,10 +18,15 @@ from ivc_tasks.errors import CloudError, Locked
 from ivc_tasks.ops import lock as lockmod
 from ivc_tasks.ops.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
     parse_holder, pid_alive
-from ivc_tasks.ops.rotate import (
-    CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide, fip_markers, is_marker,
-    pick_port, wait_until,
+from ivc_tasks.ops.floating_ips import pick_port
+from ivc_tasks.ops.rotate.decide import (
+    CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide,
 )
+from ivc_tasks.ops.rotate.markers import fip_markers, is_marker
+
+
+def wait_until(cloud, what, fetch, state, **kw):
+    return cloud.poll(what, fetch, state, eager=True, **kw)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +122,7 @@ class Clock:
         self.now += seconds
 
 
-def test_wait_until_polls_soon_then_less_often_up_to_the_poll_interval():
+def test_eager_poll_polls_soon_then_less_often_up_to_the_poll_interval():
     clock = Clock()
     cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
                   clock=lambda: clock.now)
@@ -131,7 +136,7 @@ def test_wait_until_polls_soon_then_less_often_up_to_the_poll_interval():
     assert clock.now - 10 < 0.5  # seen within one poll interval
 
 
-def test_wait_until_reports_failure_and_timeout():
+def test_eager_poll_reports_failure_and_timeout():
     clock = Clock()
     cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
                   clock=lambda: clock.now)
@@ -267,3 +272,35 @@ def test_rotate_alias_and_tasks_are_registered():
     ns = load_namespace()
     assert {"rotate-instance", "status", "destroy"} <= set(ns.task_names)
     assert "rotate" in ns.task_names["rotate-instance"]
+
+
+# -- the phase list: one for the executor and the dry run -----------------------------------
+def test_every_phase_has_a_runner_and_a_dry_run_note():
+    from ivc_tasks.ops.rotate.describe import NOTES
+    from ivc_tasks.ops.rotate.executor import RUNNERS
+    from ivc_tasks.ops.rotate.phases import PHASES
+
+    assert set(NOTES) == set(PHASES)
+    assert set(RUNNERS) == set(PHASES) - {"preflight"}
+
+
+@pytest.mark.parametrize("kind, old_status, wait, expected", [
+    (CREATE, None, False, ["create"]),
+    (ROTATE, "ACTIVE", False, ["create", "stop", "move-volumes", "move-floating-ip",
+                               "delete-old", "finish"]),
+    (ROTATE, "ERROR", False, ["create", "delete-old", "move-volumes", "move-floating-ip",
+                              "finish"]),
+    (ROLLBACK, "SHUTOFF", False, ["rollback", "create", "stop", "move-volumes",
+                                  "move-floating-ip", "delete-old", "finish"]),
+    (FORWARD, "SHUTOFF", True, ["create", "stop", "move-volumes", "move-floating-ip",
+                                "delete-old", "finish"]),
+    (FORWARD, "SHUTOFF", False, ["stop", "move-volumes", "move-floating-ip", "delete-old",
+                                 "finish"]),
+    (FINISH, None, False, ["move-volumes", "move-floating-ip", "finish"]),
+])
+def test_plan_phases(kind, old_status, wait, expected):
+    from ivc_tasks.ops.rotate.phases import plan_phases
+
+    assert plan_phases(kind, old_status=old_status, wait_for_new=wait) == expected
+    with pytest.raises(ValueError):
+        plan_phases(CONFLICT, old_status=None)

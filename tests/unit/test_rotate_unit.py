@@ -523,9 +523,6 @@ def test_a_run_whose_lock_is_taken_over_stops_where_it_is(conn, spec):
     assert conn.count("compute.stop_server") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the dry run still announces `mark <old id>` in the "
-                   "create phase, which the executor stopped doing (the old server is never "
-                   "marked): the dry-run text is written apart from the executor (issue 8)")
 def test_dry_run_announces_only_what_the_executor_does(conn, spec):
     old, fip = deployed(conn, spec)
     result = rotate(new_cloud(conn), spec, ["web1"], dry_run=True)

@@ -1,0 +1,21 @@
+"""The "did you mean" hint of every message about an unknown name (pure)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, otherwise: str, n: int = 1,
+                 cutoff: float = 0.6) -> str:
+    """``did you mean 'x'?`` when ``name`` is close to one of ``choices``; else ``otherwise``."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else otherwise
+
+
+def listed(names: Iterable[str], *, none: str = "none", most: int = 10) -> str:
+    """``a, b, c`` (at most ``most`` of them, then ``...``), or ``none`` when empty."""
+    names = list(names)
+    if not names:
+        return none
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")

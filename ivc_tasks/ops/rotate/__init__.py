@@ -1,0 +1,146 @@
+"""rotate-instance: replace a declared server by a new one, safely, resuming after any crash.
+
+Where to look (one job per file):
+  decide.py     the pure decision from one server listing (create, rotate, resume, conflict)
+  markers.py    the rotation's state in the new server's metadata
+  preflight.py  every check before anything changes; RotateOptions
+  phases.py     the phase list, shared by the executor and the dry run
+  executor.py   runs the phases of one server, with the failure rules
+  forward.py    the forward phases (create, stop, move-volumes, move-floating-ip, delete-old,
+                finish)
+  rollback.py   everything back onto the old server
+  describe.py   what --dry-run prints
+  report.py     what a rotation reports
+and here, the entry point: lock every server, preflight them all, then run the rotations
+(up to ``parallel`` side by side). Exactly one run works on a server at a time: see
+``ivc_tasks.ops.lock``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.errors import ConfigError, IvcError, Locked
+from ivc_tasks.hints import listed
+from ivc_tasks.ops.lock import ServerLock, acquire_all, release_all
+from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.ops.resolve import (
+    find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
+    list_security_groups, list_servers, list_volumes, prefetch,
+)
+from ivc_tasks.ops.rotate.decide import Decision, Seen, decide
+from ivc_tasks.ops.rotate.describe import describe
+from ivc_tasks.ops.rotate.executor import Rotation
+from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions, preflight
+from ivc_tasks.ops.rotate.report import PhaseRecord, RotateFailed, RotateResult, RotationReport
+from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
+from ivc_tasks.ops.servers import declared_server
+from ivc_tasks.spec import Spec
+
+log = logging.getLogger("ivc")
+
+
+def rotate(cloud: Cloud, spec: Spec, names: Iterable[str], *, options: RotateOptions | None = None,
+           dry_run: bool = False) -> RotateResult:
+    """Rotate (replace) each declared server of ``names``, or resume a rotation under way.
+
+    Every server is locked and preflighted before anything changes; then up to
+    ``options.parallel`` rotations run side by side.
+
+    :param dry_run: return the phases with the resources involved; change nothing (and take
+        no lock; a lock held by another run is reported as a warning).
+    :raises ConfigError: invalid input or a missing resource (nothing changed).
+    :raises Locked: another run holds a server's lock (nothing changed).
+    :raises RolledBack: a rotation failed and was rolled back (its ``result`` reports all).
+    :raises CloudError: a cloud call failed; a rerun resumes from the servers' metadata.
+    :raises RotateFailed: several servers, and some failed.
+    """
+    options = options or RotateOptions()
+    names = list(dict.fromkeys(names or ()))
+    if not names:
+        raise ConfigError(f"--name is required: one or more of "
+                          f"{listed(spec.servers, none='none declared')}")
+    for name in names:
+        declared_server(spec, name)
+    result = RotateResult(dry_run=dry_run)
+    locks: list[ServerLock] = []
+    if not dry_run:
+        locks = acquire_all(cloud, names, op="rotate")
+    try:
+        start = cloud.clock()
+        for name in names:
+            log.info("phase: preflight (server %s)", name)
+        prepared = _preflight_all(cloud, spec, names, result, dry_run=dry_run)
+        if dry_run:
+            result.rotations = [describe(cloud, p, options) for p in prepared]
+            return result
+        return _run_all(cloud, prepared, options, {lk.name: lk for lk in locks}, result,
+                        preflight_seconds=cloud.clock() - start)
+    finally:
+        release_all(locks)
+
+
+def _preflight_all(cloud: Cloud, spec: Spec, names: list[str], result: RotateResult, *,
+                   dry_run: bool) -> list[Prepared]:
+    """Preflight every server (the listings side by side, one request each), then ensure the
+    security groups they use."""
+    groups = sorted({g for n in names for g in spec.servers[n].security_groups
+                     if g in spec.secgroups})
+    images = sorted({spec.servers[n].image for n in names})
+    prefetch(cloud, list_servers, list_volumes, list_floating_ips, list_networks,
+             list_flavors, list_keypairs,
+             *([list_security_groups] if any(spec.servers[n].security_groups
+                                             for n in names) else []),
+             *(lambda c, ref=ref: find_images(c, ref) for ref in images))
+    sg_plan = plan_secgroups(cloud, spec, groups) if groups else None
+    pending = {gp.declared.name for gp in sg_plan.groups if gp.existing is None} \
+        if sg_plan else set()
+    prepared = [preflight(cloud, spec, name, pending_groups=pending) for name in names]
+    if sg_plan is not None:
+        result.preflight = describe_secgroups(sg_plan) if dry_run else \
+            apply_secgroups(cloud, sg_plan)
+        ids = {**sg_plan.ids, **result.preflight.info.get("ids", {})}
+        for p in prepared:
+            p.group_ids = ids
+    return prepared
+
+
+def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
+             locks: Mapping[str, ServerLock], result: RotateResult, *,
+             preflight_seconds: float = 0.0) -> RotateResult:
+    reports = {p.name: RotationReport(name=p.name, decision=p.decision.kind,
+                                      reason=p.decision.reason, warnings=list(p.warnings))
+               for p in prepared}
+    result.rotations = list(reports.values())
+    failures: dict[str, IvcError] = {}
+    guard = threading.Lock()
+
+    def one(p: Prepared) -> None:
+        view = dataclasses.replace(cloud, cache=dict(cloud.cache))
+        report = reports[p.name]
+        report.phases.append(PhaseRecord("preflight", preflight_seconds,
+                                         note=p.decision.reason))
+        try:
+            Rotation(view, p, options, locks.get(p.name), report).run()
+        except IvcError as exc:
+            report.error = str(exc)
+            with guard:
+                failures[p.name] = exc
+
+    run_side_by_side({p.name: (lambda p=p: one(p)) for p in prepared}, workers=options.parallel)
+    forget(cloud, "servers", "volumes", "floating_ips")
+    if not failures:
+        return result
+    if len(prepared) == 1:
+        exc = next(iter(failures.values()))
+        exc.result = result  # type: ignore[attr-defined]
+        raise exc
+    raise RotateFailed([(n, failures[n]) for n in reports if n in failures], result)
+
+
+__all__ = ["rotate", "RotateOptions", "RotateResult", "RotateFailed", "decide", "Decision",
+           "Seen", "Locked"]

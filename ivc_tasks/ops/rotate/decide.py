@@ -1,0 +1,106 @@
+"""What a run does with the servers of one declared name: the decision (pure, table-tested).
+
+A rerun reads one server listing and ``decide`` picks: no server -> create; one server, no
+rotation under way -> rotate; a rotation under way whose new server is ACTIVE (or booting, then
+ACTIVE) -> roll forward; new server in ERROR, not ACTIVE in time, or marked ``ivc_rollback=1``
+(a rollback had started) -> roll back, then rotate afresh; old server gone -> finish (volumes
+and floating IP onto the new server, clear the markers); servers ivc cannot account for ->
+conflict (touch nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ivc_tasks.ops.servers import (
+    META_REPLACES, META_ROLE, META_ROLLBACK, META_ROTATION, WAITING_STATES, generation,
+)
+
+CREATE = "create"      # no server: make it
+ROTATE = "rotate"      # one server, no rotation under way: rotate it
+FORWARD = "forward"    # a rotation under way whose new server is ACTIVE (or booting): finish it
+ROLLBACK = "rollback"  # a rotation under way that cannot finish: roll it back
+FINISH = "finish"      # the old server is gone already: the new one gets everything
+CONFLICT = "conflict"  # servers ivc cannot account for: touch nothing
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one listing says about a server of the rotation (the decision's input)."""
+
+    id: str
+    status: str
+    task_state: str | None = None
+    rotation: str | None = None
+    role: str | None = None
+    replaces: str | None = None
+    rollback: bool = False
+    gen: int = 0
+
+    @classmethod
+    def of(cls, server: Any) -> Seen:
+        meta = getattr(server, "metadata", None) or {}
+        return cls(id=server.id, status=str(server.status or "").upper(),
+                   task_state=getattr(server, "task_state", None),
+                   rotation=meta.get(META_ROTATION) or None, role=meta.get(META_ROLE) or None,
+                   replaces=meta.get(META_REPLACES) or None,
+                   rollback=meta.get(META_ROLLBACK) == "1", gen=generation(server))
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str
+    old: Seen | None = None
+    new: Seen | None = None
+    reason: str = ""
+    wait_for_new: bool = False  # FORWARD: the new server is still booting
+
+
+def decide(servers: Sequence[Seen]) -> Decision:
+    """Decide what a run does with the servers of one declared name (table-tested).
+
+    :param servers: every managed server of that name in the environment.
+    """
+    if not servers:
+        return Decision(CREATE, reason="no server yet")
+    rotations = {s.rotation for s in servers if s.rotation}
+    plain = [s for s in servers if not s.rotation]
+    if not rotations:
+        if len(plain) > 1:
+            return Decision(CONFLICT, reason=f"{len(plain)} servers and no rotation under way")
+        return Decision(ROTATE, old=plain[0], reason="one server, no rotation under way")
+    if len(rotations) > 1:
+        return Decision(CONFLICT, reason=f"{len(rotations)} rotations under way at once")
+    news = [s for s in servers if s.rotation and (s.role == "new" or s.replaces)]
+    if len(news) > 1:
+        return Decision(CONFLICT, reason="several new servers in one rotation")
+    new = news[0] if news else None
+    rest = [s for s in servers if s is not new]
+    if new is not None and new.replaces:
+        # the old server is the one the new replaces, marked or not (Nova refuses to change
+        # the metadata of a server in ERROR, so such an old server carries no marker)
+        olds = [s for s in rest if s.id == new.replaces]
+    else:
+        olds = [s for s in rest if s.rotation]
+    extras = [s for s in rest if s not in olds]
+    if extras:
+        return Decision(CONFLICT, reason="servers outside the rotation under way")
+    if len(olds) > 1:
+        return Decision(CONFLICT, reason="several old servers in one rotation")
+    old = olds[0] if olds else None
+    if new is None:
+        return Decision(ROLLBACK, old=old, reason="the new server was never made (or is "
+                        "deleted already)")
+    if old is None:
+        return Decision(FINISH, new=new, reason="the old server is gone already",
+                        wait_for_new=new.status in WAITING_STATES)
+    if new.rollback:
+        return Decision(ROLLBACK, old=old, new=new, reason="a rollback had started")
+    if new.status == "ACTIVE":
+        return Decision(FORWARD, old=old, new=new, reason="the new server is ACTIVE")
+    if new.status in WAITING_STATES:
+        return Decision(FORWARD, old=old, new=new, wait_for_new=True,
+                        reason=f"the new server is {new.status}")
+    return Decision(ROLLBACK, old=old, new=new, reason=f"the new server is {new.status}")

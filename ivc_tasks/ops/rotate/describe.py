@@ -1,0 +1,131 @@
+"""What ``--dry-run`` prints: the phases the executor would run (the same ``plan_phases``), each
+with the servers, volumes and floating IPs involved. No request changes anything."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.ops.floating_ips import server_ports
+from ivc_tasks.ops.instances import create_request, describe_instance, redacted_request
+from ivc_tasks.ops.resolve import list_floating_ips
+from ivc_tasks.ops.result import Action
+from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD
+from ivc_tasks.ops.rotate.markers import fip_markers, markers_of
+from ivc_tasks.ops.rotate.phases import plan_phases
+from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions, lock_holder
+from ivc_tasks.ops.rotate.report import PhaseRecord, RotationReport
+from ivc_tasks.ops.servers import generation
+
+
+@dataclasses.dataclass
+class _View:
+    """What the notes are written from."""
+
+    cloud: Cloud
+    prepared: Prepared
+    options: RotateOptions
+    report: RotationReport
+    old: Any | None
+    new: Any | None
+    volumes: str
+    fips: str
+
+    @property
+    def target(self) -> str:
+        return self.new.id if self.new is not None else "the new server"
+
+
+def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationReport:
+    """The phases a rotation would go through, with the resources involved (no change)."""
+    report = RotationReport(name=p.name, decision=p.decision.kind, reason=p.decision.reason,
+                            dry_run=True, warnings=list(p.warnings))
+    held = lock_holder(cloud, p.name)
+    if held:
+        report.warnings.append(f"server {p.name}: {held}")
+    old = p.servers.get(p.decision.old.id) if p.decision.old else None
+    new = p.servers.get(p.decision.new.id) if p.decision.new else None
+    report.old_id = old.id if old is not None else None
+    report.new_id = new.id if new is not None else None
+    vols = ", ".join(f"{ref} ({vid})" for ref, vid in p.volumes.items()) or "none declared"
+    view = _View(cloud, p, options, report, old, new, vols,
+                 "" if p.decision.kind == CREATE else _fips(cloud, old, new))
+    names = plan_phases(p.decision.kind, old_status=old.status if old is not None else None,
+                        wait_for_new=p.decision.wait_for_new)
+    for name in ["preflight", *names]:
+        report.phases.append(PhaseRecord(name, note=NOTES[name](view)))
+    return report
+
+
+def _preflight(v: _View) -> str:
+    return "references resolved; volumes " + v.volumes
+
+
+def _rollback(v: _View) -> str:
+    return (f"volumes {v.volumes} and floating IPs {v.fips or 'none'} back to {v.old.id}; "
+            f"start it if it was ACTIVE; delete the new server "
+            f"{v.new.id if v.new is not None else '(none)'}; clear the markers")
+
+
+def _create(v: _View) -> str:
+    p, report = v.prepared, v.report
+    if p.decision.kind == CREATE:
+        step = describe_instance(v.cloud, p.plan)
+        report.actions += step.actions
+        return "; ".join(str(a) for a in step.actions)
+    if p.decision.kind in (FORWARD, FINISH):  # the crashed run made it: wait for it
+        return f"wait for the new server {v.new.id} to be ACTIVE (else roll back)"
+    plan = p.plan
+    gen = generation(v.old) + 1
+    report.generation = gen
+    body = create_request(v.cloud, dataclasses.replace(plan, boot_volumes={}), {})
+    report.actions.append(Action("create", "server", p.name, f"generation {gen}", {
+        "request": redacted_request(body, plan.declared.userdata)}))
+    return (f"create server {p.name} generation {gen}: image {plan.image.name}, flavor "
+            f"{plan.flavor.name}, networks {', '.join(n.name for n in plan.networks)}; "
+            "wait ACTIVE")
+
+
+def _stop(v: _View) -> str:
+    if not v.options.stop:
+        return "skipped (--no-stop)"
+    if v.old.status == "ACTIVE":
+        return f"stop {v.old.id} and wait SHUTOFF"
+    return f"{v.old.id} is {v.old.status}: no stop"
+
+
+def _move_volumes(v: _View) -> str:
+    return (f"{v.volumes}: detach from {v.old.id if v.old is not None else '-'}, attach to "
+            f"{v.target}")
+
+
+def _move_fips(v: _View) -> str:
+    return f"{v.fips or 'none'} to {v.target}'s port (one update each)"
+
+
+def _delete_old(v: _View) -> str:
+    return f"delete {v.old.id} and wait until gone"
+
+
+def _finish(v: _View) -> str:
+    return f"clear the rotation markers of {v.target}"
+
+
+NOTES: dict[str, Callable[[_View], str]] = {
+    "preflight": _preflight, "rollback": _rollback, "create": _create, "stop": _stop,
+    "move-volumes": _move_volumes, "move-floating-ip": _move_fips, "delete-old": _delete_old,
+    "finish": _finish,
+}
+
+
+def _fips(cloud: Cloud, old: Any | None, new: Any | None) -> str:
+    recorded = fip_markers(markers_of(new)) or fip_markers(markers_of(old))
+    listed = list_floating_ips(cloud)
+    if old is not None and not recorded:
+        ports = {p.id for p in server_ports(cloud, old.id)}
+        recorded = {f.id: (f.port_id, "") for f in listed if f.port_id in ports}
+    by_id = {f.id: f for f in listed}
+    return ", ".join(f"{by_id[fid].floating_ip_address} ({fid})" if fid in by_id else fid
+                     for fid in recorded)

@@ -1,0 +1,54 @@
+"""The phases a rotation goes through, in order: ONE list that the executor runs and the
+dry run describes, so the two cannot drift.
+
+  preflight         (``preflight.py``) checks, before anything changes.
+  rollback          a resumed rotation that cannot finish is rolled back first, then rotated.
+  create            create the new server (same declaration, next ``ivc_gen``, its own port,
+                    the markers in its metadata; the old server is untouched) and wait ACTIVE;
+                    resuming: wait for the new server the crashed run made.
+  stop              stop the old server gracefully, wait SHUTOFF (``--no-stop`` skips).
+  move-volumes      each declared volume: detach from the old server, wait available, attach
+                    to the new one, wait in-use (side by side).
+  move-floating-ip  ONE update of each floating IP's port_id, to the new server's port.
+  delete-old        delete the old server and wait until it is gone.
+  finish            clear the markers from the new server.
+
+An old server in ERROR cannot have volumes detached (Nova refuses, 409): it is deleted first,
+which frees them (no stop). When the old server is gone already, the volumes and floating IPs
+just move. A failure before ``delete-old`` rolls back; from ``delete-old`` on there is no way
+back, and a rerun finishes the rotation.
+"""
+
+from __future__ import annotations
+
+from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
+
+PHASES = ("preflight", "rollback", "create", "stop", "move-volumes", "move-floating-ip",
+          "delete-old", "finish")
+POINT_OF_NO_RETURN = "delete-old"
+
+
+def after_create(old_status: str | None) -> list[str]:
+    """The phases after the new server is ACTIVE, given the old server's status (None: gone)."""
+    if old_status is None:
+        return ["move-volumes", "move-floating-ip", "finish"]
+    if old_status == "ERROR":
+        return ["delete-old", "move-volumes", "move-floating-ip", "finish"]
+    return ["stop", "move-volumes", "move-floating-ip", "delete-old", "finish"]
+
+
+def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False) -> list[str]:
+    """The phases after preflight for a decision ``kind`` (see ``decide.py``).
+
+    :param old_status: the old server's status as listed (None: it is gone).
+    :param wait_for_new: resuming a rotation whose new server is still booting.
+    """
+    if kind == CREATE:
+        return ["create"]
+    if kind == ROTATE:
+        return ["create", *after_create(old_status)]
+    if kind == ROLLBACK:
+        return ["rollback", "create", *after_create(old_status)]
+    if kind in (FORWARD, FINISH):
+        return (["create"] if wait_for_new else []) + after_create(old_status)
+    raise ValueError(f"no phases for a {kind!r} decision")

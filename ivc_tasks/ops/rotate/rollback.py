@@ -1,0 +1,124 @@
+"""Rolling a rotation back: everything back onto the old server, the new one deleted.
+
+Works from what the cloud says NOW (``r`` is the ``executor.Rotation``): something already
+where it belongs counts as done, something missing is not an error. In order: mark the new
+server ``ivc_rollback=1`` (so that a rerun rolls back too), the floating IPs back to their
+recorded ports (their record is the new server's metadata, which may go next), a new server in
+BUILD or ERROR deleted as it is, the volumes back (side by side), the old server started again
+if the rotation stopped it, the new server deleted, the markers cleared. Then ``RolledBack``
+(exit 3) names the phase that failed and why; a rollback that fails is a CloudError (exit 1)
+and a rerun continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ivc_tasks.errors import CloudError, IvcError, RolledBack
+from ivc_tasks.ops.attachments import move_volume
+from ivc_tasks.ops.floating_ips import move_floating_ips
+from ivc_tasks.ops.lock import LockLost
+from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.ops.result import Action
+from ivc_tasks.ops.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
+from ivc_tasks.ops.rotate.report import PhaseRecord
+from ivc_tasks.ops.servers import META_ROLLBACK, META_ROTATION, META_WAS, generation
+from ivc_tasks.ops.waits import (
+    delete_server_and_wait, get_server, power_done_or_under_way, wait_power_settled, wait_server,
+)
+
+if TYPE_CHECKING:
+    from ivc_tasks.ops.rotate.executor import Rotation
+
+log = logging.getLogger("ivc")
+
+
+def roll_back(r: Rotation, phase: str, cause: IvcError) -> None:
+    """Put everything back on the old server, delete the new one; always raises.
+
+    :raises RolledBack: done (exit 3).
+    :raises CloudError: the rollback failed too (a rerun continues it).
+    """
+    new_id = r.new.id if r.new is not None else None
+    log.warning("server %s: phase %s failed: %s; rolling back", r.name, phase, cause)
+    try:
+        with r.phase("rollback"):
+            _undo(r, r.old_id, new_id)
+    except LockLost:
+        raise
+    except IvcError as exc:
+        raise CloudError(f"rotate {r.name} failed in phase {phase}: {cause}; the rollback "
+                         f"failed too: {exc}; run `invoke rotate --name {r.name}` again "
+                         "to finish the rollback") from None
+    r.report.outcome = "rolled back"
+    old = get_server(r.cloud, r.old_id)
+    serves = (f"server {r.old_id} is as it was, in ERROR" if old is not None and
+              old.status == "ERROR" else
+              f"server {r.old_id} serves as before with its volumes and floating IP")
+    raise RolledBack(f"rotate {r.name} failed in phase {phase}: {cause}; rolled back: "
+                     f"{serves}" + (f", new server {new_id} deleted" if new_id else ""))
+
+
+def resume_rollback(r: Rotation) -> None:
+    """The ``rollback`` phase of a resumed rotation that cannot finish; then rotate afresh."""
+    decision = r.prepared.decision
+    log.info("server %s: resuming rotation %s: %s; rolling back", r.name,
+             markers_of(r.old).get(META_ROTATION), decision.reason)
+    try:
+        roll_back(r, "resume", CloudError(decision.reason))
+    except RolledBack:
+        pass
+    r.report.phases.append(PhaseRecord("rotate-again", note="after the rollback"))
+    r.prepare_again()
+
+
+def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
+    cloud = r.cloud
+    old = get_server(cloud, old_id)
+    if old is None:
+        raise CloudError(f"the old server {old_id} is gone; nothing to roll back to")
+    new = get_server(cloud, new_id) if new_id else None
+    fips = fip_markers(markers_of(old)) or fip_markers(markers_of(new))
+    was = (markers_of(old).get(META_WAS) or markers_of(new).get(META_WAS)
+           or (r.old_listed.status if r.old_listed is not None and r.old_listed.id == old_id
+               else None) or old.status)
+    if new is not None and new.status not in UNMARKABLE \
+            and markers_of(new).get(META_ROLLBACK) != "1":
+        cloud.call(f"mark new server {r.name} for rollback",
+                   lambda: r.conn.compute.set_server_metadata(new.id, **{META_ROLLBACK: "1"}))
+    # the floating IPs first: their record is the new server's metadata, which may go next
+    actions, _ = move_floating_ips(cloud, fips, old, f"old server {r.name}",
+                                   back_to_recorded_port=True)
+    r.report.actions += actions
+    if new is not None and new.status in UNMARKABLE:
+        # ERROR: Nova refuses to detach from it, deleting frees the volumes; BUILD: nothing
+        # of ours is on it yet (volumes move once it is ACTIVE). A rerun rolls back anyway.
+        _delete_new(r, new.id)
+        new = None
+    jobs = {ref: (lambda ref=ref, vid=vid: move_volume(
+        cloud, vid, ref, old_id, f"old server {r.name}",
+        movable_from=[new_id] if new_id else [], timeout=cloud.volume_timeout))
+        for ref, vid in r.prepared.volumes.items()}
+    for actions in run_side_by_side(jobs).values():
+        r.report.actions += actions
+    old = wait_power_settled(cloud, get_server(cloud, old_id) or old, f"server {r.name}",
+                             cloud.stop_timeout)
+    if was == "ACTIVE" and old.status == "SHUTOFF":
+        log.info("starting old server %s (%s) again", r.name, old_id)
+        cloud.call(f"start old server {r.name}", lambda: r.conn.compute.start_server(old_id),
+                   lookup=lambda: power_done_or_under_way(cloud, old_id, "ACTIVE"))
+        r.report.actions.append(Action("start", "server", r.name, f"old server {old_id}",
+                                       {"id": old_id}))
+        wait_server(cloud, old_id, f"old server {r.name}", "ACTIVE", cloud.stop_timeout)
+    if new is not None:
+        _delete_new(r, new.id)
+    clear_markers(cloud, old_id, f"server {r.name}")
+    r.report.new_id = None
+    r.report.generation = generation(old)
+
+
+def _delete_new(r: Rotation, new_id: str) -> None:
+    if delete_server_and_wait(r.cloud, new_id, f"new server {r.name}", r.cloud.delete_timeout):
+        r.report.actions.append(Action("delete", "server", r.name, f"new server {new_id}",
+                                       {"id": new_id}))

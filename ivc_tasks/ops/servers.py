@@ -1,0 +1,170 @@
+"""ivc's servers: the metadata tags that mark them, finding them, and printing them.
+
+ivc finds its servers by metadata, not by name (Nova names are not unique): every server it
+creates carries ``ivc_managed=1``, ``ivc_env``, ``ivc_name``, ``ivc_run`` (the run that created
+it), ``ivc_gen`` (1; ``rotate`` increments it), ``ivc_userdata`` (a short sha256 of the
+user_data) and ``ivc_vol:<volume>`` (the volume a declared name resolved to); a rotation
+under way adds its markers (``ivc_rotation``...). One request
+lists the project's servers with details; the filtering is local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.errors import ConfigError
+from ivc_tasks.hints import did_you_mean, listed
+from ivc_tasks.ops.resolve import list_servers
+from ivc_tasks.spec import Server, Spec
+from ivc_tasks.userdata import userdata_sha256
+
+META_MANAGED = "ivc_managed"
+META_ENV = "ivc_env"
+META_NAME = "ivc_name"
+META_RUN = "ivc_run"
+META_GEN = "ivc_gen"
+META_USERDATA = "ivc_userdata"
+VOLUME_KEY_PREFIX = "ivc_vol:"
+# a rotation under way (ops/rotate/markers.py writes and reads them; status shows them)
+META_ROTATION = "ivc_rotation"
+META_ROLE = "ivc_role"
+META_REPLACES = "ivc_replaces"
+META_WAS = "ivc_was"
+META_ROLLBACK = "ivc_rollback"
+FIP_KEY_PREFIX = "ivc_fip:"
+USERDATA_SHORT = 16  # hex digits of the sha256 kept in ivc_userdata
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_:. -]{1,200}$")  # what Nova accepts, with room to spare
+# a server in one of these is on its way somewhere: wait, do not act
+WAITING_STATES = ("BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE")
+
+
+# -- the tags ------------------------------------------------------------------------------
+def generation(server: Any) -> int:
+    """Return a server's ``ivc_gen`` (0 when absent or not a number)."""
+    try:
+        return int((getattr(server, "metadata", None) or {}).get(META_GEN, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def is_managed(server: Any, env: str, name: str | None = None) -> bool:
+    """True for a server ivc made in environment ``env`` (for declared server ``name``, if
+    given)."""
+    meta = getattr(server, "metadata", None) or {}
+    return (meta.get(META_MANAGED) == "1" and meta.get(META_ENV) == env
+            and (name is None or meta.get(META_NAME) == name))
+
+
+def volume_key(ref: str) -> str:
+    """Return the metadata key that records which volume the declared ``ref`` resolved to."""
+    if _METADATA_KEY.match(ref):
+        return VOLUME_KEY_PREFIX + ref
+    return VOLUME_KEY_PREFIX + "sha256." + hashlib.sha256(ref.encode()).hexdigest()[:16]
+
+
+def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
+                    volumes: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the metadata a new server gets: the declared one plus ivc's tags."""
+    return {
+        **declared.metadata,
+        META_MANAGED: "1",
+        META_ENV: env,
+        META_NAME: declared.name,
+        META_RUN: run_id,
+        META_GEN: str(gen),
+        META_USERDATA: userdata_sha256(declared.userdata)[:USERDATA_SHORT],
+        **{volume_key(ref): vid for ref, vid in (volumes or {}).items()},
+    }
+
+
+def attached_ids(server: Any) -> set[str]:
+    """Return the ids of the volumes Nova says are attached to ``server``."""
+    out = set()
+    for item in getattr(server, "attached_volumes", None) or []:
+        value = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
+        if value:
+            out.add(value)
+    return out
+
+
+def recorded_attached(server: Any, ref: str) -> str | None:
+    """The id recorded for volume ``ref`` in the server's metadata, if Nova shows it attached."""
+    volume_id = (server.metadata or {}).get(volume_key(ref))
+    return volume_id if volume_id and volume_id in attached_ids(server) else None
+
+
+# -- finding them --------------------------------------------------------------------------
+def managed_servers(cloud: Cloud, name: str | None = None, *, refresh: bool = False
+                    ) -> list[Any]:
+    """ivc's servers in this env (for ``name``, if given), newest generation first (one
+    listing)."""
+    found = [s for s in list_servers(cloud, refresh=refresh)
+             if is_managed(s, cloud.env, name) and s.status not in ("DELETED", "SOFT_DELETED")]
+    return sorted(found, key=lambda s: (generation(s), str(s.created_at or "")), reverse=True)
+
+
+def made_by_run(cloud: Cloud, name: str) -> Any | None:
+    """The server for ``name`` that this run created, if any (lists the servers again)."""
+    for server in managed_servers(cloud, name, refresh=True):
+        if (server.metadata or {}).get(META_RUN) == cloud.run_id:
+            return server
+    return None
+
+
+def declared_server(spec: Spec, name: str | None) -> Server:
+    """Return the declared server ``name``.
+
+    :raises ConfigError: no name given, or not declared.
+    """
+    if not name:
+        raise ConfigError(f"--name is required: one of {listed(spec.servers, none='none declared')}")
+    if name not in spec.servers:
+        hint = did_you_mean(name, spec.servers, otherwise=f"declared: {listed(spec.servers)}")
+        raise ConfigError(f"{spec.path}: --name {name!r}: not a declared server "
+                          f"(servers.{name}); {hint}")
+    return spec.servers[name]
+
+
+# -- printing them -------------------------------------------------------------------------
+def server_label(cloud: Cloud, server_id: str) -> str:
+    """``'name' (id)`` of a server of the project, from the listing already made."""
+    for server in list_servers(cloud):
+        if server.id == server_id:
+            return f"{server.name!r} ({server_id})"
+    return server_id
+
+
+def server_state(server: Any | None) -> str:
+    """A server's state for progress lines: ``BUILD (spawning)``, ``ACTIVE``, or ``gone``."""
+    if server is None:
+        return "gone"
+    return str(server.status) + (f" ({server.task_state})" if server.task_state else "")
+
+
+def fault_message(server: Any) -> str:
+    """The message of a server's fault (why it is in ERROR)."""
+    fault = getattr(server, "fault", None) or {}
+    return str(fault.get("message") or "no fault message") if isinstance(fault, Mapping) \
+        else str(fault)
+
+
+def error_hint(name: str) -> str:
+    """What to do about a server in ERROR."""
+    return f"`invoke rotate --name {name}` will replace it"
+
+
+def addresses(server: Any) -> dict[str, list[str]]:
+    """``{network name: [address, ...]}`` as Nova shows them."""
+    return {net: [a.get("addr") for a in items]
+            for net, items in (server.addresses or {}).items()}
+
+
+def server_info(server: Any) -> dict[str, Any]:
+    """Printable facts about a server (no user_data)."""
+    meta = server.metadata or {}
+    return {"id": server.id, "status": server.status, "addresses": addresses(server),
+            "generation": generation(server), "userdata_sha256": meta.get(META_USERDATA)}
