@@ -15,7 +15,7 @@
    server's stop -> floating IP on the new server's port) and rotate's phases.
 2. ``rotate --parallel P`` of S servers (each with a floating IP) next to S sequential
    rotations (``--parallel 1``), both as processes.
-3. The Heat reference measured earlier on the same local cloud (docs: openstack-facts.md).
+3. The Heat reference measured earlier on the same local cloud (recorded in the project's shared notes, openstack-facts.md).
 
 Everything the benchmark made is deleted at the end.
 """

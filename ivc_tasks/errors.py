@@ -8,7 +8,6 @@ Exit codes (documented in the README):
   4  another run holds the lock for this server
 """
 
-EXIT_OK = 0
 EXIT_CLOUD = 1
 EXIT_INVALID = 2
 EXIT_ROLLED_BACK = 3

@@ -149,6 +149,9 @@ def move_volume(cloud: Cloud, volume_id: str, ref: str, target: str, target_name
     Gone: not an error (nothing to do). Never detaches it from any other server. Rotate's
     forward path and its rollback both use it, so either can start from any point.
 
+    One loop over the volume's states (longer than most functions here: split, the state
+    machine would be spread over several places).
+
     :param known: the volume as listed under the lock and unchanged since (saves a GET).
     :raises CloudError: it is attached to a foreign server, went to an error state, or timed out.
     """

@@ -141,35 +141,10 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
     if declared.floating_ip:
         plan.floating = plan_floating(cloud, spec, declared, plan.networks)
     if declared.security_groups:
-        existing = groups_by_name(cloud, spec, declared.security_groups,
-                                  entry=f"{entry}.security_groups")
-        for i, group in enumerate(declared.security_groups):
-            if group in existing:
-                plan.groups[group] = existing[group].id
-            elif group in pending_groups:
-                plan.groups[group] = None
-            else:
-                fix = ("run `invoke ensure-secgroups` first" if group in spec.secgroups else
-                       "declare it under [secgroups] or create it")
-                raise ConfigError(f"{spec.path}: {entry}.security_groups[{i}]: no security "
-                                  f"group named {group!r} in the project; {fix}")
+        plan.groups = _plan_groups(cloud, spec, declared, pending_groups)
     if declared.keypair:
         plan.keypair = declared.keypair
-        cloud_keys = {k.name: k for k in list_keypairs(cloud)}
-        wanted = spec.keypairs.get(declared.keypair)
-        have = cloud_keys.get(declared.keypair)
-        if wanted is not None and have is None:
-            plan.create_keypair = wanted
-        elif wanted is not None and _public_key_body(have.public_key) != \
-                _public_key_body(wanted.public_key):
-            raise ConfigError(
-                f"{spec.path}: keypairs.{wanted.name}: the cloud's keypair {wanted.name!r} holds "
-                f"a different public key than {wanted.public_key_file}; delete it in the cloud "
-                "(openstack keypair delete) or give the declared one another name")
-        elif have is None:
-            raise ConfigError(f"{spec.path}: {entry}.keypair: no keypair named "
-                              f"{declared.keypair!r} in the cloud; create it, or declare it "
-                              "under [keypairs] with a public_key_file")
+        plan.create_keypair = _plan_keypair(cloud, spec, declared)
     if boot_volumes and declared.volumes:
         vols = list_volumes(cloud)
         for i, ref in enumerate(declared.volumes):
@@ -179,6 +154,51 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
             check_boot_volume(cloud, spec, ref, volume, f"{entry}.volumes[{i}]")
             plan.boot_volumes[ref] = volume
     return plan
+
+
+def _plan_groups(cloud: Cloud, spec: Spec, declared: Server, pending: Collection[str]
+                 ) -> dict[str, str | None]:
+    """``{group name: id}`` of the server's groups (None: created earlier in this run).
+
+    :raises ConfigError: a group that neither exists nor is being created.
+    """
+    entry = f"servers.{declared.name}.security_groups"
+    existing = groups_by_name(cloud, spec, declared.security_groups, entry=entry)
+    groups: dict[str, str | None] = {}
+    for i, group in enumerate(declared.security_groups):
+        if group in existing:
+            groups[group] = existing[group].id
+        elif group in pending:
+            groups[group] = None
+        else:
+            fix = ("run `invoke ensure-secgroups` first" if group in spec.secgroups else
+                   "declare it under [secgroups] or create it")
+            raise ConfigError(f"{spec.path}: {entry}[{i}]: no security group named {group!r} "
+                              f"in the project; {fix}")
+    return groups
+
+
+def _plan_keypair(cloud: Cloud, spec: Spec, declared: Server) -> Any | None:
+    """The declared keypair to create first, or None when the cloud has it already.
+
+    :raises ConfigError: the cloud's keypair of that name holds another key, or an undeclared
+        keypair is missing.
+    """
+    have = {k.name: k for k in list_keypairs(cloud)}.get(declared.keypair)
+    wanted = spec.keypairs.get(declared.keypair)
+    if wanted is not None and have is None:
+        return wanted
+    if wanted is not None and _public_key_body(have.public_key) != \
+            _public_key_body(wanted.public_key):
+        raise ConfigError(
+            f"{spec.path}: keypairs.{wanted.name}: the cloud's keypair {wanted.name!r} holds "
+            f"a different public key than {wanted.public_key_file}; delete it in the cloud "
+            "(openstack keypair delete) or give the declared one another name")
+    if have is None:
+        raise ConfigError(f"{spec.path}: servers.{declared.name}.keypair: no keypair named "
+                          f"{declared.keypair!r} in the cloud; create it, or declare it "
+                          "under [keypairs] with a public_key_file")
+    return None
 
 
 # -- acting ------------------------------------------------------------------------------------
