@@ -268,6 +268,8 @@ CASES = [
      ["--parallel", "1 or more"]),
     ("flags", "destroy without --yes", None, ["destroy", "--name", "app"], 2, ["without --yes"]),
     ("flags", "undeclared server", None, ["create-instance", "--name", "nope"], 2, ["nope"]),
+    ("flags", "server name of 10 MB", None, ["create-instance", "--name", LONG], 2,
+     ["characters)", "declared: app"]),
     # credentials (the real connect; nothing listens at the auth_url)
     ("credentials", "no password, not a terminal", lambda w: w.real_cloud(ENTRY), ["deploy"], 2,
      ["cloud entry 'c'", "clouds.yaml", "no password", "OS_PASSWORD", "auth.password",
