@@ -550,10 +550,6 @@ def test_a_rotation_attaches_a_newly_declared_volume_to_the_new_server(conn, spe
     assert_serving(conn, result.rotations[0].new_id, gen=2)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rollback puts EVERY declared volume on the old "
-                   "server (Rotation._undo runs ensure_volume_on for all prepared.volumes), "
-                   "also one the old server never had: a failed rotate hot-attaches it to the "
-                   "old server, which then does not 'serve as before'")
 def test_a_rollback_does_not_attach_a_volume_the_old_server_never_had(conn, spec):
     old, fip = deployed(conn, spec)
     logs = never_attached(conn, old)
@@ -563,10 +559,6 @@ def test_a_rollback_does_not_attach_a_volume_the_old_server_never_had(conn, spec
     assert logs.status == "available" and logs.attachments == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same cause, worse effect: for an old server in "
-                   "ERROR the rollback's attach gets Nova's 409 (no attach to a server in "
-                   "ERROR), retried 6 times, then 'the rollback failed too' (CloudError, exit 1) "
-                   "instead of RolledBack (exit 3), although nothing was changed")
 def test_a_failed_rotation_of_a_server_in_error_with_a_new_volume_rolls_back(conn, spec):
     old, fip = deployed(conn, spec, status="ERROR")
     logs = never_attached(conn, old)
@@ -576,11 +568,6 @@ def test_a_failed_rotation_of_a_server_in_error_with_a_new_volume_rolls_back(con
     assert logs.status == "available" and web1_servers(conn) == [old]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: preflight counts only the LISTED servers as "
-                   "this rotation's, so for a rotation whose old server is gone (decision "
-                   "finish) a volume still 'detaching' from it (Cinder still names it) is "
-                   "'attached to server <old id>, not to web1' (ConfigError, exit 2, 'detach "
-                   "it there first'), though the new server's ivc_replaces names that server")
 def test_resume_finishes_while_the_volumes_still_detach_from_the_deleted_server(conn, spec):
     old, fip = deployed(conn, spec)
     new = mid_rotation(conn, spec, old, fip)

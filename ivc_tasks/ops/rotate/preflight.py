@@ -98,7 +98,10 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
     if old is not None and old.status in WAITING_STATES and decision.kind == ROTATE:
         raise CloudError(f"server {name} ({old.id}) is {old.status}; run rotate again once it "
                          "has settled")
-    ours = set(servers)
+    # this name's servers, and the old server a rotation under way replaces (gone already, a
+    # volume may still be detaching from it)
+    ours = set(servers) | {s.replaces for s in (decision.old, decision.new)
+                           if s is not None and s.replaces}
     listed = list_volumes(cloud)
     for i, ref in enumerate(declared.volumes):
         entry = f"servers.{name}.volumes[{i}]"

@@ -4,7 +4,7 @@ Works from what the cloud says NOW (``r`` is the ``executor.Rotation``): somethi
 where it belongs counts as done, something missing is not an error. In order: mark the new
 server ``ivc_rollback=1`` (so that a rerun rolls back too), the floating IPs back to their
 recorded ports (their record is the new server's metadata, which may go next), a new server in
-BUILD or ERROR deleted as it is, the volumes back (side by side), the old server started again
+BUILD or ERROR deleted as it is, the volumes the old server held back (side by side), the old server started again
 if the rotation stopped it, the new server deleted, the markers cleared. Then ``RolledBack``
 (exit 3) names the phase that failed and why; a rollback that fails is a CloudError (exit 1)
 and a rerun continues it.
@@ -13,17 +13,19 @@ and a rerun continues it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
-from ivc_tasks.ops.attachments import move_volume
+from ivc_tasks.ops.attachments import move_volume, volume_holders
 from ivc_tasks.ops.floating_ips import move_floating_ips
 from ivc_tasks.ops.lock import LockLost
 from ivc_tasks.ops.parallel import run_side_by_side
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
 from ivc_tasks.ops.rotate.report import PhaseRecord
-from ivc_tasks.ops.servers import META_ROLLBACK, META_ROTATION, META_WAS, generation
+from ivc_tasks.ops.servers import (
+    META_ROLLBACK, META_ROTATION, META_WAS, VOLUME_KEY_PREFIX, attached_ids, generation,
+)
 from ivc_tasks.ops.waits import (
     delete_server_and_wait, get_server, power_done_or_under_way, wait_power_settled, wait_server,
 )
@@ -96,10 +98,11 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
         # of ours is on it yet (volumes move once it is ACTIVE). A rerun rolls back anyway.
         _delete_new(r, new.id)
         new = None
+    had = _volumes_of_old(r, old)
     jobs = {ref: (lambda ref=ref, vid=vid: move_volume(
         cloud, vid, ref, old_id, f"old server {r.name}",
         movable_from=[new_id] if new_id else [], timeout=cloud.volume_timeout))
-        for ref, vid in r.prepared.volumes.items()}
+        for ref, vid in r.prepared.volumes.items() if vid in had}
     for actions in run_side_by_side(jobs).values():
         r.report.actions += actions
     old = wait_power_settled(cloud, get_server(cloud, old_id) or old, f"server {r.name}",
@@ -116,6 +119,16 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
     clear_markers(cloud, old_id, f"server {r.name}")
     r.report.new_id = None
     r.report.generation = generation(old)
+
+
+def _volumes_of_old(r: Rotation, old: Any) -> set[str]:
+    """The volumes the old server held before the rotation: its own record (``ivc_vol:``
+    metadata, which a rotation never changes), what Nova shows attached now, and what preflight
+    listed on it. A volume declared since (never on the old server) is not put there: if the
+    new server holds it, deleting that server frees it."""
+    recorded = {v for k, v in markers_of(old).items() if k.startswith(VOLUME_KEY_PREFIX)}
+    listed = {v.id for v in r.prepared.listed_volumes.values() if old.id in volume_holders(v)}
+    return recorded | listed | attached_ids(old)
 
 
 def _delete_new(r: Rotation, new_id: str) -> None:
