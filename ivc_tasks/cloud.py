@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ivc_tasks.errors import CloudError, ConfigError, clip
+from ivc_tasks.errors import CloudError, ConfigError, clip, clip_repr
 from ivc_tasks.retry import cloud_retrying, describe_cloud_error, status_code
 from ivc_tasks.settings import DEFAULTS
 
@@ -455,10 +455,13 @@ def resolve_credentials(settings: Settings, *, prompt: Callable[[str], str] | No
     name = settings.os_cloud or config.default_cloud
     entries = sorted(k for k in config.cloud_config.get("clouds", {}) if k != ENV_CLOUD)
     if settings.os_cloud and settings.os_cloud not in config.cloud_config.get("clouds", {}):
-        looked = path or f"no clouds.yaml found (looked in {', '.join(clouds_files())})"
-        have = f" (it has: {', '.join(entries)})" if path and entries else ""
-        raise ConfigError(f"{settings.env_file}: OS_CLOUD={settings.os_cloud!r}: no such cloud "
-                          f"entry in {looked}{have}; fix OS_CLOUD or the clouds.yaml entry")
+        where = f"{settings.env_file}: OS_CLOUD={clip_repr(settings.os_cloud)}"
+        if path is None:
+            raise ConfigError(f"{where}: no clouds file found (looked for {', '.join(clouds_files())}); "
+                              "create one with that entry, or set OS_CLIENT_CONFIG_FILE")
+        have = f" (it has: {', '.join(entries)})" if entries else " (it has none)"
+        raise ConfigError(f"{where}: no such cloud entry in {path}{have}; fix OS_CLOUD or the "
+                          "clouds.yaml entry")
     if not name or name == "defaults":
         raise ConfigError(f"{settings.env_file}: no cloud configured: set OS_CLOUD to an entry of "
                           "clouds.yaml, or the OS_AUTH_URL, OS_USERNAME... variables")

@@ -241,3 +241,15 @@ def test_a_clouds_file_problem_is_named_before_any_request(tmp_path, monkeypatch
         connect(settings)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_no_clouds_file_at_all_says_so(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("OS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setattr("openstack.config.loader.CONFIG_FILES", [str(tmp_path / "none.yaml")])
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "x.env").write_text("OS_CLOUD=c\n")
+    settings = load_settings("x", root=tmp_path, environ={})
+    with pytest.raises(ConfigError, match="OS_CLOUD='c': no clouds file found .*none.yaml"):
+        connect(settings)
