@@ -435,7 +435,7 @@ def test_a_volume_attached_to_a_foreign_server_is_refused_before_any_change(conn
     with pytest.raises(ConfigError, match="'db1'") as info:
         rotate(new_cloud(conn), spec, ["web1"])
     assert info.value.exit_code == 2
-    assert conn.mutations() == ["compute.create_keypair", "compute.delete_keypair"]
+    assert conn.mutations() == []  # validated before the lock: not even the lock is taken
 
 
 def test_two_servers_and_no_rotation_is_a_conflict_touching_nothing(conn, spec):
@@ -443,7 +443,7 @@ def test_two_servers_and_no_rotation_is_a_conflict_touching_nothing(conn, spec):
     conn.add_server("web1", metadata=tags(spec, 1), networks=["net-priv"])
     with pytest.raises(ConfigError, match="ivc will not guess"):
         rotate(new_cloud(conn), spec, ["web1"])
-    assert conn.mutations() == ["compute.create_keypair", "compute.delete_keypair"]
+    assert conn.mutations() == []
 
 
 # -- lost responses, an old server that was off, parallel runs, a lock taken over ------------
@@ -577,3 +577,24 @@ def test_resume_finishes_while_the_volumes_still_detach_from_the_deleted_server(
     result = rotate(new_cloud(conn), spec, ["web1"])
     assert result.rotations[0].decision == "finish"
     assert_serving(conn, new.id, gen=2)
+
+
+def test_servers_changed_while_the_lock_was_taken_are_checked_again(conn, spec, monkeypatch):
+    """Another run finished a rotation between this run's preflight and its lock: the run
+    decides from the servers as they are once it holds the lock."""
+    from ivc_tasks.ops.lock import ServerLock
+
+    deployed(conn, spec)
+    cloud = new_cloud(conn)
+    taken = ServerLock.acquire
+
+    def acquire(lock):
+        taken(lock)
+        if not getattr(acquire, "done", False):  # the other run: web1 now has a second server
+            acquire.done = True
+            conn.add_server("web1", metadata=tags(spec, 1), networks=["net-priv"])
+
+    monkeypatch.setattr(ServerLock, "acquire", acquire)
+    with pytest.raises(ConfigError, match="ivc will not guess"):
+        rotate(cloud, spec, ["web1"])
+    assert conn.mutations() == ["compute.create_keypair", "compute.delete_keypair"]

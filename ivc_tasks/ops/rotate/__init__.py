@@ -11,8 +11,9 @@ Where to look (one job per file):
   rollback.py   everything back onto the old server
   describe.py   what --dry-run prints
   report.py     what a rotation reports
-and here, the entry point: lock every server, preflight them all, then run the rotations
-(up to ``parallel`` side by side). Exactly one run works on a server at a time: see
+and here, the entry point: preflight every server (an invalid run changes nothing, not even a
+lock), lock them all, look again at their servers (another run may have changed them: then
+preflight again), then run the rotations (up to ``parallel`` side by side). Exactly one run works on a server at a time: see
 ``ivc_tasks.ops.lock``.
 """
 
@@ -37,8 +38,10 @@ from ivc_tasks.ops.rotate.describe import describe
 from ivc_tasks.ops.rotate.executor import Rotation
 from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions, preflight
 from ivc_tasks.ops.rotate.report import PhaseRecord, RotateFailed, RotateResult, RotationReport
-from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
-from ivc_tasks.ops.servers import declared_server
+from ivc_tasks.ops.secgroups import (
+    SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
+)
+from ivc_tasks.ops.servers import declared_server, managed_servers
 from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")
@@ -48,7 +51,7 @@ def rotate(cloud: Cloud, spec: Spec, names: Iterable[str], *, options: RotateOpt
            dry_run: bool = False) -> RotateResult:
     """Rotate (replace) each declared server of ``names``, or resume a rotation under way.
 
-    Every server is locked and preflighted before anything changes; then up to
+    Every server is preflighted, then locked, before anything changes; then up to
     ``options.parallel`` rotations run side by side.
 
     :param dry_run: return the phases with the resources involved; change nothing (and take
@@ -67,27 +70,47 @@ def rotate(cloud: Cloud, spec: Spec, names: Iterable[str], *, options: RotateOpt
     for name in names:
         declared_server(spec, name)
     result = RotateResult(dry_run=dry_run)
-    locks: list[ServerLock] = []
-    if not dry_run:
-        locks = acquire_all(cloud, names, op="rotate")
+    start = cloud.clock()
+    for name in names:
+        log.info("phase: preflight (server %s)", name)
+    # everything is checked before the lock is taken: an invalid run changes nothing at all
+    sg_plan, prepared = _preflight_all(cloud, spec, names)
+    if dry_run:
+        result.preflight = describe_secgroups(sg_plan) if sg_plan is not None else None
+        result.rotations = [describe(cloud, p, options) for p in prepared]
+        return result
+    locks = acquire_all(cloud, names, op="rotate")
     try:
-        start = cloud.clock()
-        for name in names:
-            log.info("phase: preflight (server %s)", name)
-        prepared = _preflight_all(cloud, spec, names, result, dry_run=dry_run)
-        if dry_run:
-            result.rotations = [describe(cloud, p, options) for p in prepared]
-            return result
+        seen = _servers_seen(cloud, names)
+        forget(cloud, "servers")
+        if _servers_seen(cloud, names) != seen:  # another run changed them meanwhile: again
+            log.info("the servers changed while the lock was taken; checking again")
+            forget(cloud, "volumes", "floating_ips", "security_groups")
+            sg_plan, prepared = _preflight_all(cloud, spec, names)
+        if sg_plan is not None:
+            result.preflight = apply_secgroups(cloud, sg_plan)
+            ids = {**sg_plan.ids, **result.preflight.info.get("ids", {})}
+            for p in prepared:
+                p.group_ids = ids
         return _run_all(cloud, prepared, options, {lk.name: lk for lk in locks}, result,
                         preflight_seconds=cloud.clock() - start)
     finally:
         release_all(locks)
 
 
-def _preflight_all(cloud: Cloud, spec: Spec, names: list[str], result: RotateResult, *,
-                   dry_run: bool) -> list[Prepared]:
-    """Preflight every server (the listings side by side, one request each), then ensure the
-    security groups they use."""
+def _servers_seen(cloud: Cloud, names: list[str]) -> list[tuple]:
+    """What the decisions are made from: each name's servers, their states and markers."""
+    return [(s.id, s.status, s.task_state, sorted((s.metadata or {}).items()))
+            for name in names for s in managed_servers(cloud, name)]
+
+
+def _preflight_all(cloud: Cloud, spec: Spec, names: list[str]
+                   ) -> tuple[SecGroupsPlan | None, list[Prepared]]:
+    """Preflight every server (the listings side by side, one request each) and plan the
+    security groups they use; nothing is changed.
+
+    :raises ConfigError: invalid input or a missing resource.
+    """
     groups = sorted({g for n in names for g in spec.servers[n].security_groups
                      if g in spec.secgroups})
     images = sorted({spec.servers[n].image for n in names})
@@ -99,14 +122,7 @@ def _preflight_all(cloud: Cloud, spec: Spec, names: list[str], result: RotateRes
     sg_plan = plan_secgroups(cloud, spec, groups) if groups else None
     pending = {gp.declared.name for gp in sg_plan.groups if gp.existing is None} \
         if sg_plan else set()
-    prepared = [preflight(cloud, spec, name, pending_groups=pending) for name in names]
-    if sg_plan is not None:
-        result.preflight = describe_secgroups(sg_plan) if dry_run else \
-            apply_secgroups(cloud, sg_plan)
-        ids = {**sg_plan.ids, **result.preflight.info.get("ids", {})}
-        for p in prepared:
-            p.group_ids = ids
-    return prepared
+    return sg_plan, [preflight(cloud, spec, name, pending_groups=pending) for name in names]
 
 
 def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
