@@ -152,7 +152,7 @@ def write_all(layout: Layout, secrets: dict) -> None:
         "database": {"connection": db_url(secrets, "cinder")},
         "keystone_authtoken": _authtoken(secrets, "cinder"),
         "nova": _auth(secrets, "cinder"),
-        "fake": {"volume_driver": "cinder.tests.fake_driver.FakeLoggingVolumeDriver",
+        "fake": {"volume_driver": "ivc_devcloud_plugin.fake_volume.FakeVolumeDriver",
                  "volume_backend_name": "fake"},
         "oslo_concurrency": lock,
         "oslo_messaging_notifications": noop,

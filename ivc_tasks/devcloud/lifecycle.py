@@ -11,6 +11,7 @@ starting anything, so it never half-starts a second cloud.
 from __future__ import annotations
 
 import fcntl
+import json as jsonlib
 import os
 import secrets as pysecrets
 import shutil
@@ -276,6 +277,7 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
             result.databases = "reused"
             say(f"all {len(services)} services already running and answering; nothing to do")
             result.seconds = time.monotonic() - t0
+        _apply_latency_env(layout, say)
             return result
         bootstrap.ensure_debian_packages(say)
         result.installed = bootstrap.ensure_venv(layout, say)
@@ -350,16 +352,103 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
 
 
 def status(layout: Layout | None = None) -> list[dict]:
-    """Each service: its role, port, PID (ours or the machine's) and whether it answers."""
+    """Each service: its role, port, PID (ours or the machine's) and whether it answers; the
+    fake driver services also say the latency mode (``latency``) and whether they honour it."""
     layout = layout or default_layout()
     rows = []
     for service in all_services(layout):
         proc = _recorded(layout, service)
         pid, owner = (proc.pid, "devcloud") if proc else (None, None)
         if not proc and service.port:
+# -- simulated latency (the fake drivers read state/latency at each operation; see
+# plugin/ivc_devcloud_plugin/latency.py) -------------------------------------------------------
+LATENCY_SERVICES = ("nova-compute", "cinder-volume")
+LATENCY_ENV = "DEVCLOUD_LATENCY"
+
+
+def parse_latency(value: str) -> dict:
+    """``off``, ``real``, or a factor of the real figures (``0.2``) -> the mode file's JSON.
+
+    :raises DevcloudError: anything else.
+    """
+    text = str(value).strip().lower()
+    if text in ("", "off", "0", "none"):
+        return {"mode": "off"}
+    if text in ("real", "1"):
+        return {"mode": "real"}
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = -1.0
+    if not 0 < factor < 100:
+        raise DevcloudError(f"{LATENCY_ENV}={value!r}: use off, real, or a factor of the real "
+                            "figures such as 0.2")
+    return {"mode": "scale", "factor": factor}
+
+
+def set_latency(value: str, *, minutes: float | None = None, layout: Layout | None = None) -> dict:
+    """Write the latency mode (no restart: the drivers read it at each operation).
+
+    :param minutes: a slow mode switches itself off after this long (None: never).
+    """
+    layout = layout or default_layout()
+    config = parse_latency(value)
+    if config["mode"] != "off" and minutes:
+        config["until"] = round(time.time() + 60 * float(minutes), 1)
+    path = layout.stamp("latency")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(jsonlib.dumps(config))
+    tmp.replace(path)
+    return config
+
+
+def latency(layout: Layout | None = None) -> dict:
+    """The latency mode in force: ``mode`` (off, real, x<factor>), ``until`` and, per driver
+    service, whether the running process honours the mode (started from a plugin that has it)."""
+    layout = layout or default_layout()
+    try:
+        config = jsonlib.loads(layout.stamp("latency").read_text() or "{}")
+    except (OSError, ValueError):
+        config = {}
+    mode = config.get("mode", "off")
+    until = config.get("until")
+    if mode != "off" and until is not None and time.time() > float(until):
+        mode = "off"
+    label = {"off": "off", "real": "real"}.get(mode, f"x{config.get('factor')}")
+    honours = {}
+    for name in LATENCY_SERVICES:
+        proc = procs.read_pidfile(layout.pidfile(name))
+        marker = layout.state / "latency-drivers" / name
+        try:
+            honours[name] = bool(proc) and procs.alive(proc) and \
+                int(marker.read_text().strip()) == proc.pid
+        except (OSError, ValueError):
+            honours[name] = False
+    return {"mode": label, "until": until if mode != "off" else None, "honoured_by": honours}
+
+
+def _apply_latency_env(layout: Layout, say) -> None:
+    """``DEVCLOUD_LATENCY`` set: write that mode; stop the driver services that predate it (the
+    rest of ``up`` starts them again, on the current plugin, and waits until they report)."""
+    value = os.environ.get(LATENCY_ENV)
+    if value is None:
+        return
+    config = set_latency(value, layout=layout)
+    say(f"latency: {config['mode']}{' x' + str(config['factor']) if 'factor' in config else ''}"
+        f" (from {LATENCY_ENV}; no restart needed to change it later)")
+    stale = [name for name, ok in latency(layout)["honoured_by"].items() if not ok]
+    for service in all_services(layout):
+        if service.name in stale and (proc := _recorded(layout, service)):
+            say(f"{service.name}: restarting, its running driver predates the latency setting")
+            procs.stop(proc)
+            layout.pidfile(service.name).unlink(missing_ok=True)
+
+
             holder = procs.listener_pid(service.port)
             if holder:
                 pid, owner = holder, "other"
+    lat = latency(layout)
         running = pid is not None
         rows.append({"service": service.name, "role": service.role, "port": service.port,
                      "pid": pid, "owner": owner, "running": running,
@@ -372,6 +461,9 @@ def reset(layout: Layout | None = None, say=None) -> UpResult:
 
     The next ``up`` rebuilds the databases because the ownership stamp is gone.
     """
+        if service.name in LATENCY_SERVICES:
+            rows[-1]["latency"] = lat["mode"] if lat["honoured_by"][service.name] else \
+                f"{lat['mode']} (not honoured: restart it with DEVCLOUD_LATENCY set and devcloud.up)"
     layout = layout or default_layout()
     say = say or Progress()
     with machine_lock(say):

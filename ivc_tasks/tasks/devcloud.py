@@ -47,8 +47,30 @@ def status(c, json=False):
                   f"{'yes' if row['running'] else 'no':8} {'yes' if row['answering'] else 'no'}")
         if any(r["owner"] == "other" for r in rows):
             print("* not started by this checkout's devcloud (the machine's, or another checkout's)")
+        lat = _lifecycle().latency()
+        honoured = [n for n, ok in lat["honoured_by"].items() if ok]
+        print(f"latency: {lat['mode']}" + (f" (switches off at {lat['until']:.0f})"
+                                           if lat["until"] else "")
+              + ("" if len(honoured) == len(lat["honoured_by"]) else
+                 f"; honoured by {', '.join(honoured) or 'no service'}: the others predate it "
+                 "(DEVCLOUD_LATENCY=<mode> invoke devcloud.up restarts them)"))
     if not all(r["answering"] for r in rows):
         raise Exit(code=3)
+
+
+@task(help={"mode": "off, real (boot ~30 s, stop ~5 s, delete ~3 s, attach/detach ~2 s), or a "
+                     "factor of those (0.2).",
+             "minutes": "A slow mode switches itself off after this many minutes (default 30; "
+                        "0: never)."})
+def latency(c, mode=None, minutes=30):
+    """Show or set the fake drivers' simulated latency (takes effect at once, no restart)."""
+    lifecycle = _lifecycle()
+    if mode is not None:
+        try:
+            lifecycle.set_latency(mode, minutes=float(minutes) or None)
+        except (lifecycle.DevcloudError, ValueError) as exc:
+            raise Exit(f"devcloud.latency: {exc}", code=2)
+    print(jsonlib.dumps(lifecycle.latency()))
 
 
 @task

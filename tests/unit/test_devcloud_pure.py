@@ -58,7 +58,7 @@ def test_configs_carry_the_options_that_matter(tmp_path):
     ml2 = _read(layout.etc / "neutron/plugins/ml2/ml2_conf.ini")
     assert ml2["ml2"]["mechanism_drivers"] == "ivc_fake"
     cinder = _read(layout.etc / "cinder/cinder.conf")
-    assert cinder["fake"]["volume_driver"] == "cinder.tests.fake_driver.FakeLoggingVolumeDriver"
+    assert cinder["fake"]["volume_driver"] == "ivc_devcloud_plugin.fake_volume.FakeVolumeDriver"
     assert _read(layout.etc / "keystone/keystone.conf")["token"]["provider"] == "fernet"
     for conf in layout.etc.rglob("*.conf"):
         assert oct(conf.stat().st_mode & 0o777) == "0o600", conf

@@ -6,6 +6,9 @@ instances in memory only, so after a restart it knows none of the servers in the
 fails to stop, detach or delete them. This subclass takes the node UUID from nova's own
 persistent identity file, and adopts an instance it does not know with the power state the
 database records for it. Configured as ``compute_driver = ivc_fake.FakeDriver`` (see nova_compute.py).
+
+Boot, stop, start, reboot, delete, attach and detach wait what ``latency.py``'s mode asks
+(nothing by default), so that the local cloud can take a real cloud's wall time.
 """
 
 import functools
@@ -13,6 +16,8 @@ import functools
 from nova.compute import power_state
 from nova.virt import fake
 from nova.virt import node
+
+from ivc_devcloud_plugin import latency
 
 
 def _adopting(method):
@@ -26,7 +31,19 @@ def _adopting(method):
     return wrapper
 
 
+def _slowed(method, operation):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        latency.pause(operation)
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 class FakeDriver(fake.FakeDriver):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        latency.record_driver("nova-compute")
+
     def adopt(self, instance):
         if instance.uuid not in self.instances and instance.host == self._host:
             state = instance.power_state or power_state.RUNNING
@@ -40,10 +57,11 @@ class FakeDriver(fake.FakeDriver):
     def get_nodenames_by_uuid(self, refresh=False):
         return {node.get_local_node_uuid(): name for name in self.get_available_nodes()}
 
+    spawn = _slowed(fake.FakeDriver.spawn, "spawn")
     get_info = _adopting(fake.FakeDriver.get_info)
-    power_off = _adopting(fake.FakeDriver.power_off)
-    power_on = _adopting(fake.FakeDriver.power_on)
-    reboot = _adopting(fake.FakeDriver.reboot)
-    attach_volume = _adopting(fake.FakeDriver.attach_volume)
-    detach_volume = _adopting(fake.FakeDriver.detach_volume)
-    destroy = _adopting(fake.FakeDriver.destroy)
+    power_off = _slowed(_adopting(fake.FakeDriver.power_off), "power_off")
+    power_on = _slowed(_adopting(fake.FakeDriver.power_on), "power_on")
+    reboot = _slowed(_adopting(fake.FakeDriver.reboot), "reboot")
+    attach_volume = _slowed(_adopting(fake.FakeDriver.attach_volume), "attach_volume")
+    detach_volume = _slowed(_adopting(fake.FakeDriver.detach_volume), "detach_volume")
+    destroy = _slowed(_adopting(fake.FakeDriver.destroy), "destroy")
