@@ -38,6 +38,10 @@ CLOUD_NAME = "ivc-local"
 ADMIN_CLOUD_NAME = "ivc-local-admin"
 DEMO_PROJECT = "ivc"
 DEMO_USER = "ivc"
+# The second shape (OVH style): a project and user that see the shared external network ext-net.
+OVH_CLOUD_NAME = "ivc-local-ovh"
+OVH_PROJECT = "ivc-ovh"
+OVH_USER = "ivc-ovh"
 # The environment variable that marks every process a devcloud starts with its cache folder, so
 # that the processes of a cloud started from another checkout can be recognised.
 MARK = "IVC_DEVCLOUD_DIR"

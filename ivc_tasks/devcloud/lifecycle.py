@@ -252,7 +252,14 @@ def ready(layout: Layout | None = None, services: list[Service] | None = None) -
     layout = layout or default_layout()
     services = services if services is not None else all_services(layout)
     return all(_recorded(layout, s) for s in services) and all(_answers(s) for s in services) \
-        and layout.stamp("seeded").exists()
+        and _seeded(layout)
+
+
+def _seeded(layout: Layout) -> bool:
+    """Whether the seed holds everything this checkout's seed makes (``seed.SEED_VERSION``):
+    a cloud seeded by an older checkout is seeded again, which adds only what is missing."""
+    stamp = layout.stamp("seeded")
+    return stamp.exists() and stamp.read_text().strip() == seed.SEED_VERSION
 
 
 def up(layout: Layout | None = None, say=None) -> UpResult:
@@ -301,23 +308,24 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
             bootstrap.sync_databases(layout, secrets, say)
             bootstrap.record_db_owner(layout, stamp)
         _ensure_running(layout, keystone, say, result)
-        if not layout.stamp("seeded").exists():
+        if not _seeded(layout):
             seed.seed_identity(secrets, say)
         bootstrap.ensure_compute_id(layout)
         _ensure_running(layout, rest, say, result)
         if result.started:
             _wait_cloud_ready(secrets, say, not ours, layout)
-        if not layout.stamp("seeded").exists():
+        if not _seeded(layout):
             try:
                 seed.seed_demo(layout, secrets, say)
             except Exception as exc:  # seen once: a 403 from a service just started; idempotent
                 say(f"seeding failed ({type(exc).__name__}: {str(exc)[:160]}); trying once more")
                 time.sleep(3)
                 seed.seed_demo(layout, secrets, say)
-            layout.stamp("seeded").write_text("ok")
+            layout.stamp("seeded").write_text(seed.SEED_VERSION)
             result.seeded = True
         for path in seed.write_clouds_yaml(layout, secrets):
-            say(f"wrote clouds.yaml entries {seed.CLOUD_NAME}, {seed.ADMIN_CLOUD_NAME} in {path}")
+            say(f"wrote clouds.yaml entries {seed.CLOUD_NAME}, {seed.OVH_CLOUD_NAME}, "
+                f"{seed.ADMIN_CLOUD_NAME} in {path}")
         result.seconds = time.monotonic() - t0
         say(f"devcloud up: {len(result.started)} started, {len(result.reused)} already running, "
             f"databases {result.databases.split(':')[0]} ({result.seconds:.1f}s)")

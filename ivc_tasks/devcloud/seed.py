@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
 from .configs import KEYSTONE_URL, PORTS
-from .layout import ADMIN_CLOUD_NAME, CLOUD_NAME, DEMO_PROJECT, DEMO_USER, HOST, REGION, Layout
+from .layout import (
+    ADMIN_CLOUD_NAME, CLOUD_NAME, DEMO_PROJECT, DEMO_USER, HOST, OVH_CLOUD_NAME, OVH_PROJECT,
+    OVH_USER, REGION, Layout,
+)
 
 Say = Callable[[str], None]
 
@@ -34,6 +37,15 @@ IMAGE = "ivc-tiny"
 KEYPAIR = "ivc-demo"
 DEMO_VOLUMES = ["web1-data", "web1-logs"]
 PUBLIC_CIDR, PRIVATE_CIDR = "203.0.113.0/24", "198.51.100.0/24"
+# The second shape, OVH style: servers of project ivc-ovh attach to ext-net directly (their public
+# address is their port's); ovh-private sits behind ovh-router, whose gateway is on ext-net.
+EXT_NET, EXT_CIDR = "ext-net", "192.0.2.0/25"
+OVH_PRIVATE, OVH_PRIVATE_CIDR = "ovh-private", "192.0.2.128/25"
+OVH_ROUTER = "ovh-router"
+# What the "seeded" stamp holds once everything below is in the cloud. Raise it when the seed
+# gains something: ``up`` then seeds again (every step finds before it creates) on a cloud that
+# is already running.
+SEED_VERSION = "2: ext-net"
 
 
 def cloud_entries(secrets: dict) -> dict:
@@ -43,6 +55,8 @@ def cloud_entries(secrets: dict) -> dict:
     return {
         CLOUD_NAME: {**base, "auth": {**auth, "username": DEMO_USER, "password": secrets["demo"],
                                       "project_name": DEMO_PROJECT}},
+        OVH_CLOUD_NAME: {**base, "auth": {**auth, "username": OVH_USER, "password": secrets["demo"],
+                                          "project_name": OVH_PROJECT}},
         ADMIN_CLOUD_NAME: {**base, "auth": {**auth, "username": "admin",
                                             "password": secrets["admin"],
                                             "project_name": "admin"}},
@@ -50,7 +64,7 @@ def cloud_entries(secrets: dict) -> dict:
 
 
 def write_clouds_yaml(layout: Layout, secrets: dict) -> list[Path]:
-    """Write the ``ivc-local`` entries to the cache's clouds.yaml and merge them into the user's
+    """Write the ``ivc-local*`` entries to the cache's clouds.yaml and merge them into the user's
     ``~/.config/openstack/clouds.yaml`` (other entries kept), so the plain CLI works too."""
     entries = cloud_entries(secrets)
     written = []
@@ -119,8 +133,17 @@ def seed_identity(secrets: dict, say: Say) -> None:
                                  default_project_id=demo.id))
     for role in (member, reader):
         ident.assign_project_role_to_user(demo, user, role)
+    # the second shape's project and user (same password as the demo user: a throwaway cloud)
+    ovh = (ident.find_project(OVH_PROJECT, domain_id=domain.id, ignore_missing=True)
+           or ident.create_project(name=OVH_PROJECT, domain_id=domain.id,
+                                   description="ivc: the OVH-style shape (shared ext-net)"))
+    ovh_user = (ident.find_user(OVH_USER, domain_id=domain.id, ignore_missing=True)
+                or ident.create_user(name=OVH_USER, password=secrets["demo"], domain_id=domain.id,
+                                     default_project_id=ovh.id))
+    for role in (member, reader):
+        ident.assign_project_role_to_user(ovh, ovh_user, role)
     say(f"keystone: catalog of {len(CATALOG)} services, {len(SERVICE_USERS)} service users, "
-        f"project/user {DEMO_PROJECT}")
+        f"projects/users {DEMO_PROJECT}, {OVH_PROJECT}")
 
 
 def _keypair_files(layout: Layout) -> str:
@@ -177,8 +200,68 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     demo = demo_connection(secrets)
     if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
+    seed_ovh(layout, secrets, say)
     for name in DEMO_VOLUMES:
         if not demo.block_storage.find_volume(name, ignore_missing=True):
             demo.block_storage.create_volume(name=name, size=1, description="ivc demo data")
     say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public + "
         f"private, router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")
+
+
+def _rbac(net, network: Any, action: str, target: str) -> None:
+    """The RBAC policy ``action`` on ``network`` for exactly project ``target``: a wildcard one
+    (``*``, which Neutron makes for a network created router:external) goes."""
+    have = list(net.rbac_policies(object_id=network.id, action=action))
+    for policy in have:
+        if policy.target_project_id == "*":
+            net.delete_rbac_policy(policy)
+    if not any(p.target_project_id == target for p in have):
+        net.create_rbac_policy(object_type="network", object_id=network.id, action=action,
+                               target_project_id=target)
+
+
+def seed_ovh(layout: Layout, secrets: dict, say: Say) -> None:
+    """The OVH-style shape: ``ext-net``, external AND shared, seen by project ``ivc-ovh`` only.
+
+    Neutron shows a network to a project that owns it or that an RBAC policy names. A network
+    made ``router:external`` or ``shared`` gets a wildcard policy (every project sees it); here
+    both policies (``access_as_external``, ``access_as_shared``) name project ``ivc-ovh``
+    instead, so ``public`` stays the one external network of the demo project ``ivc``, while
+    ``ivc-ovh`` sees two (``public``, ``ext-net``: ``shared`` is true for it).
+    """
+    admin = admin_connection(secrets)
+    ovh = admin.identity.find_project(OVH_PROJECT, ignore_missing=False)
+    admin.set_compute_quotas(ovh.id, instances=40, cores=80, ram=256 * 1024)
+    admin.set_network_quotas(ovh.id, floatingip=40, port=200, network=20, subnet=20, router=10,
+                             security_group=100, security_group_rule=1000)
+    net = admin.network
+    ext = net.find_network(EXT_NET, ignore_missing=True) or net.create_network(
+        name=EXT_NET, is_router_external=True, is_shared=False,
+        description="ivc devcloud: OVH-style shared external network (project ivc-ovh)")
+    for action in ("access_as_external", "access_as_shared"):
+        _rbac(net, ext, action, ovh.id)
+    if not net.find_subnet(f"{EXT_NET}-subnet", ignore_missing=True):
+        net.create_subnet(name=f"{EXT_NET}-subnet", network_id=ext.id, ip_version=4,
+                          cidr=EXT_CIDR, enable_dhcp=False)
+    private = (net.find_network(OVH_PRIVATE, project_id=ovh.id, ignore_missing=True)
+               or net.create_network(name=OVH_PRIVATE, project_id=ovh.id))
+    subnet = (net.find_subnet(f"{OVH_PRIVATE}-subnet", project_id=ovh.id, ignore_missing=True)
+              or net.create_subnet(name=f"{OVH_PRIVATE}-subnet", network_id=private.id,
+                                   ip_version=4, cidr=OVH_PRIVATE_CIDR, project_id=ovh.id))
+    router = net.find_router(OVH_ROUTER, project_id=ovh.id, ignore_missing=True)
+    if router is None:
+        router = net.create_router(name=OVH_ROUTER, project_id=ovh.id,
+                                   external_gateway_info={"network_id": ext.id})
+        net.add_interface_to_router(router, subnet_id=subnet.id)
+    user = openstack_connection(OVH_USER, OVH_PROJECT, secrets["demo"])
+    if not user.compute.find_keypair(KEYPAIR, ignore_missing=True):
+        user.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
+    say(f"ovh shape: project/user {OVH_PROJECT}, network {EXT_NET} ({EXT_CIDR}, external and "
+        f"shared for {OVH_PROJECT} only), {OVH_PRIVATE} behind {OVH_ROUTER}, keypair {KEYPAIR}")
+
+
+def openstack_connection(username: str, project: str, password: str):
+    import openstack
+    return openstack.connect(auth_url=KEYSTONE_URL, username=username, password=password,
+                             project_name=project, user_domain_name="Default",
+                             project_domain_name="Default", region_name=REGION)
