@@ -21,6 +21,7 @@ from fakecloud import FakeConnection
 from invoking import run
 
 from ivc_tasks.cloud import Cloud, resolve_credentials
+from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.settings import load_settings
 
@@ -85,7 +86,6 @@ class World:
     def real_cloud(self, clouds_yaml: str | bytes | None, env: str = "OS_CLOUD=c\n",
                    config_file: Path | None = None) -> Path:
         """Use the real ``connect`` with this clouds.yaml (its services are never reached)."""
-        from ivc_tasks import cloud  # noqa: PLC0415
         self.mp.setattr("ivc_tasks.cloud.connect", REAL_CONNECT)
         path = self.root / "clouds.yaml"
         if clouds_yaml is not None:
@@ -95,11 +95,7 @@ class World:
                 path.write_text(clouds_yaml.replace("PASSWORD", PASSWORD))
         self.env_file.write_text(f"{env}OS_CLIENT_CONFIG_FILE={config_file or path}\n"
                                  "IVC_RETRY_ATTEMPTS=1\n")
-        assert cloud.connect is REAL_CONNECT
         return path
-
-
-from ivc_tasks.cloud import connect as REAL_CONNECT  # noqa: E402  (before any monkeypatch)
 
 
 @pytest.fixture
