@@ -51,7 +51,7 @@ def usage_exit(error: ParseError, argv: list[str], tasks: Any = ()) -> Exit:
     step = next((a for a in args if a in tasks), None)
     message = f"usage: {error} (see --help{' ' + step if step else ''})"
     try:
-        with usage(step or "ivc", json="--json" in args):
+        with usage(step or "ivc", json="--json" in args or "-j" in args):
             raise Exit(message, code=EXIT_INVALID)
     except Exit as exc:
         return exc
