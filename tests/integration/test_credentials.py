@@ -158,11 +158,14 @@ BROKEN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBroken\n"  # type matches, da
     ('metadata = { "role/web" = "1" }\n', ["Nova refuses this metadata key", "'/'"]),
     ('keypair = "PREFIX-key"\n\n[keypairs.PREFIX-key]\npublic_key_file = "broken.pub"\n',
      ["public_key_file", "not a valid OpenSSH public key"]),
-], ids=["metadata key", "public key"])
+    ('userdata = "templates/bad.j2"\n', ["bad.j2 line 2 raised ZeroDivisionError"]),
+    (f'metadata = {{ note = "{"n" * 10_000_000}" }}\n', ["10000000 characters"]),
+], ids=["metadata key", "public key", "template raising", "10 MB value"])
 def test_a_declaration_the_cloud_would_refuse_changes_nothing(ivc, conn, declaration, words):
     """deploy would first create the security group, then get Nova's 400: a half-made change.
     Validated before any cloud call, nothing is made, the security group included."""
     (ivc.root / "env" / "broken.pub").write_text(BROKEN_KEY)
+    (ivc.root / "env" / "templates" / "bad.j2").write_text("#cloud-config\nx: {{ 1 // 0 }}\n")
     ivc.write_spec(SERVER + declaration)
     before = cloud_state(conn, ivc.prefix)
     result = run(ivc, "deploy")
@@ -170,6 +173,7 @@ def test_a_declaration_the_cloud_would_refuse_changes_nothing(ivc, conn, declara
     for word in words:
         assert word in result.data["error"], result.data["error"]
     assert result.data["mutating_requests"] == 0 and result.data["requests"] == 0
+    assert len(result.out) < 5000 and len(result.err) < 5000  # a long value is cut
     after = cloud_state(conn, ivc.prefix)
     assert after == before and after["groups"] == []  # no security group was made either
 
