@@ -250,6 +250,10 @@ CASES = [
      ["IVC_RETRY_ATTEMPTS", "greater than 0"]),
     ("settings", "poll interval 10 MB", lambda w: w.mp.setenv("IVC_POLL_INTERVAL", LONG),
      ["deploy"], 2, ["IVC_POLL_INTERVAL", "characters"]),
+    ("settings", "env file not UTF-8", lambda w: w.env_file.write_bytes(b"OS_CLOUD=\xff\n"),
+     ["deploy"], 2, ["unit.env", "cannot read the settings"]),
+    ("settings", "env file is a folder",
+     lambda w: (w.env_file.unlink(), w.env_file.mkdir()), ["deploy"], 2, ["no env file"]),
     ("settings", "root folder too long", lambda w: w.mp.setenv("IVC_ROOT", "/" + "r" * 5000),
      ["deploy"], 2, ["characters"]),
     # flags
