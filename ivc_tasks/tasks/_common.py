@@ -61,7 +61,7 @@ def load_inputs() -> tuple[Any, Any]:
 
     :raises ConfigError: anything invalid, before any cloud call.
     """
-    from ivc_tasks.settings import load_settings  # noqa: PLC0415 (keep `invoke --list` light)
+    from ivc_tasks.settings import PACKAGE_ROOT, load_settings  # noqa: PLC0415 (keep `invoke --list` light)
     from ivc_tasks.spec import load_spec  # noqa: PLC0415
 
     try:
@@ -73,8 +73,10 @@ def load_inputs() -> tuple[Any, Any]:
         raise ConfigError(f"{name}: {exc.strerror or exc} (from IVC_ROOT / IVC_ENV); use a shorter "
                           "environment name or root folder") from None
     except Exception as exc:  # noqa: BLE001 (a dotenv parse problem, a bad byte...)
-        raise ConfigError(f"env/{clip(os.environ.get('IVC_ENV') or 'local')}.env: cannot read "
-                          f"the settings: {type(exc).__name__}: {clip(str(exc))}") from None
+        env_file = (f"{os.environ.get('IVC_ROOT') or PACKAGE_ROOT}/env/"
+                    f"{os.environ.get('IVC_ENV') or 'local'}.env")
+        raise ConfigError(f"{clip(env_file)}: cannot read the settings: {type(exc).__name__}: "
+                          f"{clip(str(exc))}") from None
     return settings, load_spec(settings.spec_path, env_name=settings.env)
 
 
