@@ -7,11 +7,24 @@ port_range_max (1-65535 is stored as no range), remote_group_id, remote_address_
 remote_ip_prefix (``0.0.0.0/0``, ``::/0`` and none are the same; a bare IP gets /32 or /128).
 The description is not part of it. ``rule_key`` computes that key for a declared rule and for a
 rule as the API returns it, so the two can be compared.
+
+Environments: a rule cannot carry tags and cannot be updated (Neutron answers 500 to a PUT), so
+the rules ivc creates carry their environment in their description: ``ivc:<env>``, then a space
+and the declared description if any (``rule_marker``, ``marked_env``). ``plan_rules`` sorts a
+group's undeclared rules by who made them: this environment (``delete``: --prune deletes them),
+another environment (``foreign``: never touched) or nobody ivc knows (``unmanaged``: made by
+hand or by ivc before environments; never deleted, reported).
+
+Neutron's default egress rules (IPv4 and IPv6, any: ``DEFAULT_EGRESS``) come with every new
+group. Unless the group says ``default_egress = false`` (or declares egress rules of its own,
+which then replace them), they count as declared: kept, created again if missing, never
+reported.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +47,11 @@ IPV6_ONLY_PROTOCOLS = frozenset({41, 43, 44, 58, 59, 60})
 ANY_PROTOCOL = "any"
 
 _ANY_PREFIXES = ("0.0.0.0/0", "::/0")
+MARKER_PREFIX = "ivc:"
+_MARKER = re.compile(r"^ivc:([A-Za-z0-9._-]+)(?: |$)")
+# the keys of the two egress rules Neutron puts in every new group (see rule_key)
+DEFAULT_EGRESS: tuple[tuple, ...] = tuple(
+    ("egress", family, None, None, None, None, None, None) for family in ("IPv4", "IPv6"))
 _FULL_PORT_RANGE = (1, 65535)
 
 
@@ -133,11 +151,42 @@ def _group_id(name: str | None, group_ids_by_name: Mapping[str, str] | None) -> 
     return (group_ids_by_name or {}).get(name, f"<id of {name}>")
 
 
-def api_body(rule: Any, group_ids_by_name: Mapping[str, str] | None = None) -> dict[str, Any]:
+def rule_marker(env: str | None, description: str | None = "") -> str:
+    """The description of a rule ivc creates in environment ``env``: ``ivc:<env>``, then a
+    space and the declared ``description`` if any (the declared description alone without
+    ``env``)."""
+    if not env:
+        return description or ""
+    return f"{MARKER_PREFIX}{env}" + (f" {description}" if description else "")
+
+
+def marked_env(rule: Any) -> str | None:
+    """The environment whose marker a rule's description carries, else None."""
+    get = rule.get if isinstance(rule, Mapping) else (lambda k: getattr(rule, k, None))
+    match = _MARKER.match(get("description") or "")
+    return match.group(1) if match else None
+
+
+def default_egress_wanted(declared: Iterable[Any], setting: bool | None) -> bool:
+    """Whether Neutron's default egress rules count as part of a group.
+
+    :param declared: the group's declared rules.
+    :param setting: the group's ``default_egress`` (None: not set).
+    :returns: ``setting`` when set; otherwise True unless an egress rule is declared (declared
+        egress rules replace the defaults).
+    """
+    if setting is not None:
+        return setting
+    return not any(getattr(r, "direction", "ingress") == "egress" for r in declared)
+
+
+def api_body(rule: Any, group_ids_by_name: Mapping[str, str] | None = None,
+             env: str | None = None) -> dict[str, Any]:
     """Return the body that creates a declared rule, without ``security_group_id``.
 
     Keys whose value is None are left out; a protocol neutron knows only by number is sent as
-    its number.
+    its number. With ``env``, the description carries the environment's marker
+    (``rule_marker``).
     """
     body: dict[str, Any] = {"direction": rule.direction, "ethertype": rule.ethertype}
     protocol = rule.protocol
@@ -149,7 +198,7 @@ def api_body(rule: Any, group_ids_by_name: Mapping[str, str] | None = None) -> d
         "port_range_max": rule.port_range_max,
         "remote_ip_prefix": rule.remote_ip_prefix,
         "remote_group_id": _group_id(rule.remote_group, group_ids_by_name),
-        "description": rule.description or None,
+        "description": rule_marker(env, rule.description) or None,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
@@ -160,24 +209,42 @@ class RulePlan:
     """What it takes to make a group's rules match the declaration.
 
     ``create``: API bodies (without ``security_group_id``) of declared rules that are missing.
-    ``delete``: existing rules that are not declared (the caller deletes them only on --prune);
-    a new group's two default egress rules land here unless declared.
-    ``keep``: existing rules that are declared.
+    ``delete``: undeclared rules this environment made (its marker), and the unmarked default
+    egress rules when the group no longer wants them (``default_egress`` off) and no other
+    environment shares it: --prune deletes them.
+    ``foreign``: undeclared rules another environment made: never touched.
+    ``unmanaged``: undeclared rules no environment made (by hand, or by ivc before
+    environments; default egress rules of a shared group that this one does not want): kept,
+    reported.
+    ``keep``: existing rules that are declared (whoever made them).
     """
 
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[Any] = field(default_factory=list)
     keep: list[Any] = field(default_factory=list)
+    foreign: list[Any] = field(default_factory=list)
+    unmanaged: list[Any] = field(default_factory=list)
 
     def in_sync(self, *, prune: bool) -> bool:
         """Return True when nothing would be created (and, with ``prune``, nothing deleted)."""
         return not self.create and not (prune and self.delete)
 
 
+def _default_egress_body(key: tuple, env: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"direction": key[0], "ethertype": key[1]}
+    if env:
+        body["description"] = rule_marker(env)
+    return body
+
+
 def plan_rules(
     declared: Iterable[Any],
     existing: Iterable[Mapping[str, Any]],
     group_ids_by_name: Mapping[str, str] | None = None,
+    *,
+    env: str | None = None,
+    default_egress: bool | None = None,
+    shared: bool = False,
 ) -> RulePlan:
     """Compare declared rules with a group's existing rules.
 
@@ -186,18 +253,38 @@ def plan_rules(
     :param declared: ``ivc_tasks.spec.Rule`` objects of one group.
     :param existing: that group's rules as the API returns them.
     :param group_ids_by_name: ids of the declared groups, for ``remote_group``.
+    :param env: the environment: its marker goes into the bodies to create and says which
+        undeclared rules are its own. None: every undeclared rule is in ``delete``, and the
+        default egress rules are treated as any other (no environments: the old behaviour).
+    :param default_egress: the group's ``default_egress`` setting (see
+        ``default_egress_wanted``); only used with ``env``.
+    :param shared: another environment's tag is on the group: unmarked default egress rules
+        this group does not want are reported (``unmanaged``) rather than deleted.
     """
+    declared = list(declared)
     wanted: dict[tuple, dict[str, Any]] = {}
     for rule in declared:
-        wanted.setdefault(rule_key(rule, group_ids_by_name), api_body(rule, group_ids_by_name))
+        wanted.setdefault(rule_key(rule, group_ids_by_name),
+                          api_body(rule, group_ids_by_name, env))
+    egress_wanted = env is not None and default_egress_wanted(declared, default_egress)
+    if egress_wanted:
+        for key in DEFAULT_EGRESS:
+            wanted.setdefault(key, _default_egress_body(key, env))
     plan = RulePlan()
     matched: set[tuple] = set()
     for rule in existing:
         key = rule_key(rule)
+        owner = marked_env(rule)
         if key in wanted and key not in matched:
             matched.add(key)
             plan.keep.append(rule)
-        else:
+        elif env is None or owner == env:
             plan.delete.append(rule)
+        elif owner is not None:
+            plan.foreign.append(rule)
+        elif key in DEFAULT_EGRESS and not shared:
+            plan.delete.append(rule)  # unmarked: Neutron's own, which this group does not want
+        else:
+            plan.unmanaged.append(rule)
     plan.create.extend(body for key, body in wanted.items() if key not in matched)
     return plan

@@ -49,7 +49,7 @@ SERVER_KEYS = ("image", "flavor", "keypair", "security_groups", "networks", "vol
                "floating_ip", "config_drive", "userdata", "userdata_vars", "files", "metadata")
 DEFAULT_KEYS = tuple(k for k in SERVER_KEYS if k != "volumes")  # a volume attaches to one server
 KEYPAIR_KEYS = ("public_key_file",)
-SECGROUP_KEYS = ("description", "rules")
+SECGROUP_KEYS = ("description", "rules", "default_egress")
 RULE_KEYS = ("direction", "ethertype", "protocol", "ports", "icmp_type", "icmp_code",
              "remote_ip_prefix", "remote_group", "description")
 FILE_KEYS = ("path", "source", "permissions", "owner")
@@ -77,11 +77,17 @@ class Rule:
 
 @dataclass(frozen=True)
 class SecGroup:
-    """A declared security group and its rules."""
+    """A declared security group and its rules.
+
+    ``default_egress``: whether Neutron's two default egress rules (IPv4 and IPv6, any) are part
+    of the group; None (not set) means yes unless egress rules are declared, which replace them
+    (``secgroup_rules.default_egress_wanted``).
+    """
 
     name: str
     description: str = ""
     rules: tuple[Rule, ...] = ()
+    default_egress: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,11 @@ class _Loader:
             self.fail(f"{entry}.rules", f"expected a list of rules, got {_type_name(rules)}",
                       "write rules = [ { ... }, ... ] or use [[secgroups.NAME.rules]]")
         parsed = tuple(self.rule(r, f"{entry}.rules[{i}]", declared) for i, r in enumerate(rules))
-        return SecGroup(name=name, description=description, rules=parsed)
+        default_egress = raw.get("default_egress")
+        if default_egress is not None:
+            default_egress = self.boolean(default_egress, f"{entry}.default_egress")
+        return SecGroup(name=name, description=description, rules=parsed,
+                        default_egress=default_egress)
 
     def rule(self, raw: Any, entry: str, declared: Mapping[str, Any]) -> Rule:
         self.keys(self.table(raw, entry), entry, RULE_KEYS)

@@ -10,6 +10,17 @@ Find, compare, act only if needed:
     "already exists" (a rule that appeared meanwhile) counts as done: ivc lists again and sends
     what is still missing;
   * with ``prune``, undeclared rules are deleted (logged first); without it they are reported.
+
+Environments (``IVC_ENV``): a group carries the Neutron tag ``ivc:<env>`` of every environment
+that ensures it (one PUT the first time; the tags come back in the listing, so a rerun costs
+nothing more), and every rule ivc creates carries ``ivc:<env>`` in its description (rules have
+no tags and cannot be updated). ``--prune`` deletes only the undeclared rules marked with the
+current environment: another environment's rules in a shared group, and rules no environment
+made (by hand, or by ivc before environments), are never deleted; the latter are reported.
+Neutron's default egress rules are part of a group unless it says ``default_egress = false``
+or declares egress rules of its own (``secgroup_rules.default_egress_wanted``): then a group
+this run creates loses them at once, an existing one with --prune (unless another environment
+shares it).
 """
 
 from __future__ import annotations
@@ -24,8 +35,10 @@ from ivc_tasks.errors import ConfigError
 from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.ops.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.ops.result import Action, StepResult
-from ivc_tasks.secgroup_rules import RulePlan, plan_rules
-from ivc_tasks.spec import SecGroup, Spec
+from ivc_tasks.secgroup_rules import (
+    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, plan_rules, rule_key, rule_marker,
+)
+from ivc_tasks.spec import NEUTRON_NAME_MAX, SecGroup, Spec
 
 log = logging.getLogger("ivc")
 STEP = "ensure-secgroups"
@@ -40,6 +53,8 @@ class GroupPlan:
     existing: Any | None
     rules: RulePlan
     update_description: bool = False
+    tag: bool = False  # the group lacks this environment's tag (or is to be created)
+    shared_with: list[str] = field(default_factory=list)  # other environments' tags on it
 
 
 @dataclass
@@ -49,6 +64,7 @@ class SecGroupsPlan:
     groups: list[GroupPlan] = field(default_factory=list)
     ids: dict[str, str] = field(default_factory=dict)
     prune: bool = False
+    env: str = ""
 
 
 def select_groups(spec: Spec, names: Iterable[str] = ()) -> list[SecGroup]:
@@ -88,16 +104,45 @@ def groups_by_name(cloud: Cloud, spec: Spec, names: Iterable[str], *, entry: str
     return out
 
 
+def group_tag(env: str) -> str:
+    """The Neutron tag that says environment ``env`` manages a security group."""
+    return f"{MARKER_PREFIX}{env}"
+
+
+def tagged_envs(group: Any) -> list[str]:
+    """The environments whose tag a group carries."""
+    return sorted(t[len(MARKER_PREFIX):] for t in (getattr(group, "tags", None) or [])
+                  if t.startswith(MARKER_PREFIX))
+
+
+def group_rules(cloud: Cloud, declared: SecGroup, existing_rules: Iterable[Any],
+                ids: Mapping[str, str], shared_with: Sequence[str]) -> RulePlan:
+    """Compare one declared group with its existing rules, for this run's environment."""
+    return plan_rules(declared.rules, existing_rules, ids, env=cloud.env,
+                      default_egress=declared.default_egress, shared=bool(shared_with))
+
+
+def _check_descriptions(spec: Spec, declared: SecGroup, env: str) -> None:
+    """A rule's description with the environment's marker must fit Neutron's 255 characters."""
+    for i, rule in enumerate(declared.rules):
+        text = rule_marker(env, rule.description)
+        if len(text) > NEUTRON_NAME_MAX:
+            raise ConfigError(
+                f"{spec.path}: secgroups.{declared.name}.rules[{i}].description: with ivc's "
+                f"marker {rule_marker(env)!r} it is {len(text)} characters, over Neutron's "
+                f"{NEUTRON_NAME_MAX}; shorten it to {NEUTRON_NAME_MAX - len(rule_marker(env)) - 1}")
+
+
 def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune: bool = False
                    ) -> SecGroupsPlan:
     """Compare the declared groups (all, or those in ``names``) with the project's (one request).
 
-    :raises ConfigError: unknown or ambiguous group, or a rule whose ``remote_group`` neither
-        exists nor is being ensured in this run.
+    :raises ConfigError: unknown or ambiguous group, a rule whose ``remote_group`` neither
+        exists nor is being ensured in this run, a rule description too long with ivc's marker.
     :raises CloudCallError: the listing failed.
     """
     selected = select_groups(spec, names)
-    plan = SecGroupsPlan(prune=prune)
+    plan = SecGroupsPlan(prune=prune, env=cloud.env)
     if not selected:
         return plan
     existing = groups_by_name(cloud, spec, spec.secgroups)
@@ -111,12 +156,18 @@ def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune
                     f"{spec.path}: secgroups.{declared.name}.rules[{i}].remote_group: group "
                     f"{remote!r} does not exist in the cloud yet; ensure it in the same run "
                     f"(add --name {remote}, or run ensure-secgroups without --name)")
+        _check_descriptions(spec, declared, cloud.env)
         group = existing.get(declared.name)
-        rules = plan_rules(declared.rules, group.security_group_rules if group else [], plan.ids)
+        envs = tagged_envs(group) if group is not None else []
+        shared_with = [e for e in envs if e != cloud.env]
+        rules = group_rules(cloud, declared,
+                            group.security_group_rules if group else neutron_defaults(),
+                            plan.ids, shared_with)
         plan.groups.append(GroupPlan(
             declared=declared, existing=group, rules=rules,
             update_description=group is not None and
-            (group.description or "") != declared.description))
+            (group.description or "") != declared.description,
+            tag=cloud.env not in envs, shared_with=shared_with))
     return plan
 
 
@@ -137,15 +188,42 @@ def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | No
     return text + (f" ({get('description')})" if get("description") else "")
 
 
-def _undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str]
-                        ) -> str:
+def _is_default_egress(rule: Any) -> bool:
+    return rule_key(rule) in DEFAULT_EGRESS
+
+
+def _undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str],
+                        env: str) -> str:
     texts = "; ".join(rule_text(r, names_by_id) for r in rules)
-    return (f"security group {name}: {len(rules)} undeclared rule(s) kept ({texts}); "
-            "--prune deletes them")
+    note = ""
+    if any(_is_default_egress(r) for r in rules):
+        note = (" (Neutron's default egress among them: the group has default_egress = false "
+                "or declares egress rules of its own, which replace it)")
+    return (f"security group {name}: {len(rules)} undeclared rule(s) of environment {env} kept "
+            f"({texts}); --prune deletes them{note}")
 
 
-def _planned_actions(plan: SecGroupsPlan) -> tuple[list[Action], list[str]]:
-    """The actions a plan implies, and warnings about undeclared rules kept (no prune)."""
+def _unmanaged_warning(gp: GroupPlan, rules: Sequence[Any], names_by_id: Mapping[str, str]
+                       ) -> str:
+    texts = "; ".join(rule_text(r, names_by_id) for r in rules)
+    name = gp.declared.name
+    if all(_is_default_egress(r) for r in rules):
+        return (f"security group {name}: Neutron's default egress rules kept ({texts}): this "
+                f"declaration does not want them, but environment(s) "
+                f"{', '.join(gp.shared_with)} share the group; delete them by hand if none needs "
+                "outbound traffic")
+    return (f"security group {name}: {len(rules)} rule(s) that no ivc environment made kept "
+            f"({texts}); --prune leaves them: declare them, or delete them by hand")
+
+
+def neutron_defaults() -> list[dict[str, Any]]:
+    """The rules Neutron puts in a group it creates (for planning a group not made yet)."""
+    return [{"direction": key[0], "ethertype": key[1], "description": None}
+            for key in DEFAULT_EGRESS]
+
+
+def _planned_actions(plan: SecGroupsPlan, env: str) -> tuple[list[Action], list[str]]:
+    """The actions a plan implies, and warnings about undeclared rules kept."""
     names_by_id = {v: k for k, v in plan.ids.items()}
     actions: list[Action] = []
     warnings: list[str] = []
@@ -156,28 +234,35 @@ def _planned_actions(plan: SecGroupsPlan) -> tuple[list[Action], list[str]]:
         elif gp.update_description:
             actions.append(Action("update", "security_group", name,
                                   f"description {gp.declared.description!r}"))
+        if gp.tag:
+            actions.append(Action("tag", "security_group", name, group_tag(env)))
         actions += [Action("create", "security_group_rule", name, rule_text(body, names_by_id))
                     for body in gp.rules.create]
-        undeclared = gp.rules.delete if gp.existing is not None else []
-        if undeclared and plan.prune:
+        undeclared = gp.rules.delete
+        if undeclared and (plan.prune or gp.existing is None):  # a new group's: at once
             actions += [Action("delete", "security_group_rule", name,
-                               rule_text(rule, names_by_id), {"id": rule["id"]})
+                               rule_text(rule, names_by_id),
+                               {"id": rule["id"]} if rule.get("id") else {})
                         for rule in undeclared]
         elif undeclared:
-            warnings.append(_undeclared_warning(name, undeclared, names_by_id))
+            warnings.append(_undeclared_warning(name, undeclared, names_by_id, env))
+        if gp.rules.unmanaged:
+            warnings.append(_unmanaged_warning(gp, gp.rules.unmanaged, names_by_id))
     return actions, warnings
 
 
 def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
-    """Carry out a plan: create groups, update descriptions, POST the missing rules (one
-    request per group), and prune if asked.
+    """Carry out a plan: create groups, update descriptions, tag them with the environment,
+    POST the missing rules (one request per group), and prune if asked.
 
     :raises CloudCallError: a cloud call failed for good.
     """
     result = StepResult(step=STEP)
     conn = cloud.conn
     ids = dict(plan.ids)
+    tag = group_tag(cloud.env)
     current_rules: dict[str, list[Any]] = {}
+    created: set[str] = set()
     for gp in plan.groups:
         name = gp.declared.name
         if gp.existing is None:
@@ -191,7 +276,9 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                                          gp.declared.description, {"id": group.id}))
             ids[name] = group.id
             current_rules[name] = list(group.security_group_rules or [])
+            created.add(name)
         else:
+            group = gp.existing
             current_rules[name] = list(gp.existing.security_group_rules or [])
             if gp.update_description:
                 cloud.call(f"update security group {name}",
@@ -200,8 +287,12 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                 result.actions.append(Action("update", "security_group", name,
                                              f"description {gp.declared.description!r}",
                                              {"id": gp.existing.id}))
+        if gp.tag:  # PUT .../tags/<tag>: idempotent, keeps the other environments' tags
+            cloud.call(f"tag security group {name} with {tag}",
+                       lambda group=group: conn.network.add_tag(group, tag))
+            result.actions.append(Action("tag", "security_group", name, tag, {"id": group.id}))
     names_by_id = {v: k for k, v in ids.items()}
-    pending = _missing_rules(plan.groups, current_rules, ids)
+    pending = _missing_rules(cloud, plan.groups, current_rules, ids)
     if pending:
         _create_rules(cloud, plan.groups, ids, pending)
         log.info("created %d security group rule(s)", len(pending))
@@ -209,10 +300,13 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                               rule_text(body, names_by_id)) for body in pending]
     for gp in plan.groups:
         name = gp.declared.name
-        undeclared = plan_rules(gp.declared.rules, current_rules[name], ids).delete
-        if undeclared and not plan.prune:
-            result.warnings.append(_undeclared_warning(name, undeclared, names_by_id))
-            continue
+        rules = group_rules(cloud, gp.declared, current_rules[name], ids, gp.shared_with)
+        undeclared = rules.delete
+        if undeclared and not plan.prune and name not in created:
+            result.warnings.append(_undeclared_warning(name, undeclared, names_by_id, cloud.env))
+            undeclared = []
+        if rules.unmanaged:
+            result.warnings.append(_unmanaged_warning(gp, rules.unmanaged, names_by_id))
         if undeclared:
             log.info("deleting %d undeclared rule(s) of %s: %s", len(undeclared), name,
                      "; ".join(rule_text(r, names_by_id) for r in undeclared))
@@ -229,13 +323,14 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
     return result
 
 
-def _missing_rules(groups: Sequence[GroupPlan], current: Mapping[str, list[Any]],
+def _missing_rules(cloud: Cloud, groups: Sequence[GroupPlan], current: Mapping[str, list[Any]],
                    ids: Mapping[str, str]) -> list[dict[str, Any]]:
     """API bodies (with ``security_group_id``) of every declared rule missing from ``current``."""
     bodies = []
     for gp in groups:
         name = gp.declared.name
-        for body in plan_rules(gp.declared.rules, current.get(name, []), ids).create:
+        rules = group_rules(cloud, gp.declared, current.get(name, []), ids, gp.shared_with)
+        for body in rules.create:
             bodies.append({**body, "security_group_id": ids[name]})
     return bodies
 
@@ -261,7 +356,7 @@ def _create_group_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[
     def still_missing() -> list[dict[str, Any]]:
         fresh = {g.name: list(g.security_group_rules or [])
                  for g in list_security_groups(cloud, refresh=True) if g.name in wanted}
-        return _missing_rules(groups, fresh, ids)
+        return _missing_rules(cloud, groups, fresh, ids)
 
     for _ in range(RULE_CREATE_ROUNDS):
         if not pending:
@@ -312,6 +407,6 @@ def ensure_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, pru
 
 def describe_secgroups(plan: SecGroupsPlan) -> StepResult:
     """What ``apply_secgroups`` would do, for a dry run (no request)."""
-    actions, warnings = _planned_actions(plan)
+    actions, warnings = _planned_actions(plan, plan.env)
     return StepResult(step=STEP, dry_run=True, actions=actions, warnings=warnings,
                       info={"ids": dict(plan.ids)})

@@ -242,7 +242,7 @@ class FakeConnection:
     def requests_by_method(self) -> Counter:
         """The calls by the HTTP method openstacksdk would use."""
         verbs = (("get", "GET"), ("create", "POST"), ("stop", "POST"), ("start", "POST"),
-                 ("update", "PUT"), ("set", "PUT"), ("delete", "DELETE"))
+                 ("update", "PUT"), ("set", "PUT"), ("add", "PUT"), ("delete", "DELETE"))
         out: Counter = Counter()
         for key, _, _ in self.calls:
             name = key.split(".", 1)[1]
@@ -251,7 +251,7 @@ class FakeConnection:
 
     def mutations(self) -> list[str]:
         """The calls that change something, in order."""
-        prefixes = ("create", "update", "delete", "set", "stop", "start")
+        prefixes = ("create", "update", "delete", "set", "stop", "start", "add")
         return [k for k, _, _ in self.calls if k.split(".", 1)[1].startswith(prefixes)]
 
     def server(self, server_id: str) -> FakeServer | None:
@@ -326,9 +326,16 @@ class FakeConnection:
         return iter(list(self.groups))
 
     def network_create_security_group(self, name, description=""):
-        group = SimpleNamespace(id=new_id("sg"), name=name, description=description)
+        group = SimpleNamespace(id=new_id("sg"), name=name, description=description, tags=[])
         group.security_group_rules = default_egress(group.id)
         self.groups.append(group)
+        return group
+
+    def network_add_tag(self, resource, tag):
+        """PUT /v2.0/security-groups/{id}/tags/{tag}: adds one tag, keeps the others."""
+        group = next(g for g in self.groups if g.id == _id(resource))
+        if tag not in group.tags:
+            group.tags.append(tag)
         return group
 
     def network_update_security_group(self, group, **attrs):

@@ -81,14 +81,16 @@ def new_cloud(conn):
 def test_secgroups_first_run_creates_the_group_then_all_rules_in_one_post(conn, cloud, spec_of):
     result = ensure_secgroups(cloud, spec_of())
     assert result.changed
-    assert conn.mutations() == ["network.create_security_group",
+    assert conn.mutations() == ["network.create_security_group", "network.add_tag",
                                 "network.create_security_group_rules"]
+    assert conn.groups[0].tags == ["ivc:test"]
     (_, (bodies,), _), = [c for c in conn.calls if c[0] == "network.create_security_group_rules"]
     group = conn.groups[0]
     assert len(bodies) == 4 and {b["security_group_id"] for b in bodies} == {group.id}
+    assert {b["description"] for b in bodies} == {"ivc:test"}  # the environment's marker
     assert [b for b in bodies if b.get("remote_group_id")][0]["remote_group_id"] == group.id
-    assert [a.verb for a in result.actions] == ["create"] * 5
-    assert any("undeclared" in w for w in result.warnings)  # the default egress rules
+    assert [a.verb for a in result.actions] == ["create", "tag"] + ["create"] * 4
+    assert result.warnings == []  # the default egress rules are part of the group
 
 
 def test_secgroups_of_two_groups_post_one_bulk_request_per_group(conn, cloud, spec_of):
@@ -101,7 +103,7 @@ rules = [ { protocol = "tcp", ports = "5432", remote_group = "web" } ]
     posts = [c[1][0] for c in conn.calls if c[0] == "network.create_security_group_rules"]
     assert [len(p) for p in posts] == [4, 1]
     assert all(len({b["security_group_id"] for b in p}) == 1 for p in posts)
-    assert result.changed and len(result.actions) == 7
+    assert result.changed and len(result.actions) == 9  # 2 groups, 2 tags, 5 rules
     conn.calls.clear()
     assert not ensure_secgroups(new_cloud(conn), spec_of(two)).changed
 
@@ -114,17 +116,31 @@ def test_secgroups_rerun_lists_once_and_changes_nothing(conn, cloud, spec_of):
     assert [c[0] for c in conn.calls] == ["network.security_groups"]
 
 
-def test_secgroups_prune_deletes_undeclared_rules_only(conn, cloud, spec_of):
+def test_secgroups_prune_deletes_only_this_environments_undeclared_rules(conn, cloud, spec_of):
     ensure_secgroups(cloud, spec_of())
+    group = conn.groups[0]
+    for port, description in ((7001, "ivc:test old"), (7002, "ivc:other"), (7003, "by hand")):
+        conn.network_create_security_group_rules([{
+            "security_group_id": group.id, "direction": "ingress", "ethertype": "IPv4",
+            "protocol": "tcp", "port_range_min": port, "port_range_max": port,
+            "description": description}])
+    kept = ensure_secgroups(new_cloud(conn), spec_of())
+    assert [w.split(":")[0] for w in kept.warnings] == ["security group web"] * 2
+    assert "7001" in kept.warnings[0] and "--prune deletes them" in kept.warnings[0]
+    assert "7003" in kept.warnings[1] and "--prune leaves them" in kept.warnings[1]
+    assert not any("egress" in w or "7002" in w for w in kept.warnings)
     result = ensure_secgroups(new_cloud(conn), spec_of(), prune=True)
-    assert [a.verb for a in result.actions] == ["delete", "delete"]
-    assert conn.count("network.delete_security_group_rule") == 2
-    assert {r["direction"] for r in conn.groups[0].security_group_rules} == {"ingress"}
+    assert [(a.verb, a.summary) for a in result.actions] == [
+        ("delete", "ingress IPv4 tcp 7001 from 0.0.0.0/0 (ivc:test old)".replace(
+            " from 0.0.0.0/0", ""))]
+    assert conn.count("network.delete_security_group_rule") == 1
+    left = {(r["direction"], r["port_range_min"]) for r in group.security_group_rules}
+    assert {("egress", None), ("ingress", 7002), ("ingress", 7003)} <= left
 
 
 def test_secgroups_dry_run_changes_nothing(conn, cloud, spec_of):
     result = ensure_secgroups(cloud, spec_of(), dry_run=True)
-    assert not result.changed and len(result.actions) == 5
+    assert not result.changed and len(result.actions) == 6  # group, tag, 4 rules
     assert conn.mutations() == []
 
 

@@ -196,3 +196,90 @@ def test_plan_rules_resolves_remote_group():
 ])
 def test_in_sync(plan, prune, expected):
     assert plan.in_sync(prune=prune) is expected
+
+
+# -- environments and Neutron's default egress rules --------------------------------------------
+from ivc_tasks.secgroup_rules import (  # noqa: E402
+    DEFAULT_EGRESS, default_egress_wanted, marked_env, rule_marker,
+)
+
+EGRESS_V4 = neutron(id="e4", direction="egress", description=None)
+EGRESS_V6 = neutron(id="e6", direction="egress", ethertype="IPv6", description=None)
+SSH = Rule(protocol="tcp", port_range_min=22, port_range_max=22, description="ssh")
+
+
+@pytest.mark.parametrize(("env", "description", "marker"), [
+    ("a", "", "ivc:a"), ("a", "ssh", "ivc:a ssh"), ("prod.eu-1", None, "ivc:prod.eu-1"),
+    (None, "ssh", "ssh"), (None, "", ""),
+])
+def test_rule_marker(env, description, marker):
+    assert rule_marker(env, description) == marker
+
+
+@pytest.mark.parametrize(("description", "env"), [
+    ("ivc:a", "a"), ("ivc:a ssh from anywhere", "a"), ("ivc:prod.eu-1 x", "prod.eu-1"),
+    (None, None), ("", None), ("ssh", None), ("ivc: web traffic", None), ("ivc:", None),
+    ("ivc:a:web1", None),  # a floating IP's kind of marker, not a rule's
+])
+def test_marked_env(description, env):
+    assert marked_env(neutron(description=description)) == env
+
+
+def test_api_body_carries_the_marker():
+    assert api_body(SSH, {}, "a")["description"] == "ivc:a ssh"
+    assert api_body(Rule(), {}, "a")["description"] == "ivc:a"
+    assert api_body(SSH, {})["description"] == "ssh"
+
+
+@pytest.mark.parametrize(("rules", "setting", "wanted"), [
+    ((), None, True), ((SSH,), None, True), ((Rule(direction="egress", protocol="tcp"),), None, False),
+    ((), False, False), ((), True, True), ((Rule(direction="egress"),), True, True),
+])
+def test_default_egress_wanted(rules, setting, wanted):
+    assert default_egress_wanted(rules, setting) is wanted
+
+
+def test_default_egress_rules_are_part_of_the_group():
+    plan = plan_rules([SSH], [EGRESS_V4, EGRESS_V6], {}, env="a")
+    assert plan.keep == [EGRESS_V4, EGRESS_V6] and plan.delete == [] and plan.unmanaged == []
+    assert [b["description"] for b in plan.create] == ["ivc:a ssh"]
+    assert {rule_key(EGRESS_V4), rule_key(EGRESS_V6)} == set(DEFAULT_EGRESS)
+
+
+def test_missing_default_egress_rules_are_created_again():
+    plan = plan_rules([SSH], [], {}, env="a")
+    assert [(b["direction"], b["ethertype"], b["description"]) for b in plan.create] == [
+        ("ingress", "IPv4", "ivc:a ssh"), ("egress", "IPv4", "ivc:a"), ("egress", "IPv6", "ivc:a")]
+
+
+@pytest.mark.parametrize(("rules", "setting"), [
+    ([SSH], False), ([SSH, Rule(direction="egress", protocol="udp", port_range_min=53,
+                                port_range_max=53)], None),
+])
+def test_default_egress_not_wanted_is_this_groups_to_prune(rules, setting):
+    plan = plan_rules(rules, [EGRESS_V4, EGRESS_V6], {}, env="a", default_egress=setting)
+    assert plan.delete == [EGRESS_V4, EGRESS_V6] and plan.unmanaged == []
+    shared = plan_rules(rules, [EGRESS_V4, EGRESS_V6], {}, env="a", default_egress=setting,
+                        shared=True)
+    assert shared.delete == [] and shared.unmanaged == [EGRESS_V4, EGRESS_V6]
+
+
+def test_undeclared_rules_sorted_by_the_environment_that_made_them():
+    mine = neutron(id="m", protocol="tcp", port_range_min=80, port_range_max=80,
+                   description="ivc:a http")
+    theirs = neutron(id="t", protocol="tcp", port_range_min=81, port_range_max=81,
+                     description="ivc:b")
+    by_hand = neutron(id="h", protocol="tcp", port_range_min=82, port_range_max=82,
+                      description="web")
+    declared_by_b = neutron(id="d", protocol="tcp", port_range_min=22, port_range_max=22,
+                            description="ivc:b ssh")
+    plan = plan_rules([SSH], [EGRESS_V4, EGRESS_V6, mine, theirs, by_hand, declared_by_b], {},
+                      env="a")
+    assert plan.delete == [mine] and plan.foreign == [theirs] and plan.unmanaged == [by_hand]
+    assert plan.keep == [EGRESS_V4, EGRESS_V6, declared_by_b] and plan.create == []
+
+
+def test_without_an_environment_every_undeclared_rule_is_to_delete():
+    plan = plan_rules([SSH], [EGRESS_V4, neutron(id="x", description="ivc:b")], {})
+    assert plan.delete == [EGRESS_V4, neutron(id="x", description="ivc:b")]
+    assert plan.create[0]["description"] == "ssh"
