@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ivc_tasks.errors import ConfigError, clip, clip_repr
+from ivc_tasks.errors import ConfigError
 
 DEFAULT_ENV = "local"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,9 @@ _NUMBERS: dict[str, tuple[str, float, type]] = {
     "IVC_RETRY_ATTEMPTS": ("retry_attempts", 6, int),
     "IVC_RETRY_MAX_SECONDS": ("retry_max_seconds", 120.0, float),
     "IVC_LOCK_TTL": ("lock_ttl", 3600.0, float),
-    "IVC_PARALLEL": ("parallel", 1, int),  # deploy and rotate: servers at once (--parallel)
 }
 DEFAULTS: dict[str, float] = {attr: default for attr, default, _ in _NUMBERS.values()}
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # 64 at most: names go into
-# Nova metadata and the lock keypair's name (255 characters with the server's name)
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def is_secret(key: str) -> bool:
@@ -68,7 +66,6 @@ class Settings:
     retry_attempts: int = int(DEFAULTS["retry_attempts"])
     retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
     lock_ttl: float = DEFAULTS["lock_ttl"]
-    parallel: int = int(DEFAULTS["parallel"])
     floating_network: str | None = None
     os_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -118,8 +115,8 @@ def load_settings(
     env_file = root / "env" / f"{name}.env"
     if not _ENV_NAME.match(name):
         raise ConfigError(
-            f"{clip(str(env_file))}: IVC_ENV: {clip_repr(name)} is not an environment name; use "
-            f"up to 64 letters, digits, '.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
+            f"{env_file}: IVC_ENV: {name!r} is not an environment name; use letters, digits, "
+            f"'.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
         )
     if not env_file.is_file():
         raise ConfigError(
@@ -168,10 +165,10 @@ def _number(raw: str | None, key: str, default: float, kind: type, where: str) -
         value = kind(raw.strip())
     except ValueError:
         raise ConfigError(
-            f"{where}: {key}: {clip_repr(raw)} is not {what}; set it to e.g. {default:g} or remove it"
+            f"{where}: {key}: {raw!r} is not {what}; set it to e.g. {default:g} or remove it"
         ) from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(
-            f"{where}: {key}: {clip_repr(raw)} must be greater than 0; set it to e.g. {default:g} or remove it"
+            f"{where}: {key}: {raw!r} must be greater than 0; set it to e.g. {default:g} or remove it"
         )
     return value

@@ -13,7 +13,9 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
-from ivc_tasks.ops.instances import apply_instance, describe_instance, plan_instance
+from ivc_tasks.ops.instances import (
+    apply_instance, apply_keypairs, describe_instance, plan_instance, take_keypairs,
+)
 from ivc_tasks.ops.resolve import list_security_groups, list_servers, prefetch
 from ivc_tasks.ops.result import StepResult
 from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
@@ -82,9 +84,12 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
                       for name in spec.servers]
     attach_plans = {p.name: plan_attach(cloud, spec, p.name, server=p.existing)
                     for p in instance_plans if p.existing is not None and p.declared.volumes}
+    keypairs = take_keypairs(instance_plans)  # each declared keypair once, before any server
     result = DeployResult(dry_run=dry_run)
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
+        if keypairs:
+            result.steps.append(apply_keypairs(cloud, keypairs, dry_run=True))
         for plan in instance_plans:
             result.steps.append(describe_instance(cloud, plan, group_ids=sg_plan.ids))
             if plan.name in attach_plans:
@@ -101,6 +106,8 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
 
     groups = run("ensure-secgroups", None, apply_secgroups, cloud, sg_plan)
     group_ids = {**sg_plan.ids, **groups.info.get("ids", {})}
+    if keypairs:
+        run("ensure-keypairs", None, apply_keypairs, cloud, keypairs)
     for plan in instance_plans:
         run("create-instance", plan.name, apply_instance, cloud, plan, group_ids=group_ids,
             timeout=timeout)

@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ivc_tasks.cloud import Cloud
+from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.ops.attachments import volume_holders
 from ivc_tasks.ops.floating_ips import (
@@ -37,8 +37,8 @@ from ivc_tasks.ops.result import Action, StepResult, userdata_summary
 from ivc_tasks.ops.secgroups import groups_by_name
 from ivc_tasks.ops.servers import (
     META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
-    fault_message, generation, made_by_run, managed_servers, server_info, server_label,
-    server_metadata,
+    check_same_spec, fault_message, generation, made_by_run, managed_servers, server_info,
+    server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
 from ivc_tasks.ops.waits import wait_server
 from ivc_tasks.spec import Server, Spec, needs_config_drive
@@ -69,6 +69,7 @@ class InstancePlan:
     config_drive: bool = False
     boot_volumes: dict[str, Any] = field(default_factory=dict)  # declared ref -> volume
     floating: FloatingPlan | None = None
+    spec_id: str | None = None  # which declarations make it (``ivc_spec``)
 
     @property
     def name(self) -> str:
@@ -119,8 +120,11 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
     :raises CloudCallError: a listing failed.
     """
     declared = declared_server(spec, name)
-    plan = InstancePlan(declared=declared)
+    plan = InstancePlan(declared=declared, spec_id=spec_identity(spec))
     found = managed_servers(cloud, name)
+    check_same_spec(spec, name, found)
+    if not found and unmanaged_twins(cloud, name):
+        raise twin_error(name, unmanaged_twins(cloud, name))
     if found:
         plan.existing, plan.others = found[0], found[1:]
         if plan.existing.status == "ERROR":
@@ -202,6 +206,67 @@ def _plan_keypair(cloud: Cloud, spec: Spec, declared: Server) -> Any | None:
 
 
 # -- acting ------------------------------------------------------------------------------------
+def ensure_keypair(cloud: Cloud, wanted: Any) -> Action | None:
+    """Create declared keypair ``wanted`` (a spec Keypair); None when the cloud has it already
+    with the same public key (made meanwhile by another server's step or another run).
+
+    :raises ConfigError: the name is taken by another public key.
+    :raises CloudCallError: the create failed.
+    """
+    def have() -> Any | None:
+        return next((k for k in list_keypairs(cloud, refresh=True) if k.name == wanted.name),
+                    None)
+
+    try:
+        cloud.call(f"create keypair {wanted.name}",
+                   lambda: cloud.conn.compute.create_keypair(name=wanted.name,
+                                                             public_key=wanted.public_key),
+                   lookup=have)
+    except CloudCallError as exc:
+        if exc.status != 409:
+            raise
+        found = have()
+        if found is None:
+            raise
+        if _public_key_body(found.public_key) != _public_key_body(wanted.public_key):
+            raise ConfigError(
+                f"keypairs.{wanted.name}: the cloud's keypair {wanted.name!r} holds a different "
+                f"public key than {wanted.public_key_file}; delete it in the cloud (openstack "
+                "keypair delete) or give the declared one another name") from None
+        log.info("keypair %s exists already with the same public key", wanted.name)
+        return None
+    forget(cloud, "keypairs")
+    log.info("created keypair %s", wanted.name)
+    return Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}")
+
+
+def take_keypairs(plans: Collection[InstancePlan]) -> dict[str, Any]:
+    """The declared keypairs these plans would create, once each (``{name: Keypair}``); the
+    plans no longer create them (a deploy makes them once, before any server)."""
+    out: dict[str, Any] = {}
+    for plan in plans:
+        if plan.create_keypair is not None:
+            out.setdefault(plan.create_keypair.name, plan.create_keypair)
+            plan.create_keypair = None
+    return out
+
+
+def apply_keypairs(cloud: Cloud, keypairs: Mapping[str, Any], *, dry_run: bool = False
+                   ) -> StepResult:
+    """Step ``ensure-keypairs`` of a deploy: each keypair once (``take_keypairs``).
+
+    :raises ConfigError: a name taken by another public key meanwhile.
+    :raises CloudCallError: a create failed.
+    """
+    result = StepResult(step="ensure-keypairs", target=None, dry_run=dry_run)
+    for wanted in keypairs.values():
+        action = Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}") \
+            if dry_run else ensure_keypair(cloud, wanted)
+        if action is not None:
+            result.actions.append(action)
+    return result
+
+
 def create_request(cloud: Cloud, plan: InstancePlan, group_ids: Mapping[str, str]
                    ) -> dict[str, Any]:
     """Return the openstacksdk ``create_server`` arguments (user_data base64-encoded)."""
@@ -213,7 +278,8 @@ def create_request(cloud: Cloud, plan: InstancePlan, group_ids: Mapping[str, str
         "networks": [{"uuid": n.id} for n in plan.networks],
         "config_drive": plan.config_drive,
         "metadata": server_metadata(declared, cloud.env, cloud.run_id,
-                                    volumes={r: v.id for r, v in plan.boot_volumes.items()}),
+                                    volumes={r: v.id for r, v in plan.boot_volumes.items()},
+                                    spec_id=plan.spec_id),
     }
     if plan.groups:
         body["security_groups"] = [{"name": plan.groups.get(g) or group_ids.get(g) or g}
@@ -255,15 +321,9 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
     server = plan.existing
     if server is None:
         if plan.create_keypair is not None:
-            wanted = plan.create_keypair
-            cloud.call(f"create keypair {wanted.name}",
-                       lambda: conn.compute.create_keypair(name=wanted.name,
-                                                           public_key=wanted.public_key),
-                       lookup=lambda: next((k for k in list_keypairs(cloud, refresh=True)
-                                            if k.name == wanted.name), None))
-            log.info("created keypair %s", wanted.name)
-            result.actions.append(Action("create", "keypair", wanted.name,
-                                         f"from {wanted.public_key_file}"))
+            action = ensure_keypair(cloud, plan.create_keypair)
+            if action is not None:
+                result.actions.append(action)
         body = create_request(cloud, plan, group_ids or {})
         log.info("creating server %s (image %s, flavor %s, config drive %s)", name,
                  plan.image.name, plan.flavor.name, "yes" if plan.config_drive else "no")

@@ -3,9 +3,11 @@
 ivc finds its servers by metadata, not by name (Nova names are not unique): every server it
 creates carries ``ivc_managed=1``, ``ivc_env``, ``ivc_name``, ``ivc_run`` (the run that created
 it), ``ivc_gen`` (1; ``rotate`` increments it), ``ivc_userdata`` (a short sha256 of the
-user_data) and ``ivc_vol:<volume>`` (the volume a declared name resolved to); a rotation
-under way adds its markers (``ivc_rotation``...). One request
-lists the project's servers with details; the filtering is local.
+user_data), ``ivc_vol:<volume>`` (the volume a declared name resolved to) and ``ivc_spec``
+(which declarations file made it: ``spec_identity``); a rotation under way adds its markers
+(``ivc_rotation``...). One request lists the project's servers with details; the filtering is
+local. A server of a declared name without ``ivc_managed`` is one ivc did not make
+(``unmanaged_twins``): ivc never boots a twin beside it (``rotate --adopt`` takes it over).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
@@ -28,6 +31,7 @@ META_NAME = "ivc_name"
 META_RUN = "ivc_run"
 META_GEN = "ivc_gen"
 META_USERDATA = "ivc_userdata"
+META_SPEC = "ivc_spec"
 VOLUME_KEY_PREFIX = "ivc_vol:"
 # a rotation under way (ops/rotate/markers.py writes and reads them; status shows them)
 META_ROTATION = "ivc_rotation"
@@ -66,8 +70,55 @@ def volume_key(ref: str) -> str:
     return VOLUME_KEY_PREFIX + "sha256." + hashlib.sha256(ref.encode()).hexdigest()[:16]
 
 
+def spec_identity(spec: Spec) -> str:
+    """Which declarations a server was made from (``ivc_spec``): the declarations file's path
+    below the nearest ``env/`` folder (``local.toml``, ``teams/a.toml``), else its file name, so
+    that the same file in another checkout (CI) is the same declarations."""
+    parts = Path(spec.path).absolute().parts
+    below = [i for i, part in enumerate(parts[:-1]) if part == "env"]
+    ident = "/".join(parts[below[-1] + 1:]) if below else parts[-1]
+    if len(ident) > 200:  # a Nova metadata value holds 255 characters
+        ident = "sha256." + hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return ident
+
+
+def check_same_spec(spec: Spec, name: str, servers: list[Any]) -> None:
+    """Refuse servers made from other declarations (their ``ivc_spec``); a server made before
+    ivc recorded it (no ``ivc_spec``) counts as made from these.
+
+    :raises ConfigError: naming the server, the file that made it and the way out.
+    """
+    mine = spec_identity(spec)
+    for server in servers:
+        other = (getattr(server, "metadata", None) or {}).get(META_SPEC)
+        if other and other != mine:
+            raise ConfigError(
+                f"{spec.path}: server {name} ({server.id}) was made from other declarations "
+                f"({other!r}), not from these ({mine!r}); ivc will not change or replace it "
+                f"from this file: run with IVC_SPEC pointing at {other}, or give these "
+                "declarations their own IVC_ENV (or another server name)")
+
+
+def unmanaged_twins(cloud: Cloud, name: str) -> list[Any]:
+    """Servers named ``name`` that ivc did not make (no ``ivc_managed`` tag), from the listing."""
+    return [s for s in list_servers(cloud)
+            if s.name == name and (s.metadata or {}).get(META_MANAGED) != "1"
+            and s.status not in ("DELETED", "SOFT_DELETED")]
+
+
+def twin_error(name: str, twins: list[Any]) -> ConfigError:
+    """The refusal to boot a server beside one of the same name that ivc did not make."""
+    ids = ", ".join(f"{s.id} ({s.status})" for s in twins)
+    return ConfigError(
+        f"server {name}: a server of that name that ivc did not make exists: {ids}; ivc will "
+        f"not boot a twin beside it: `invoke rotate --name {name} --adopt {twins[0].id}` "
+        "replaces it by a managed server (its declared volumes and floating IP move over), or "
+        f"delete or rename it (openstack server delete {twins[0].id})")
+
+
 def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
-                    volumes: Mapping[str, str] | None = None) -> dict[str, str]:
+                    volumes: Mapping[str, str] | None = None,
+                    spec_id: str | None = None) -> dict[str, str]:
     """Return the metadata a new server gets: the declared one plus ivc's tags."""
     return {
         **declared.metadata,
@@ -78,6 +129,7 @@ def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
         META_GEN: str(gen),
         META_USERDATA: userdata_sha256(declared.userdata)[:USERDATA_SHORT],
         **{volume_key(ref): vid for ref, vid in (volumes or {}).items()},
+        **({META_SPEC: spec_id} if spec_id else {}),
     }
 
 

@@ -28,11 +28,16 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
     "stop": "Stop the old server gracefully before moving its volumes (default). "
             "--no-stop detaches them from the running server.",
     "timeout": "Seconds to wait for the new server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "adopt": "Take over a server ivc did not make (its id, or its name): replace it by a "
+             "managed server for --name the way rotate does, moving its declared volumes and "
+             "floating IP (one --name; only while ivc has no server of that name).",
+    "detach_undeclared": "Let volumes attached to the old server that the declarations do not "
+                         "list stay behind, detached (default: the rotate refuses, exit 2).",
     "dry_run": DRY_RUN + " Shows each phase with the resources involved.",
     "json": JSON + " Adds phases (with seconds) and rotations.",
 })
-def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_run=False,
-                    json=False):
+def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
+                    detach_undeclared=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
     from ivc_tasks.ops.rotate import RotateOptions, rotate  # noqa: PLC0415
 
@@ -40,9 +45,13 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, dry_ru
         require(name, "--name", "the declared server(s) to rotate")
         workers = count_flag(1 if parallel is None else parallel, "--parallel")
         seconds = seconds_flag(timeout, "--timeout")
+        if adopt is not None and not str(adopt).strip():
+            raise Exit("rotate-instance: --adopt needs a server id or name", code=EXIT_INVALID)
     run_step("rotate-instance",
              lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=RotateOptions(
-                 stop=stop, boot_timeout=seconds, parallel=workers)),
+                 stop=stop, boot_timeout=seconds, parallel=workers,
+                 adopt=str(adopt).strip() if adopt else None,
+                 detach_undeclared=detach_undeclared)),
              json=json)
 
 

@@ -241,7 +241,7 @@ CASES = [
     ("settings", "unknown environment", lambda w: w.mp.setenv("IVC_ENV", "nope"), ["deploy"], 2,
      ["no env file", "'nope'"]),
     ("settings", "environment name too long", lambda w: w.mp.setenv("IVC_ENV", "e" * 300),
-     ["deploy"], 2, ["not an environment name", "up to 64"]),
+     ["deploy"], 2, ["characters", "shorter"]),
     ("settings", "environment name with /", lambda w: w.mp.setenv("IVC_ENV", "../x"), ["deploy"],
      2, ["not an environment name"]),
     ("settings", "timeout not a number", lambda w: w.mp.setenv("IVC_BOOT_TIMEOUT", "abc"),

@@ -244,7 +244,7 @@ def test_create_instance_rerun_changes_nothing(conn, cloud, spec_of):
 
 
 def test_create_instance_finds_its_server_by_metadata_not_by_name(conn, cloud, spec_of):
-    conn.add_server("edge")  # same name, not ivc's
+    # (a server of that name that ivc did not make stops it: test_unmanaged_unit.py)
     conn.add_server("edge", metadata={"ivc_managed": "1", "ivc_env": "other", "ivc_name": "edge"})
     create_instance(cloud, spec_of(), "edge")
     assert conn.count("compute.create_server") == 1

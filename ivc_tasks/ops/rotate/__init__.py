@@ -74,7 +74,9 @@ def rotate(cloud: Cloud, spec: Spec, names: Iterable[str], *, options: RotateOpt
     for name in names:
         log.info("phase: preflight (server %s)", name)
     # everything is checked before the lock is taken: an invalid run changes nothing at all
-    sg_plan, prepared = _preflight_all(cloud, spec, names)
+    if options.adopt and len(names) != 1:
+        raise ConfigError(f"--adopt {options.adopt!r}: adopt one server at a time (one --name)")
+    sg_plan, prepared = _preflight_all(cloud, spec, names, options)
     if dry_run:
         result.preflight = describe_secgroups(sg_plan) if sg_plan is not None else None
         result.rotations = [describe(cloud, p, options) for p in prepared]
@@ -86,7 +88,7 @@ def rotate(cloud: Cloud, spec: Spec, names: Iterable[str], *, options: RotateOpt
         if _servers_seen(cloud, names) != seen:  # another run changed them meanwhile: again
             log.info("the servers changed while the lock was taken; checking again")
             forget(cloud, "volumes", "floating_ips", "security_groups")
-            sg_plan, prepared = _preflight_all(cloud, spec, names)
+            sg_plan, prepared = _preflight_all(cloud, spec, names, options)
         if sg_plan is not None:
             result.preflight = apply_secgroups(cloud, sg_plan)
             ids = {**sg_plan.ids, **result.preflight.info.get("ids", {})}
@@ -104,7 +106,7 @@ def _servers_seen(cloud: Cloud, names: list[str]) -> list[tuple]:
             for name in names for s in managed_servers(cloud, name)]
 
 
-def _preflight_all(cloud: Cloud, spec: Spec, names: list[str]
+def _preflight_all(cloud: Cloud, spec: Spec, names: list[str], options: RotateOptions
                    ) -> tuple[SecGroupsPlan | None, list[Prepared]]:
     """Preflight every server (the listings side by side, one request each) and plan the
     security groups they use; nothing is changed.
@@ -122,13 +124,14 @@ def _preflight_all(cloud: Cloud, spec: Spec, names: list[str]
     sg_plan = plan_secgroups(cloud, spec, groups) if groups else None
     pending = {gp.declared.name for gp in sg_plan.groups if gp.existing is None} \
         if sg_plan else set()
-    return sg_plan, [preflight(cloud, spec, name, pending_groups=pending) for name in names]
+    return sg_plan, [preflight(cloud, spec, name, pending_groups=pending, options=options)
+                     for name in names]
 
 
 def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
              locks: Mapping[str, ServerLock], result: RotateResult, *,
              preflight_seconds: float = 0.0) -> RotateResult:
-    reports = {p.name: RotationReport(name=p.name, decision=p.decision.kind,
+    reports = {p.name: RotationReport(name=p.name, decision=p.decision.label,
                                       reason=p.decision.reason, warnings=list(p.warnings))
                for p in prepared}
     result.rotations = list(reports.values())

@@ -6,6 +6,11 @@ ACTIVE) -> roll forward; new server in ERROR, not ACTIVE in time, or marked ``iv
 (a rollback had started) -> roll back, then rotate afresh; old server gone -> finish (volumes
 and floating IP onto the new server, clear the markers); servers ivc cannot account for ->
 conflict (touch nothing).
+
+Adopting (``rotate --adopt``): a server ivc did not make is the old server of a plain rotation
+(``Decision.adopt``), only while ivc has no server of that name. Its rotation is resumed like
+any other: the caller lists it too, found by id from the new server's ``ivc_replaces`` (it is
+not among the managed servers), and ``decide`` finds it there as the old server.
 """
 
 from __future__ import annotations
@@ -56,13 +61,30 @@ class Decision:
     new: Seen | None = None
     reason: str = ""
     wait_for_new: bool = False  # FORWARD: the new server is still booting
+    adopt: bool = False  # ROTATE: the old server is one ivc did not make
+
+    @property
+    def label(self) -> str:
+        """The decision as reported: its kind, or ``adopt``."""
+        return "adopt" if self.adopt else self.kind
 
 
-def decide(servers: Sequence[Seen]) -> Decision:
+def decide(servers: Sequence[Seen], *, adopt: Seen | None = None) -> Decision:
     """Decide what a run does with the servers of one declared name (table-tested).
 
-    :param servers: every managed server of that name in the environment.
+    :param servers: every managed server of that name in the environment, and the old server
+        a rotation under way replaces when ivc did not make it (found by ``ivc_replaces``).
+    :param adopt: a server ivc did not make, to take over (``--adopt``).
     """
+    if adopt is not None:
+        if not servers:
+            return Decision(ROTATE, old=adopt, adopt=True,
+                            reason=f"adopt server {adopt.id}, which ivc did not make")
+        if not any(s.replaces == adopt.id for s in servers):
+            return Decision(CONFLICT, reason=f"--adopt {adopt.id}: ivc has a server of this "
+                            "name already (without --adopt, rotate replaces that one)")
+        if adopt.id not in {s.id for s in servers}:  # resuming the adoption under way
+            servers = [*servers, adopt]
     if not servers:
         return Decision(CREATE, reason="no server yet")
     rotations = {s.rotation for s in servers if s.rotation}

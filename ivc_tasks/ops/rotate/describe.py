@@ -40,7 +40,7 @@ class _View:
 
 def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationReport:
     """The phases a rotation would go through, with the resources involved (no change)."""
-    report = RotationReport(name=p.name, decision=p.decision.kind, reason=p.decision.reason,
+    report = RotationReport(name=p.name, decision=p.decision.label, reason=p.decision.reason,
                             dry_run=True, warnings=list(p.warnings))
     held = lock_holder(cloud, p.name)
     if held:

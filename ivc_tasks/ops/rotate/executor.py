@@ -96,7 +96,8 @@ class Rotation:
         names = plan_phases(self.kind, old_status=self.old.status if self.old else None,
                             wait_for_new=self.prepared.decision.wait_for_new)
         self.execute(names)
-        self.report.outcome = OUTCOMES[ROLLBACK] if self.rotated_again else OUTCOMES[self.kind]
+        self.report.outcome = OUTCOMES[ROLLBACK] if self.rotated_again else \
+            "adopted" if self.prepared.decision.adopt else OUTCOMES[self.kind]
 
     def execute(self, names: list[str]) -> None:
         for name in names:

@@ -72,7 +72,7 @@ def new_server_request(r: Rotation, fips: dict[str, tuple[str, str]]) -> tuple[d
     gen = generation(r.old) + 1
     body["metadata"] = {
         **server_metadata(plan.declared, r.cloud.env, r.cloud.run_id, gen=gen,
-                          volumes=r.prepared.volumes),
+                          volumes=r.prepared.volumes, spec_id=plan.spec_id),
         **new_server_markers(r.cloud.run_id, r.old, fips),
     }
     return body, gen

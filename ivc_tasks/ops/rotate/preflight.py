@@ -3,6 +3,12 @@
 Declarations valid, every referenced resource found, user_data rendered (the spec loader checks
 its size), every declared volume available or attached only to this server's servers, and the
 decision (``decide``) made from one server listing.
+
+Identity: the servers of the name must have been made from these declarations (``ivc_spec``,
+``servers.check_same_spec``). A rotate never leaves a volume the old server held detached
+without being asked: an undeclared volume attached to the old server stops the rotate (exit 2)
+unless ``--detach-undeclared``. Adopting (``--adopt``: the old server is one ivc did not make)
+is the explicit request: its undeclared volumes are named in a warning and stay, detached.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from ivc_tasks.ops.instances import InstancePlan, plan_instance
 from ivc_tasks.ops.lock import lock_name, parse_holder
 from ivc_tasks.ops.resolve import list_keypairs, list_servers, list_volumes, pick
 from ivc_tasks.ops.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
+from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.ops.servers import (
-    META_ROTATION, WAITING_STATES, attached_ids, declared_server, generation, is_managed,
-    managed_servers, server_label,
+    META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
+    attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
+    server_label, unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 
@@ -33,6 +41,8 @@ class RotateOptions:
     stop: bool = True
     boot_timeout: float | None = None  # default cloud.boot_timeout
     parallel: int = 1
+    adopt: str | None = None  # a server ivc did not make (id or name), to take over
+    detach_undeclared: bool = False  # let undeclared volumes of the old server stay detached
 
 
 @dataclass
@@ -61,25 +71,73 @@ def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterab
     whose server listing leaves this name's servers out (the other listings are shared).
     """
     view = dataclasses.replace(cloud, cache=dict(cloud.cache))
-    view.cache["servers"] = [s for s in list_servers(cloud) if not is_managed(s, cloud.env, name)]
+    view.cache["servers"] = [s for s in list_servers(cloud) if not is_managed(s, cloud.env, name)
+                             and s not in unmanaged_twins(cloud, name)]
     plan = plan_instance(view, spec, name, pending_groups=set(pending_groups),
                          boot_volumes=False)
     cloud.cache.update({k: v for k, v in view.cache.items() if k != "servers"})
     return plan
 
 
-def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[str] = ()
-              ) -> Prepared:
+def adopted_server(cloud: Cloud, spec: Spec, name: str, ref: str) -> Any:
+    """The server ``--adopt`` names (an id, else a name), which ivc must not have made.
+
+    :raises ConfigError: none, several, or one ivc made.
+    """
+    listing = [s for s in list_servers(cloud) if s.status not in ("DELETED", "SOFT_DELETED")]
+    found = [s for s in listing if s.id == ref] or [s for s in listing if s.name == ref]
+    if not found:
+        names = sorted({s.name for s in listing if (s.metadata or {}).get(META_MANAGED) != "1"})
+        raise ConfigError(f"--adopt {ref!r}: no server with that id or name in the project; "
+                          + did_you_mean(ref, names, otherwise="servers ivc did not make: "
+                                         + listed_names(names, none="none")))
+    if len(found) > 1:
+        raise ConfigError(f"--adopt {ref!r}: {len(found)} servers of that name ("
+                          + ", ".join(f"{s.id} {s.status}" for s in found)
+                          + "); give the id of the one to adopt")
+    server = found[0]
+    meta = server.metadata or {}
+    if is_managed(server, cloud.env, name):
+        raise ConfigError(f"--adopt {ref!r}: server {server.id} is ivc's server {name} already; "
+                          f"`invoke rotate --name {name}` (without --adopt) replaces it")
+    if meta.get(META_MANAGED) == "1":
+        raise ConfigError(f"--adopt {ref!r}: server {server.id} was made by ivc (environment "
+                          f"{meta.get(META_ENV)!r}, server {meta.get(META_NAME)!r}); ivc adopts "
+                          "only servers it did not make")
+    return server
+
+
+def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[str] = (),
+              options: RotateOptions | None = None) -> Prepared:
     """Check everything one rotation needs before anything changes (listings only).
 
+    :param options: ``adopt`` (take over a server ivc did not make) and ``detach_undeclared``
+        are read here.
     :raises ConfigError: undeclared name, a reference that does not resolve, a volume attached
-        to a server that is not this one's, servers ivc cannot account for.
+        to a server that is not this one's, servers ivc cannot account for, servers made from
+        other declarations, undeclared volumes on the old server (without
+        ``detach_undeclared``), an ``adopt`` that names no server ivc did not make.
     :raises CloudCallError: a listing failed.
     """
+    options = options or RotateOptions()
     declared = declared_server(spec, name)
     found = managed_servers(cloud, name)
-    decision = decide([Seen.of(s) for s in found])
-    servers = {s.id: s for s in found}
+    check_same_spec(spec, name, found)
+    # the old server of a rotation under way that ivc did not make (an adoption): by its id
+    by_id = {s.id: s for s in list_servers(cloud)}
+    ids = {s.id for s in found}
+    replaced = [by_id[r] for r in dict.fromkeys((s.metadata or {}).get(META_REPLACES)
+                                                 for s in found)
+                if r and r not in ids and r in by_id
+                and (by_id[r].metadata or {}).get(META_MANAGED) != "1"]
+    adopt = adopted_server(cloud, spec, name, options.adopt) if options.adopt else None
+    decision = decide([Seen.of(s) for s in found + replaced],
+                      adopt=Seen.of(adopt) if adopt is not None else None)
+    servers = {s.id: s for s in [*found, *replaced, *([adopt] if adopt is not None else [])]}
+    if decision.kind == CONFLICT and adopt is not None and found:
+        raise ConfigError(f"server {name}: {decision.reason}: "
+                          + ", ".join(f"{s.id} ({s.status}, gen {generation(s)})" for s in found)
+                          + f"; to replace {adopt.id} by it, delete one of them first")
     if decision.kind == CONFLICT:
         listed = ", ".join(f"{s.id} ({s.status}, gen {generation(s)}"
                            + (f", rotation {s.metadata.get(META_ROTATION)}"
@@ -95,6 +153,14 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         return prepared
     prepared.plan = _plan_new_server(cloud, spec, name, pending_groups)
     old = decision.old
+    if decision.adopt and adopt.name != name:
+        prepared.warnings.append(f"server {name}: adopting {adopt.name!r} ({adopt.id}): the "
+                                 f"new server is named {name!r}")
+    twins = [s for s in unmanaged_twins(cloud, name) if s.id not in servers]
+    if twins and decision.kind == ROTATE:
+        prepared.warnings.append(
+            f"server {name}: ivc leaves alone the server(s) of that name it did not make: "
+            + ", ".join(f"{s.id} ({s.status})" for s in twins))
     if old is not None and old.status in WAITING_STATES and decision.kind == ROTATE:
         raise CloudError(f"server {name} ({old.id}) is {old.status}; run rotate again once it "
                          "has settled")
@@ -124,11 +190,26 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         server = servers[old.id]
         undeclared = attached_ids(server) - set(prepared.volumes.values())
         if undeclared:
+            described = ", ".join(_volume_label(cloud, vid) for vid in sorted(undeclared))
+            if not (decision.adopt or options.detach_undeclared):
+                raise ConfigError(
+                    f"{spec.path}: server {name} ({old.id}) holds volumes that servers.{name}"
+                    f".volumes does not declare: {described}; a rotate would leave them "
+                    f"detached: declare them (they move to the new server) or pass "
+                    "--detach-undeclared (they stay, available, detached)")
             prepared.warnings.append(
-                f"server {name}: volumes {', '.join(sorted(undeclared))} are attached but not "
-                "declared: rotate does not move them; deleting the old server detaches them "
-                "(they stay, available)")
+                f"server {name}: volumes {described} are attached to {old.id} but not "
+                "declared: they do not move; deleting the old server detaches them (they "
+                "stay, available)")
     return prepared
+
+
+def _volume_label(cloud: Cloud, volume_id: str) -> str:
+    """``'name' (id)`` of a volume, from the listing already made."""
+    for volume in list_volumes(cloud):
+        if volume.id == volume_id:
+            return f"{volume.name!r} ({volume_id})" if volume.name else volume_id
+    return volume_id
 
 
 def lock_holder(cloud: Cloud, name: str) -> str | None:
