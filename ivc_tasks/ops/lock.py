@@ -203,7 +203,7 @@ class ServerLock:
             self.cloud.call(
                 f"create lock {self.keypair}",
                 lambda: conn.compute.create_keypair(name=self.keypair, public_key=public_key),
-                lookup=lambda: (lambda kp: kp if self._mine(kp) else None)(self._get()))
+                done_already=lambda: (lambda kp: kp if self._mine(kp) else None)(self._get()))
         except CloudCallError as exc:
             if exc.status == 409:
                 return False

@@ -270,7 +270,7 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                 f"create security group {name}",
                 lambda gp=gp: conn.network.create_security_group(
                     name=gp.declared.name, description=gp.declared.description),
-                lookup=lambda name=name: _group_made_meanwhile(cloud, name, plan.ids))
+                done_already=lambda name=name: _group_made_meanwhile(cloud, name, plan.ids))
             log.info("created security group %s (%s)", name, group.id)
             result.actions.append(Action("create", "security_group", name,
                                          gp.declared.description, {"id": group.id}))
@@ -363,7 +363,7 @@ def _create_group_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[
             return
         batch = pending
 
-        def lookup() -> bool | None:
+        def rules_made() -> bool | None:
             nonlocal batch
             batch = still_missing()  # a lost attempt may have created them (all or none)
             return True if not batch else None
@@ -371,7 +371,7 @@ def _create_group_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[
         try:
             cloud.call(f"create {len(batch)} security group rules",
                        lambda: list(conn.network.create_security_group_rules(batch)),
-                       lookup=lookup)
+                       done_already=rules_made)
             return
         except CloudCallError as exc:
             if exc.status != 409 or "already exists" not in exc.details.lower():

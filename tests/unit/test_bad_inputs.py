@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.cloud import Cloud, resolve_credentials
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.settings import load_settings
@@ -241,7 +242,7 @@ CASES = [
     ("settings", "unknown environment", lambda w: w.mp.setenv("IVC_ENV", "nope"), ["deploy"], 2,
      ["no env file", "'nope'"]),
     ("settings", "environment name too long", lambda w: w.mp.setenv("IVC_ENV", "e" * 300),
-     ["deploy"], 2, ["characters", "shorter"]),
+     ["deploy"], 2, ["not an environment name", "up to 64"]),
     ("settings", "environment name with /", lambda w: w.mp.setenv("IVC_ENV", "../x"), ["deploy"],
      2, ["not an environment name"]),
     ("settings", "timeout not a number", lambda w: w.mp.setenv("IVC_BOOT_TIMEOUT", "abc"),
@@ -364,7 +365,7 @@ def test_a_terminal_is_asked_once_and_the_answer_is_used(world, monkeypatch):
 def test_without_a_terminal_nothing_is_asked(world, monkeypatch):
     settings = _settings(world, ENTRY)
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(world.root / "clouds.yaml"))
-    monkeypatch.setattr("ivc_tasks.cloud._getpass", lambda text: pytest.fail("prompted"))
+    monkeypatch.setattr("ivc_tasks.credentials._getpass", lambda text: pytest.fail("prompted"))
     monkeypatch.delenv("CI")
     with pytest.raises(ConfigError, match="asks only at a terminal"):
         resolve_credentials(settings)  # pytest's stdin is not a terminal

@@ -95,7 +95,7 @@ def test_a_create_is_not_resent_when_the_lookup_finds_what_the_lost_attempt_made
         made.append("server")
         raise http_error(502, "bad gateway")  # the server was made, the response lost
 
-    found = make_cloud().call("create server", create, lookup=lambda: made and "found it")
+    found = make_cloud().call("create server", create, done_already=lambda: made and "found it")
     assert found == "found it"
     assert made == ["server"]
 
@@ -110,7 +110,7 @@ def test_a_create_is_resent_when_the_lookup_finds_nothing():
         return "created"
 
     lookups = []
-    assert make_cloud().call("create", create, lookup=lambda: lookups.append(1)) == "created"
+    assert make_cloud().call("create", create, done_already=lambda: lookups.append(1)) == "created"
     assert len(attempts) == 2 and len(lookups) == 1
 
 
@@ -207,7 +207,7 @@ def test_connect_hooks_the_counter_before_any_request(tmp_path, monkeypatch):
 @pytest.mark.parametrize("tty,ci,expected", [(True, None, True), (True, "true", False),
                                              (False, None, False)])
 def test_ivc_asks_only_at_a_terminal_outside_ci(monkeypatch, tty, ci, expected):
-    from ivc_tasks.cloud import interactive  # noqa: PLC0415
+    from ivc_tasks.credentials import interactive  # noqa: PLC0415
 
     monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: tty))
     if ci is None:
