@@ -101,11 +101,16 @@ class Keypair:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """A file embedded in a server's user_data (cloud-init ``write_files``)."""
+    """A file embedded in a server's user_data (cloud-init ``write_files``).
+
+    ``source`` may be a folder: every file under it lands under ``path`` (see
+    ``userdata.write_files_entries``); ``permissions`` None (a folder's default) keeps each
+    file's own mode.
+    """
 
     path: str
     source: Path
-    permissions: str = "0644"
+    permissions: str | None = "0644"
     owner: str | None = None
 
 
@@ -529,15 +534,19 @@ class _Loader:
                 self.fail(f"{where}.path", f"{_r(target)} is not an absolute path", 'write e.g. "/etc/motd"')
             if any(f.path == target for f in out):
                 self.fail(f"{where}.path", f"{_r(target)} is declared twice", "declare each path once")
-            permissions = raw.get("permissions", "0644")
-            if not isinstance(permissions, str) or not PERMISSIONS.match(permissions):
+            source = self.folder / self.string(raw["source"], f"{where}.source")
+            is_folder = source.is_dir()
+            permissions = raw.get("permissions", None if is_folder else "0644")
+            if permissions is not None and (not isinstance(permissions, str)
+                                            or not PERMISSIONS.match(permissions)):
                 self.fail(f"{where}.permissions", f"{_r(permissions)} is not an octal mode",
                           'quote it: permissions = "0644"')
             owner = raw.get("owner")
             out.append(FileSpec(
                 path=target,
-                source=self.existing_file(raw["source"], f"{where}.source", "source file"),
-                permissions=permissions.rjust(4, "0"),
+                source=source if is_folder else
+                self.existing_file(raw["source"], f"{where}.source", "source file"),
+                permissions=None if permissions is None else permissions.rjust(4, "0"),
                 owner=None if owner is None else self.string(owner, f"{where}.owner"),
             ))
         return tuple(out)

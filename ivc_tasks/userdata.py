@@ -5,6 +5,14 @@ server's name), ``env`` (the environment's name) and ``metadata`` (the server's 
 Declared ``files`` become cloud-init ``write_files`` entries (``encoding: gz+b64``), so a server
 with files needs ``#cloud-config`` user_data. Output is deterministic (gzip without a timestamp),
 so ``userdata_sha256`` can detect a change.
+
+A ``source`` may be a folder: every file under it (recursively, in sorted order) becomes one
+entry at the same place under ``path``, with its own mode (``0755`` stays ``0755``) unless
+``permissions`` is declared, which then applies to every file. Symlinks to files are read as
+files; a symlink to a folder, or anything that is not a regular file, is refused (a loop, a
+device). Empty folders are not made (cloud-init writes files). The whole user_data counts
+against Nova's 65535 bytes after base64; a tree that passes it is refused as soon as it does,
+naming the declarations that weigh most.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import os
+import posixpath
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -43,21 +54,79 @@ def gzip_b64(data: bytes) -> str:
 
 
 def write_files_entry(file: FileSpec) -> dict[str, Any]:
-    """Return the cloud-init ``write_files`` entry that writes one declared file."""
+    """Return the cloud-init ``write_files`` entry that writes one declared (single) file."""
     try:
         data = file.source.read_bytes()
     except OSError as exc:
         raise ConfigError(clip_message(f"{file.source}: cannot read the file for {file.path}: "
                                        f"{exc.strerror or exc}")) from None
+    return _entry(file.path, data, file.permissions or "0644", file.owner)
+
+
+def _entry(path: str, data: bytes, permissions: str, owner: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "path": file.path,
+        "path": path,
         "encoding": "gz+b64",
         "content": gzip_b64(data),
-        "permissions": file.permissions,
+        "permissions": permissions,
     }
-    if file.owner:
-        entry["owner"] = file.owner
+    if owner:
+        entry["owner"] = owner
     return entry
+
+
+def file_mode(path: Path) -> str:
+    """A file's permission bits as cloud-init takes them (``"0755"``); set-id bits dropped."""
+    return f"0{stat.S_IMODE(os.stat(path).st_mode) & 0o777:03o}"
+
+
+def tree_files(root: Path) -> list[tuple[str, Path]]:
+    """Every file under folder ``root``, as ``(relative POSIX path, path)``, sorted.
+
+    :raises ConfigError: a symlink to a folder, or something that is not a regular file (named).
+    """
+    out: list[tuple[str, Path]] = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                raise ConfigError(clip_message(
+                    f"{os.path.join(folder, name)}: a symlink to a folder in the files tree "
+                    f"{root}; ivc does not follow them: copy the folder or declare it apart"))
+        for name in sorted(names):
+            path = Path(folder, name)
+            if not path.is_file():
+                what = "a broken symlink" if path.is_symlink() else "not a regular file"
+                raise ConfigError(clip_message(f"{path}: {what} in the files tree {root}; "
+                                               "remove it or declare the files one by one"))
+            out.append((path.relative_to(root).as_posix(), path))
+    return sorted(out)
+
+
+def write_files_entries(file: FileSpec) -> list[dict[str, Any]]:
+    """Return the ``write_files`` entries of one declaration: one for a file, one per file
+    for a folder (see the module's docstring).
+
+    :raises ConfigError: a file that cannot be read, a folder without files, a symlink to a
+        folder or a special file in the tree.
+    """
+    if not file.source.is_dir():
+        return [write_files_entry(file)]
+    files = tree_files(file.source)
+    if not files:
+        raise ConfigError(clip_message(f"{file.source}: the folder for {file.path} holds no "
+                                       "file; put the files in it or drop the declaration"))
+    entries = []
+    for rel, path in files:
+        try:
+            data = path.read_bytes()
+            mode = file.permissions or file_mode(path)
+        except OSError as exc:
+            raise ConfigError(clip_message(f"{path}: cannot read the file for "
+                                           f"{file.path}: {exc.strerror or exc}")) from None
+        entries.append(_entry(posixpath.join(file.path.rstrip("/") or "/", rel), data, mode,
+                              file.owner))
+    return entries
 
 
 def render_userdata(spec: Spec, server: Server) -> bytes | None:
@@ -82,12 +151,15 @@ def render_userdata(spec: Spec, server: Server) -> bytes | None:
               "something else", f"start the template with a '{CLOUD_CONFIG_HEADER}' line "
               "or drop 'files'")
     if is_cloud_config:
-        text = _with_files(spec.path, entry, text, server.files)
+        text, weight = _with_files(spec.path, entry, text, server.files)
+    else:
+        weight = ""
     data = text.encode("utf-8")
     size = base64_size(data)
     if size > USERDATA_LIMIT:
         _fail(spec.path, entry,
-              f"user_data is {size} bytes after base64, over Nova's limit of {USERDATA_LIMIT}",
+              f"user_data is {size} bytes after base64, over Nova's limit of {USERDATA_LIMIT}"
+              + (f" (embedded files: {weight})" if weight else ""),
               "shrink the template or the embedded files (or fetch large files at boot)")
     return data
 
@@ -137,8 +209,10 @@ def _template_line(exc: BaseException, template: Path) -> str:
     return f" line {lines[-1]}" if lines else ""
 
 
-def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, ...]) -> str:
-    """Check cloud-config YAML and append the declared files to its ``write_files``."""
+def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, ...]
+                ) -> tuple[str, str]:
+    """Check cloud-config YAML and append the declared files to its ``write_files``; return
+    the text and what the files weigh (for the size message)."""
     import yaml  # noqa: PLC0415
 
     try:
@@ -151,15 +225,54 @@ def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, .
         _fail(spec_path, entry, "rendered #cloud-config is not a YAML mapping",
               "make the template a mapping of cloud-init modules")
     if not files:
-        return text
+        return text, ""
     write_files = config.setdefault("write_files", [])
     if not isinstance(write_files, list):
         _fail(spec_path, entry, "the template's write_files is not a list",
               "make write_files a list or drop it")
-    write_files.extend(write_files_entry(f) for f in files)
+    weight: dict[str, tuple[int, int]] = {}
+    write_files.extend(_embedded(spec_path, entry, files, write_files, weight))
     body = yaml.dump(config, Dumper=_block_dumper(), sort_keys=False, default_flow_style=False,
                      allow_unicode=True)
-    return f"{CLOUD_CONFIG_HEADER}\n{body}"
+    count = sum(n for n, _ in weight.values())
+    total = sum(size for _, size in weight.values())
+    return (f"{CLOUD_CONFIG_HEADER}\n{body}",
+            f"{count} file(s), {total} bytes gzipped and base64-encoded; {_heaviest(weight)}")
+
+
+def _embedded(spec_path: Path, entry: str, files: tuple[FileSpec, ...], present: list[Any],
+              weight: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """The entries of every declared file and folder, checked for paths written twice and
+    refused as soon as their content alone passes Nova's limit (before reading the rest)."""
+    files_entry = entry.replace(".userdata", ".files")
+    out: list[dict[str, Any]] = []
+    owner_of: dict[str, str] = {e.get("path"): "the template's write_files"
+                                for e in present if isinstance(e, dict)}
+    total = 0  # weight: declaration -> (files, base64 bytes of their content)
+    for i, file in enumerate(files):
+        where = f"{files_entry}[{i}]"
+        label = f"{where} ({file.source})"
+        for item in write_files_entries(file):
+            if item["path"] in owner_of:
+                _fail(spec_path, where, f"{file.source} writes {item['path']}, which "
+                      f"{owner_of[item['path']]} writes too", "write each path once")
+            owner_of[item["path"]] = label
+            count, size = weight.get(label, (0, 0))
+            weight[label] = (count + 1, size + len(item["content"]))
+            total += len(item["content"])
+            out.append(item)
+            if total > USERDATA_LIMIT:
+                _fail(spec_path, entry, f"the embedded files ({files_entry}) are over Nova's "
+                      f"limit of {USERDATA_LIMIT} bytes after base64 already at {item['path']} "
+                      f"({total} bytes gzipped and base64-encoded; {_heaviest(weight)})",
+                      "embed fewer or smaller files, or fetch large ones at boot")
+    return out
+
+
+def _heaviest(weight: dict[str, tuple[int, int]]) -> str:
+    ranked = sorted(weight.items(), key=lambda kv: -kv[1][1])[:3]
+    return "heaviest: " + ", ".join(f"{label}: {n} file(s), {size} bytes"
+                                    for label, (n, size) in ranked)
 
 
 def _block_dumper() -> type:

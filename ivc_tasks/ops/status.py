@@ -1,8 +1,13 @@
 """status: every managed server of the environment, and whether it still matches its declaration.
 
 Cheap: a constant number of list requests, made side by side, whatever the number of servers:
-servers (with details and metadata), volumes, networks, flavors, images and keypairs (to show
-rotation locks). Nothing is changed.
+servers (with details and metadata), volumes, networks, flavors, images, keypairs (to show
+rotation locks), and Neutron's ports and floating IPs of the project. Nothing is changed.
+
+Addresses and floating IPs come from Neutron (the ports of each server, and the floating IP on
+each port), not from Nova's ``addresses``: that is a cache Nova refreshes when Neutron notifies
+it, which lags a floating IP move by up to ~20 s (a status right after a rotate would report the
+floating IP missing). Nova's cache is used only for a server of which Neutron shows no port.
 
 For each server: generation, state, addresses, floating IP, volumes, image and flavor, a
 rotation under way (markers) or a lock held, and ``drift``: how it differs from its
@@ -20,8 +25,8 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.ops.lock import LOCK_PREFIX, lock_name, parse_holder
 from ivc_tasks.ops.resolve import (
-    list_flavors, list_images, list_keypairs, list_networks, list_servers, list_volumes,
-    matching, prefetch, value_of,
+    list_flavors, list_floating_ips, list_images, list_keypairs, list_networks, list_servers,
+    list_volumes, matching, prefetch, value_of,
 )
 from ivc_tasks.ops.servers import (
     META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
@@ -107,7 +112,56 @@ class StatusResult:
         return [s.line() for s in self.servers]
 
 
-def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
+def list_ports(cloud: Cloud) -> list[Any]:
+    """Every port of the project (one request; cached for the run)."""
+    if "ports" not in cloud.cache:
+        conn = cloud.conn
+        cloud.cache["ports"] = cloud.call(
+            "list ports", lambda: list(conn.network.ports(project_id=conn.current_project_id)))
+    return cloud.cache["ports"]
+
+
+@dataclass
+class NeutronAddresses:
+    """Each server's addresses as Neutron has them: its ports' fixed IPs and the floating IP on
+    each port, by network name (built from one listing of ports and one of floating IPs)."""
+
+    ports_by_server: dict[str, list[Any]]
+    fip_by_port: dict[str, Any]
+    network_names: dict[str, str]
+
+    @classmethod
+    def from_listings(cls, ports: Iterable[Any], fips: Iterable[Any], networks: Iterable[Any]
+                      ) -> NeutronAddresses:
+        by_server: dict[str, list[Any]] = {}
+        for port in ports:
+            if port.device_id:
+                by_server.setdefault(port.device_id, []).append(port)
+        return cls(ports_by_server=by_server,
+                   fip_by_port={f.port_id: f for f in fips if f.port_id},
+                   network_names={n.id: n.name for n in networks})
+
+    def of(self, server: Any) -> tuple[dict[str, list[str]], list[str]]:
+        """``({network name: [fixed..., floating...]}, [floating...])``; Nova's cache when
+        Neutron shows no port of the server."""
+        ports = self.ports_by_server.get(server.id)
+        if not ports:
+            return addresses(server), _floating(server)
+        out: dict[str, list[str]] = {}
+        floating: list[str] = []
+        for port in sorted(ports, key=lambda p: p.id):
+            entries = out.setdefault(self.network_names.get(port.network_id, port.network_id), [])
+            entries += [f["ip_address"] for f in port.fixed_ips or []]
+            fip = self.fip_by_port.get(port.id)
+            if fip is not None:
+                entries.append(fip.floating_ip_address)
+                floating.append(fip.floating_ip_address)
+        return out, floating
+
+
+def _drift(cloud: Cloud, declared: Server, server: Any,
+           seen: tuple[dict[str, list[str]], list[str]] | None = None) -> list[dict[str, Any]]:
+    have_addresses, floating = seen or (addresses(server), _floating(server))
     out: list[dict[str, Any]] = []
 
     def add(name: str, want: Any, have: Any) -> None:
@@ -134,7 +188,7 @@ def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
     for ref in declared.networks:
         found = matching(nets, ref)
         wanted_nets.append(found[0].name if found else ref)
-    have_nets = sorted((server.addresses or {}).keys())
+    have_nets = sorted(have_addresses)
     if sorted(wanted_nets) != have_nets:
         add("networks", sorted(wanted_nets), have_nets)
     volumes = list_volumes(cloud)
@@ -146,7 +200,7 @@ def _drift(cloud: Cloud, declared: Server, server: Any) -> list[dict[str, Any]]:
             missing.append(ref)
     if missing:
         add("volumes", list(declared.volumes), f"not attached: {', '.join(missing)}")
-    if declared.floating_ip and not _floating(server):
+    if declared.floating_ip and not floating:
         add("floating_ip", True, False)
     return out
 
@@ -163,7 +217,9 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
     """
     wanted = set(names or ())
     prefetch(cloud, list_servers, list_volumes, list_networks, list_flavors, list_images,
-             list_keypairs)
+             list_keypairs, list_ports, list_floating_ips)
+    neutron = NeutronAddresses.from_listings(list_ports(cloud), list_floating_ips(cloud),
+                                             list_networks(cloud))
     result = StatusResult(env=cloud.env)
     locks = {k.name: k for k in list_keypairs(cloud) if k.name.startswith(LOCK_PREFIX)}
     volumes = {v.id: v for v in list_volumes(cloud)}
@@ -180,11 +236,12 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
             continue
         seen.add(name)
         declared = spec.servers.get(name)
+        seen_by_neutron = neutron.of(server)
         item = ServerStatus(
             name=name, declared=declared is not None, id=server.id,
             status=server_state(server), generation=generation(server),
-            addresses=addresses(server),
-            floating_ips=_floating(server),
+            addresses=seen_by_neutron[0],
+            floating_ips=seen_by_neutron[1],
             volumes=[{"id": vid, "name": getattr(volumes.get(vid), "name", None)}
                      for vid in sorted(attached_ids(server))],
             image={"id": value_of(server.image, "id"),
@@ -199,7 +256,7 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
             holder = parse_holder(getattr(lock, "public_key", None))
             item.lock = f"locked by {holder.describe()}" if holder else "locked"
         if declared is not None:
-            item.drift = _drift(cloud, declared, server)
+            item.drift = _drift(cloud, declared, server, seen_by_neutron)
         result.servers.append(item)
     for name in spec.servers:
         if name not in seen and (not wanted or name in wanted):

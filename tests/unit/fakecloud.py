@@ -371,7 +371,7 @@ class FakeConnection:
         self.ports.append(port)
         return port
 
-    def network_ports(self, device_id=None):
+    def network_ports(self, device_id=None, project_id=None):
         return iter([p for p in self.ports if device_id is None or p.device_id == device_id])
 
     def network_ips(self, project_id=None):

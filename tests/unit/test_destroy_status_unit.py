@@ -230,7 +230,7 @@ def test_status_of_a_server_as_declared_shows_no_drift_and_changes_nothing(conn,
     assert item.image == {"id": "img-1", "name": "ivc-tiny"} and item.flavor == "m1.tiny"
     assert item.rotation is None and item.lock is None and item.declared
     assert conn.mutations() == [] and conn.count("compute.get_server") == 0
-    assert conn.requests <= 7, conn.calls  # listings only
+    assert conn.requests <= 8, conn.calls  # listings only (Neutron's ports and floating IPs too)
     web2 = by_name(result)["web2"]
     assert web2.id is None and web2.status == "missing" and web2.rotate_due
     assert "no server" in web2.line()
@@ -296,3 +296,24 @@ def test_status_shows_an_undeclared_server(conn, spec):
     assert items["legacy"].drift == []
     assert "NOT DECLARED" in items["legacy"].line()
     assert "legacy" not in result.to_dict()["rotate_due"]
+
+
+def test_status_reads_the_floating_ip_from_neutron_not_novas_lagging_cache(conn, spec):
+    web1, fip = deployed(conn, spec)
+    conn._addresses = lambda ports: {"private": [  # Nova's cache before Neutron's notification
+        {"addr": p.fixed_ips[0]["ip_address"], "OS-EXT-IPS:type": "fixed"} for p in ports]}
+    cloud = new_cloud(conn)
+    item = by_name(status(cloud, spec))["web1"]
+    assert item.floating_ips == [fip.floating_ip_address] and item.drift == []
+    assert fip.floating_ip_address in item.addresses["private"]
+    assert conn.count("network.ports") == 1 and conn.count("network.ips") == 1
+
+
+def test_status_lists_ports_and_floating_ips_once_however_many_servers(conn, spec):
+    deployed(conn, spec)
+    for i in range(5):
+        conn.add_server(f"extra{i}", metadata=tags(spec, "web2", gen=i + 1),
+                        networks=["net-priv"])
+    status(new_cloud(conn), spec)
+    assert conn.count("network.ports") == 1 and conn.count("network.ips") == 1
+    assert conn.count("compute.get_server") == 0

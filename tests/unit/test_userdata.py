@@ -180,6 +180,139 @@ def test_a_template_failing_at_render_time_is_a_config_error_naming_it(tmp_path,
 
 
 def test_an_unreadable_embedded_file_names_it(tmp_path):
-    spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", tmp_path)])  # a folder
-    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read the file for /etc/motd"):
+    spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", tmp_path / "gone")])
+    with pytest.raises(ConfigError, match=f"{tmp_path}/gone: cannot read the file for /etc/motd"):
+        render_userdata(spec, srv)
+
+
+# -- write_files from a folder -----------------------------------------------------------------
+import os  # noqa: E402
+
+from ivc_tasks.spec import load_spec  # noqa: E402
+from ivc_tasks.userdata import tree_files, write_files_entries  # noqa: E402
+
+
+def tree(tmp_path: Path) -> Path:
+    """files/app: a nested tree with a script (0755), a secret (0600), binary data."""
+    root = tmp_path / "files" / "app"
+    (root / "bin").mkdir(parents=True)
+    (root / "conf.d" / "deep").mkdir(parents=True)
+    (root / "empty").mkdir()
+    source(root, "README", b"readme\n")
+    os.chmod(source(root / "bin", "run.sh", b"#!/bin/sh\necho hi\n"), 0o755)
+    os.chmod(source(root / "conf.d", "secret.key", bytes(range(256)) * 4), 0o600)
+    source(root / "conf.d" / "deep", "a.conf", b"x = 1\n")
+    os.chmod(root / "README", 0o644)
+    os.chmod(root / "conf.d" / "deep" / "a.conf", 0o644)
+    return root
+
+
+def written(data: bytes) -> dict[str, tuple[bytes, str, str | None]]:
+    """What cloud-init would write: {path: (bytes, permissions, owner)}."""
+    config = yaml.safe_load(data)
+    return {e["path"]: (gzip.decompress(base64.b64decode(e["content"])) if e.get("encoding")
+                        else e["content"].encode(), e.get("permissions"), e.get("owner"))
+            for e in config["write_files"]}
+
+
+def test_a_folder_lands_file_by_file_with_its_modes_byte_for_byte(tmp_path):
+    root = tree(tmp_path)
+    spec, srv = make(tmp_path, None, files=[FileSpec("/opt/app/", root, None, "app:app")])
+    out = written(render_userdata(spec, srv))
+    assert out == {
+        "/opt/app/README": (b"readme\n", "0644", "app:app"),
+        "/opt/app/bin/run.sh": (b"#!/bin/sh\necho hi\n", "0755", "app:app"),
+        "/opt/app/conf.d/deep/a.conf": (b"x = 1\n", "0644", "app:app"),
+        "/opt/app/conf.d/secret.key": (bytes(range(256)) * 4, "0600", "app:app"),
+    }
+    assert list(out) == sorted(out)  # a stable order: the same tree, the same user_data
+    assert render_userdata(spec, srv) == render_userdata(spec, srv)
+
+
+def test_declared_permissions_apply_to_every_file_of_a_folder(tmp_path):
+    root = tree(tmp_path)
+    entries = write_files_entries(FileSpec("/srv", root, "0640"))
+    assert {e["permissions"] for e in entries} == {"0640"} and len(entries) == 4
+    assert write_files_entries(FileSpec("/", root, None))[0]["path"] == "/README"
+
+
+def test_a_folder_declared_in_the_spec_keeps_modes_unless_permissions_are_given(tmp_path):
+    tree(tmp_path)
+    path = tmp_path / "spec.toml"
+    path.write_text('[servers.web1]\nimage = "i"\nflavor = "f"\nnetworks = ["n"]\nfiles = [\n'
+                    '  { path = "/opt/app", source = "files/app" },\n'
+                    '  { path = "/opt/copy", source = "files/app", permissions = "0640" },\n'
+                    '  { path = "/etc/readme", source = "files/app/README" },\n]\n')
+    server = load_spec(path, env_name="e").servers["web1"]
+    assert [f.permissions for f in server.files] == [None, "0640", "0644"]
+    out = written(server.userdata)
+    assert out["/opt/app/bin/run.sh"][1] == "0755" and out["/opt/copy/bin/run.sh"][1] == "0640"
+    assert len(out) == 9
+
+
+def test_an_empty_folder_is_refused(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    spec, srv = make(tmp_path, None, files=[FileSpec("/opt", tmp_path / "empty", None)])
+    with pytest.raises(ConfigError, match="the folder for /opt holds no file"):
+        render_userdata(spec, srv)
+
+
+def test_symlinks_to_files_are_read_to_folders_refused(tmp_path):
+    root = tree(tmp_path)
+    (root / "link.txt").symlink_to(root / "README")
+    assert ("link.txt", root / "link.txt") in tree_files(root)
+    (root / "loop").symlink_to(root)
+    with pytest.raises(ConfigError, match=r"loop: a symlink to a folder in the files tree"):
+        tree_files(root)
+
+
+def test_a_broken_symlink_in_a_folder_is_named(tmp_path):
+    root = tree(tmp_path)
+    (root / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"dangling: a broken symlink in the files tree"):
+        tree_files(root)
+
+
+def test_a_path_written_twice_is_refused(tmp_path):
+    root = tree(tmp_path)
+    readme = source(tmp_path, "readme", b"other\n")
+    spec, srv = make(tmp_path, None, files=[FileSpec("/opt/app", root, None),
+                                            FileSpec("/opt/app/README", readme)])
+    with pytest.raises(ConfigError, match=r"servers.web1.files\[1\]: .* writes /opt/app/README, "
+                                          r"which servers.web1.files\[0\] .* writes too"):
+        render_userdata(spec, srv)
+    spec, srv = make(tmp_path, "#cloud-config\nwrite_files:\n  - path: /opt/app/README\n"
+                     "    content: mine\n", files=[FileSpec("/opt/app", root, None)])
+    with pytest.raises(ConfigError, match="the template's write_files writes too"):
+        render_userdata(spec, srv)
+
+
+def test_a_tree_over_the_limit_is_refused_early_naming_the_heaviest(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    for i in range(40):
+        source(root, f"f{i:02}.bin", os.urandom(2000))  # incompressible: ~2.7 kB each
+    small = source(tmp_path, "motd", b"hi\n")
+    spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", small),
+                                            FileSpec("/data", root, None)])
+    with pytest.raises(ConfigError) as info:
+        render_userdata(spec, srv)
+    message = str(info.value)
+    assert message.startswith(f"{spec.path}: servers.web1.userdata: the embedded files "
+                              "(servers.web1.files) are over Nova's limit of 65535 bytes")
+    assert f"heaviest: servers.web1.files[1] ({root}): 2" in message  # 2x files, first
+    assert "/data/f2" in message  # stopped there, before reading the rest
+    assert "fetch large ones at boot" in message
+
+
+def test_a_tree_under_the_files_limit_but_over_with_the_yaml_says_what_it_weighs(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(23):
+        source(root, f"f{i:02}.bin", os.urandom(2000))
+    spec, srv = make(tmp_path, "#cloud-config\n# " + "x" * 4000 + "\n",
+                     files=[FileSpec("/data", root, None)])
+    with pytest.raises(ConfigError, match=r"over Nova's limit of 65535 \(embedded files: 23 "
+                                          r"file\(s\), \d+ bytes gzipped and base64-encoded; "
+                                          r"heaviest: servers.web1.files\[0\]"):
         render_userdata(spec, srv)
