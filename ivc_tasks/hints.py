@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from ivc_tasks.errors import clip_repr
+
 
 def did_you_mean(name: str, choices: Iterable[str], *, otherwise: str, n: int = 1,
                  cutoff: float = 0.6) -> str:
     """``did you mean 'x'?`` when ``name`` is close to one of ``choices``; else ``otherwise``."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
-    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else otherwise
+    return f"did you mean {', '.join(clip_repr(c) for c in close)}?" if close else otherwise
 
 
 def listed(names: Iterable[str], *, none: str = "none", most: int = 10) -> str:
