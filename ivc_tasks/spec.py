@@ -46,7 +46,8 @@ PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", 
 
 TOP_KEYS = ("defaults", "keypairs", "secgroups", "servers")
 SERVER_KEYS = ("image", "flavor", "keypair", "security_groups", "networks", "volumes",
-               "floating_ip", "config_drive", "userdata", "userdata_vars", "files", "metadata")
+               "floating_ip", "config_drive", "userdata", "userdata_vars", "files", "metadata",
+               "keep_address")
 DEFAULT_KEYS = tuple(k for k in SERVER_KEYS if k != "volumes")  # a volume attaches to one server
 KEYPAIR_KEYS = ("public_key_file",)
 SECGROUP_KEYS = ("description", "rules", "default_egress")
@@ -130,6 +131,7 @@ class Server:
     security_groups: tuple[str, ...] = ()
     keypair: str | None = None
     floating_ip: bool = False
+    keep_address: tuple[str, ...] = ()  # networks (as in ``networks``) whose address a rotate keeps
     config_drive: bool | None = None
     userdata_template: Path | None = None
     userdata_vars: Mapping[str, Any] = field(default_factory=dict)
@@ -451,7 +453,7 @@ class _Loader:
         parsers: dict[str, Callable[[Any, str], Any]] = {
             "image": self.string, "flavor": self.string, "keypair": self.keypair_ref,
             "security_groups": self.names, "networks": self.names, "volumes": self.names,
-            "floating_ip": self.boolean, "config_drive": self.boolean,
+            "floating_ip": self.boolean, "config_drive": self.boolean, "keep_address": self.names,
             "userdata": lambda v, e: self.existing_file(v, e, "userdata template"),
             "userdata_vars": self.userdata_vars, "files": self.files, "metadata": self.metadata,
         }
@@ -474,10 +476,21 @@ class _Loader:
         return Server(
             name=name, image=merged["image"], flavor=merged["flavor"],
             networks=merged["networks"], volumes=merged.get("volumes", ()),
+            keep_address=self.kept_networks(merged, entry),
             security_groups=merged.get("security_groups", ()), keypair=merged.get("keypair"),
             floating_ip=merged.get("floating_ip", False), config_drive=merged.get("config_drive"),
             userdata_template=merged.get("userdata"), userdata_vars=merged["userdata_vars"],
             files=merged.get("files", ()), metadata=merged["metadata"],
+    def kept_networks(self, merged: dict[str, Any], entry: str) -> tuple[str, ...]:
+        """``keep_address``: networks of the server's ``networks``, written the same way."""
+        kept = merged.get("keep_address", ())
+        for i, ref in enumerate(kept):
+            if ref not in merged["networks"]:
+                self.fail(f"{entry}.keep_address[{i}]", f"{_r(ref)} is not one of the server's "
+                          f"networks ({', '.join(merged['networks'])})",
+                          "name a network of its networks list, written the same way")
+        return kept
+
         )
 
     def keypair_ref(self, value: Any, entry: str) -> str:

@@ -71,41 +71,101 @@ def release(cloud: Cloud, fip: Any) -> None:
                    lambda: conn.network.delete_ip(fip, ignore_missing=False))
 
 
+# -- public networks ----------------------------------------------------------------------
+# Router interface ports (legacy, distributed, HA): a router's leg on an internal network.
+ROUTER_INTERFACE_OWNERS = ("network:router_interface", "network:router_interface_distributed",
+                           "network:ha_router_replicated_interface")
+
+
+def is_public(network: Any) -> bool:
+    """Whether a server on ``network`` has a public address there, as Neutron shows it to the
+    project: the network is ``router:external`` (a floating IP pool, or a provider network
+    servers attach to directly), or ``shared`` (a provider network offered to the project,
+    such as OVHcloud's Ext-Net). Such a network needs no floating IP and no config drive
+    (its metadata service is reachable); every other network is internal."""
+    return bool(getattr(network, "is_router_external", False)
+                or getattr(network, "is_shared", False))
+
+
+def router_external_networks(cloud: Cloud, internal_ids: Sequence[str]) -> dict[str, str]:
+    """``{internal network id: external network id}``: the external network that the router
+    of each internal network reaches (its ``external_gateway_info.network_id``); networks with
+    no router the project can see are left out (two requests)."""
+    conn = cloud.conn
+    ports = cloud.call("list router interfaces", lambda: list(conn.network.ports(
+        device_owner=list(ROUTER_INTERFACE_OWNERS))))
+    routers = {r.id: r for r in cloud.call("list routers", lambda: list(conn.network.routers()))}
+    out: dict[str, str] = {}
+    for port in ports:
+        router = routers.get(port.device_id)
+        gateway = (getattr(router, "external_gateway_info", None) or {}).get("network_id") \
+            if router is not None else None
+        if gateway and port.network_id in internal_ids:
+            out.setdefault(port.network_id, gateway)
+    return out
+
+
 # -- a server's own floating IP (create-instance) ------------------------------------------
 @dataclass
 class FloatingPlan:
-    """Where the server's floating IP comes from."""
+    """Where the server's floating IP comes from.
+
+    ``network`` None: several external networks and none chosen (``problem`` says so); only
+    moving an existing floating IP is possible then.
+    """
 
     network: Any  # the external network
-    internal_network_ids: list[str] = field(default_factory=list)  # in declared order
+    internal_network_ids: list[str] = field(default_factory=list)  # the port's network first
+    why: str = ""  # how the network was chosen
+    problem: str = ""
 
 
-def plan_floating(cloud: Cloud, spec: Spec, declared: Server, networks: list[Any]
-                  ) -> FloatingPlan:
+def plan_floating(cloud: Cloud, spec: Spec, declared: Server, networks: list[Any], *,
+                  required: bool = True) -> FloatingPlan:
     """Pick the external network for the server's floating IP.
 
-    :raises ConfigError: the server is only on external networks, there is no external
-        network, or several and ``IVC_FLOATING_NETWORK`` does not pick one.
+    In order: ``IVC_FLOATING_NETWORK``; the only external network the project sees; the one the
+    router of the server's first routed internal network reaches (a floating IP works only
+    there). The floating IP goes on the port of that internal network.
+
+    :param required: False when an existing floating IP will be moved (rotate): no network
+        chosen is then not an error (``network`` None, ``problem`` set).
+    :raises ConfigError: the server is only on public networks; no external network; several,
+        none chosen, and ``required``.
     """
     entry = f"servers.{declared.name}.floating_ip"
-    internal = [n.id for n in networks if not n.is_router_external]
+    internal = [n.id for n in networks if not is_public(n)]
     if not internal:
-        raise ConfigError(f"{spec.path}: {entry}: the server is only on external networks, "
-                          "where it has a public address already; set floating_ip = false")
+        raise ConfigError(f"{spec.path}: {entry}: the server is only on public networks "
+                          f"({', '.join(n.name for n in networks)}), where it has a public "
+                          "address already; set floating_ip = false")
     external = [n for n in list_networks(cloud) if n.is_router_external]
     if cloud.floating_network:
         chosen = pick(external, cloud.floating_network, kind="external network",
                       spec_path=spec.path, entry=f"{entry} (IVC_FLOATING_NETWORK)")
-    elif len(external) == 1:
-        chosen = external[0]
-    elif not external:
+        return FloatingPlan(network=chosen, internal_network_ids=internal,
+                            why="IVC_FLOATING_NETWORK")
+    if len(external) == 1:
+        return FloatingPlan(network=external[0], internal_network_ids=internal,
+                            why="the only external network")
+    if not external:
         raise ConfigError(f"{spec.path}: {entry}: the cloud shows no external network to take "
                           "a floating IP from; set floating_ip = false or ask for one")
-    else:
-        names = ", ".join(sorted(n.name for n in external))
-        raise ConfigError(f"{spec.path}: {entry}: several external networks ({names}); set "
-                          "IVC_FLOATING_NETWORK in the env file to the one to use")
-    return FloatingPlan(network=chosen, internal_network_ids=internal)
+    by_id = {n.id: n for n in external}
+    reached = router_external_networks(cloud, internal)
+    for net_id in internal:
+        if reached.get(net_id) in by_id:
+            order = [net_id, *(i for i in internal if i != net_id)]
+            name = next(n.name for n in networks if n.id == net_id)
+            return FloatingPlan(network=by_id[reached[net_id]], internal_network_ids=order,
+                                why=f"the external network the router of {name} reaches")
+    names = ", ".join(sorted(n.name for n in external))
+    problem = (f"{spec.path}: {entry}: several external networks ({names}) and no router of the "
+               "server's networks reaches one of them; set IVC_FLOATING_NETWORK in the env file "
+               "to the one to use")
+    if required:
+        raise ConfigError(problem)
+    return FloatingPlan(network=None, internal_network_ids=internal, problem=problem)
 
 
 def ensure_floating_ip(cloud: Cloud, name: str, fplan: FloatingPlan, server: Any
@@ -115,6 +175,7 @@ def ensure_floating_ip(cloud: Cloud, name: str, fplan: FloatingPlan, server: Any
     Reuse, in order: one already on a port of the server; an unattached one described for this
     server; else create one on the external network, associated to the port in the same request.
 
+    :raises ConfigError: it needs a new one and no external network was chosen.
     :raises CloudError: the server has no port on an internal network; a cloud call failed.
     """
     conn = cloud.conn
@@ -126,6 +187,8 @@ def ensure_floating_ip(cloud: Cloud, name: str, fplan: FloatingPlan, server: Any
     if port is None:
         raise CloudError(f"server {name} ({server.id}) has no port on an internal network to "
                          "put a floating IP on")
+    if fplan.network is None:
+        raise ConfigError(fplan.problem)
     marker = floating_marker(cloud.env, name)
     spare = [f for f in list_floating_ips(cloud) if not f.port_id and f.description == marker
              and f.floating_network_id == fplan.network.id]
@@ -143,7 +206,7 @@ def ensure_floating_ip(cloud: Cloud, name: str, fplan: FloatingPlan, server: Any
     fip = cloud.call(f"create floating IP for {name}",
                      lambda: conn.network.create_ip(floating_network_id=fplan.network.id,
                                                     port_id=port.id, description=marker),
-                     lookup=made_meanwhile)
+                     done_already=made_meanwhile)
     forget(cloud, "floating_ips")
     log.info("created floating IP %s for %s", fip.floating_ip_address, name)
     return Action("create", "floating_ip", name, fip.floating_ip_address, {

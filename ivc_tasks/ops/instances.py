@@ -28,8 +28,9 @@ from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.ops.attachments import volume_holders
 from ivc_tasks.ops.floating_ips import (
-    FloatingPlan, ensure_floating_ip, plan_floating, server_floating_ip,
+    FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
 )
+from ivc_tasks.ops.ports import ensure_kept_ports, plan_kept_ports
 from ivc_tasks.ops.resolve import (
     find_images, forget, list_flavors, list_keypairs, list_networks, list_volumes, pick,
 )
@@ -69,6 +70,7 @@ class InstancePlan:
     config_drive: bool = False
     boot_volumes: dict[str, Any] = field(default_factory=dict)  # declared ref -> volume
     floating: FloatingPlan | None = None
+    ports: dict[str, Any] = field(default_factory=dict)  # network id -> kept port (None: to make)
     spec_id: str | None = None  # which declarations make it (``ivc_spec``)
 
     @property
@@ -108,13 +110,15 @@ def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: st
 
 
 def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
-                  pending_groups: Collection[str] = (), boot_volumes: bool = True
-                  ) -> InstancePlan:
+                  pending_groups: Collection[str] = (), boot_volumes: bool = True,
+                  replacing: Collection[str] = ()) -> InstancePlan:
     """Find the server; if it must be created, resolve and check everything it needs.
 
     :param pending_groups: declared security groups that this run creates before the server
         (deploy); any other group must exist already.
     :param boot_volumes: attach the declared volumes at boot.
+    :param replacing: ids of the servers the new one replaces (rotate): their kept ports are
+        this server's, and their floating IP moves (a new one may need no network chosen).
     :raises ConfigError: anything missing or ambiguous (nothing has been changed).
     :raises CloudError: the server exists in ERROR.
     :raises CloudCallError: a listing failed.
@@ -140,10 +144,13 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
     plan.flavor = pick(list_flavors(cloud), declared.flavor, kind="flavor",
                        spec_path=spec.path, entry=f"{entry}.flavor")
     plan.networks = resolve_networks(cloud, spec, declared)
-    plan.config_drive = needs_config_drive([bool(n.is_router_external) for n in plan.networks],
+    plan.config_drive = needs_config_drive([is_public(n) for n in plan.networks],
                                            declared.config_drive)
     if declared.floating_ip:
-        plan.floating = plan_floating(cloud, spec, declared, plan.networks)
+        plan.floating = plan_floating(cloud, spec, declared, plan.networks,
+                                      required=not replacing)
+    if declared.keep_address:
+        plan.ports = plan_kept_ports(cloud, spec, declared, plan.networks, own=replacing)
     if declared.security_groups:
         plan.groups = _plan_groups(cloud, spec, declared, pending_groups)
     if declared.keypair:
@@ -275,7 +282,8 @@ def create_request(cloud: Cloud, plan: InstancePlan, group_ids: Mapping[str, str
         "name": declared.name,
         "image_id": plan.image.id,
         "flavor_id": plan.flavor.id,
-        "networks": [{"uuid": n.id} for n in plan.networks],
+        "networks": [{"port": plan.ports[n.id].id} if plan.ports.get(n.id) is not None
+                     else {"uuid": n.id} for n in plan.networks],
         "config_drive": plan.config_drive,
         "metadata": server_metadata(declared, cloud.env, cloud.run_id,
                                     volumes={r: v.id for r, v in plan.boot_volumes.items()},
@@ -324,6 +332,8 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
             action = ensure_keypair(cloud, plan.create_keypair)
             if action is not None:
                 result.actions.append(action)
+        result.actions += ensure_kept_ports(cloud, name, plan.ports, plan.networks, [
+            i for g in plan.groups if (i := plan.groups[g] or (group_ids or {}).get(g))])
         body = create_request(cloud, plan, group_ids or {})
         log.info("creating server %s (image %s, flavor %s, config drive %s)", name,
                  plan.image.name, plan.flavor.name, "yes" if plan.config_drive else "no")

@@ -371,8 +371,13 @@ class FakeConnection:
         self.ports.append(port)
         return port
 
-    def network_ports(self, device_id=None, project_id=None):
-        return iter([p for p in self.ports if device_id is None or p.device_id == device_id])
+    def network_ports(self, device_id=None, device_owner=None, project_id=None):
+        owners = device_owner if isinstance(device_owner, list) else [device_owner]
+        return iter([p for p in self.ports if (device_id is None or p.device_id == device_id)
+                     and (device_owner is None or getattr(p, "device_owner", None) in owners)])
+
+    def network_routers(self):
+        return iter(getattr(self, "routers", []))
 
     def network_ips(self, project_id=None):
         return iter(list(self.fips))

@@ -10,6 +10,7 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.ops.floating_ips import server_ports
 from ivc_tasks.ops.instances import create_request, describe_instance, redacted_request
+from ivc_tasks.ops.ports import addresses_of_port, public_addresses
 from ivc_tasks.ops.resolve import list_floating_ips
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD
@@ -53,7 +54,9 @@ def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationRepor
     view = _View(cloud, p, options, report, old, new, vols,
                  "" if p.decision.kind == CREATE else _fips(cloud, old, new))
     names = plan_phases(p.decision.kind, old_status=old.status if old is not None else None,
-                        wait_for_new=p.decision.wait_for_new)
+                        wait_for_new=p.decision.wait_for_new,
+                        keep_port=p.plan is not None and any(
+                            port is not None for port in p.plan.ports.values()))
     for name in ["preflight", *names]:
         report.phases.append(PhaseRecord(name, note=NOTES[name](view)))
     return report
@@ -85,7 +88,36 @@ def _create(v: _View) -> str:
         "request": redacted_request(body, plan.declared.userdata)}))
     return (f"create server {p.name} generation {gen}: image {plan.image.name}, flavor "
             f"{plan.flavor.name}, networks {', '.join(n.name for n in plan.networks)}; "
-            "wait ACTIVE")
+            "wait ACTIVE" + _addresses(v))
+
+
+def _addresses(v: _View) -> str:
+    """What the rotation does to the old server's public addresses (a note; a warning for
+    each that changes)."""
+    plan, name = v.prepared.plan, v.prepared.name
+    kept = [port for port in plan.ports.values() if port is not None]
+    before = public_addresses([*server_ports(v.cloud, v.old.id), *kept], plan.networks)
+    notes = []
+    for net in plan.networks:
+        if net.name not in before:
+            continue
+        now = ", ".join(before[net.name])
+        if plan.ports.get(net.id) is not None:
+            notes.append(f"keeps {now} on {net.name} (port {plan.ports[net.id].id})")
+            continue
+        notes.append(f"a NEW address on {net.name} (now {now})")
+        fix = ("ivc makes the port now, which keeps the address from the next rotate on"
+               if net.id in plan.ports else
+               f'keep_address = ["{net.name}"] in [servers.{name}] keeps it')
+        v.report.warnings.append(f"server {name}: the rotate changes its public address on "
+                                 f"{net.name} (now {now}); {fix}")
+    return "; " + "; ".join(notes) if notes else ""
+
+
+def _move_port(v: _View) -> str:
+    ports = [port for port in v.prepared.plan.ports.values() if port is not None]
+    return (f"detach port {', '.join(f'{p.id} ({addresses_of_port(p)})' for p in ports)} from "
+            f"the stopped {v.old.id}; the new server is created with it (same IP and MAC)")
 
 
 def _stop(v: _View) -> str:
@@ -115,7 +147,8 @@ def _finish(v: _View) -> str:
 
 NOTES: dict[str, Callable[[_View], str]] = {
     "preflight": _preflight, "rollback": _rollback, "create": _create, "stop": _stop,
-    "move-volumes": _move_volumes, "move-floating-ip": _move_fips, "delete-old": _delete_old,
+    "move-port": _move_port, "move-volumes": _move_volumes, "move-floating-ip": _move_fips,
+    "delete-old": _delete_old,
     "finish": _finish,
 }
 

@@ -31,6 +31,7 @@ RUNNERS = {
     "rollback": rollback.resume_rollback,
     "create": forward.create,
     "stop": forward.stop_old,
+    "move-port": forward.move_port,
     "move-volumes": forward.move_volumes,
     "move-floating-ip": forward.move_floating_ips,
     "delete-old": forward.delete_old,
@@ -65,6 +66,12 @@ class Rotation:
         self._forward_ready = False
 
     @property
+    def keep_port(self) -> bool:
+        """Whether a kept port (``keep_address``) exists to move: it moves before create."""
+        plan = self.prepared.plan
+        return plan is not None and any(p is not None for p in plan.ports.values())
+
+    @property
     def boot_timeout(self) -> float:
         return self.options.boot_timeout or self.cloud.boot_timeout
 
@@ -94,14 +101,16 @@ class Rotation:
             if not self.prepared.decision.wait_for_new:
                 self.new = get_server(self.cloud, self.new.id) or self.new
         names = plan_phases(self.kind, old_status=self.old.status if self.old else None,
-                            wait_for_new=self.prepared.decision.wait_for_new)
+                            wait_for_new=self.prepared.decision.wait_for_new,
+                            keep_port=self.keep_port)
         self.execute(names)
         self.report.outcome = OUTCOMES[ROLLBACK] if self.rotated_again else \
             "adopted" if self.prepared.decision.adopt else OUTCOMES[self.kind]
 
     def execute(self, names: list[str]) -> None:
         for name in names:
-            if name not in ("rollback", "create") and not self._forward_ready:
+            if name not in ("rollback", "create") and not self._forward_ready \
+                    and self.new is not None:  # (a kept port moves before the new server)
                 self._ready_forward()
             if name == POINT_OF_NO_RETURN:
                 self.no_return = True
@@ -150,7 +159,7 @@ class Rotation:
         """After a resumed rotation was rolled back: the run was asked to rotate, so rotate."""
         self.report.phases.append(PhaseRecord("rotate-again", note="after the rollback"))
         self.prepare_again()
-        self.execute(plan_phases(ROTATE, old_status=self.old.status))
+        self.execute(plan_phases(ROTATE, old_status=self.old.status, keep_port=self.keep_port))
 
     def prepare_again(self) -> None:
         """Reset to a plain rotation of the old server as the cloud shows it now."""

@@ -10,17 +10,23 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ivc_tasks.errors import CloudError
 from ivc_tasks.ops.attachments import move_volume
 from ivc_tasks.ops.floating_ips import ensure_floating_ip, move_floating_ips as move_fips
-from ivc_tasks.ops.floating_ips import server_ports
+from ivc_tasks.ops.floating_ips import is_public, server_ports
 from ivc_tasks.ops.instances import apply_instance, create_request, redacted_request
 from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.ops.ports import (
+    PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, address_changes, addresses_of_port, detach_port,
+    ensure_kept_ports, get_port, port_tags, public_addresses, set_move_tags,
+)
 from ivc_tasks.ops.resolve import forget, list_floating_ips
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.rotate.decide import CREATE
 from ivc_tasks.ops.rotate.markers import clear_markers, new_server_markers
 from ivc_tasks.ops.servers import (
-    META_ROLE, META_ROTATION, generation, managed_servers, server_metadata, server_state,
+    META_ROLE, META_ROTATION, META_WAS, generation, managed_servers, server_metadata,
+    server_state,
     volume_key,
 )
 from ivc_tasks.ops.waits import (
@@ -50,10 +56,36 @@ def create(r: Rotation) -> None:
             r.new = wait_server(r.cloud, r.new.id, f"new server {r.name}", "ACTIVE",
                                 r.boot_timeout)
         return
-    with r.phase("create"):
+    with r.phase("create") as record:
+        before = _public_addresses(r, r.old.id)
         r.new = _create_new(r, _old_fips(r))
         r.new = wait_server(r.cloud, r.new.id, f"new server {r.name}", "ACTIVE", r.boot_timeout)
         log.info("new server %s (%s) is ACTIVE", r.name, r.new.id)
+        record.note = _report_addresses(r, before, _public_addresses(r, r.new.id, kept=False))
+
+
+def _public_addresses(r: Rotation, server_id: str, *, kept: bool = True
+                      ) -> dict[str, list[str]]:
+    """The server's addresses on its public networks (one request), with the kept ports' (the
+    old server's, moving: detached from it by now)."""
+    plan = r.prepared.plan
+    ports = [p for p in plan.ports.values() if p is not None] if kept else []
+    return public_addresses([*server_ports(r.cloud, server_id), *ports], plan.networks)
+
+
+def _report_addresses(r: Rotation, before: dict, after: dict) -> str:
+    """Record the public addresses' fate (``addresses`` in the report); the phase's note."""
+    kept_names = {n.name for n in r.prepared.plan.networks if r.prepared.plan.ports.get(n.id)}
+    r.report.addresses = address_changes(before, after, kept_names)
+    for change in r.report.addresses:
+        if not change["kept"] and change["old"] != change["new"]:
+            r.report.warnings.append(
+                f"server {r.name}: its public address on {change['network']} changed: "
+                f"{', '.join(change['old']) or '-'} -> {', '.join(change['new']) or '-'} "
+                f"(keep_address = [\"{change['network']}\"] keeps it across rotations)")
+    return "; ".join(f"{c['network']}: {', '.join(c['old']) or '-'}"
+                     + (" kept" if c["kept"] else f" -> {', '.join(c['new']) or '-'}")
+                     for c in r.report.addresses)
 
 
 def _old_fips(r: Rotation) -> dict[str, tuple[str, str]]:
@@ -80,7 +112,15 @@ def new_server_request(r: Rotation, fips: dict[str, tuple[str, str]]) -> tuple[d
 
 def _create_new(r: Rotation, fips: dict[str, tuple[str, str]]) -> Any:
     plan = r.prepared.plan
+    r.report.actions += ensure_kept_ports(r.cloud, r.name, plan.ports, plan.networks, [
+        i for g in plan.groups if (i := plan.groups[g] or r.prepared.group_ids.get(g))])
     body, gen = new_server_request(r, fips)
+    kept = {p.id: p for p in plan.ports.values() if p is not None}
+    body["metadata"].update({PORT_KEY_PREFIX + pid: p.network_id for pid, p in kept.items()})
+    was = next((port_tags(p).get(TAG_WAS) for p in kept.values() if port_tags(p).get(TAG_WAS)
+                and port_tags(p).get(TAG_FROM) == r.old_id), None)
+    if was:  # the old server's status before this rotation stopped it (a resumed move)
+        body["metadata"][META_WAS] = was
     rotation = r.cloud.run_id
     log.info("creating server %s generation %d (image %s, flavor %s)", r.name, gen,
              plan.image.name, plan.flavor.name)
@@ -101,6 +141,34 @@ def _create_new(r: Rotation, fips: dict[str, tuple[str, str]]) -> Any:
     r.report.actions.append(Action("create", "server", r.name, f"generation {gen}", {
         "id": new.id, "request": redacted_request(body, plan.declared.userdata)}))
     return new
+
+
+# -- a kept port ---------------------------------------------------------------------------
+def move_port(r: Rotation) -> None:
+    """The kept ports off the stopped old server, for the new server's create request: each is
+    tagged with the move first (the new server that will record it does not exist yet), then
+    detached (Nova unbinds a port it was given; it stays, with its IP and MAC)."""
+    plan = r.prepared.plan
+    with r.phase("move-port") as record:
+        r.outage_start = r.outage_start or r.cloud.clock()
+        notes = []
+        for net_id, port in plan.ports.items():
+            if port is None:
+                continue
+            fresh = get_port(r.cloud, port.id)
+            if fresh is None:
+                raise CloudError(f"server {r.name}: its kept port {port.id} is gone")
+            if port_tags(fresh).get(TAG_FROM) != r.old_id:
+                was = r.old_listed.status if r.old_listed is not None else None
+                set_move_tags(r.cloud, fresh, r.cloud.run_id, r.old_id, was)
+            if detach_port(r.cloud, r.old_id, fresh, f"server {r.name}"):
+                r.report.actions.append(Action("detach", "port", fresh.id,
+                                               f"{addresses_of_port(fresh)} from old server "
+                                               f"{r.old_id}", {"id": fresh.id,
+                                                               "from": r.old_id}))
+            plan.ports[net_id] = get_port(r.cloud, port.id) or fresh
+            notes.append(f"{fresh.id} ({addresses_of_port(fresh)}) off {r.old_id}")
+        record.note = "; ".join(notes)
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -153,7 +221,8 @@ def move_floating_ips(r: Rotation) -> None:
     declared, give the new server one."""
     plan = r.prepared.plan
     with r.phase("move-floating-ip") as record:
-        order = [n.id for n in plan.networks if not n.is_router_external]
+        order = plan.floating.internal_network_ids if plan.floating is not None else \
+            [n.id for n in plan.networks if not is_public(n)]
         actions, placed = move_fips(r.cloud, r.fips, r.new, f"new server {r.name}",
                                     back_to_recorded_port=False, internal_order=order)
         r.report.actions += actions
@@ -182,3 +251,7 @@ def finish(r: Rotation) -> None:
     with r.phase("finish"):
         clear_markers(r.cloud, r.new.id, f"server {r.name}",
                       known=None if r.metadata_changed else r.new)
+        for port in r.prepared.plan.ports.values():  # the kept ports' move tags
+            fresh = get_port(r.cloud, port.id) if port is not None else None
+            if fresh is not None and port_tags(fresh):
+                set_move_tags(r.cloud, fresh, None, None, None)

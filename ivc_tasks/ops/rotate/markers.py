@@ -3,8 +3,11 @@
 The create request itself writes them, so there is no window where a server exists unmarked:
 ``ivc_rotation`` (the rotation id), ``ivc_role=new``, ``ivc_replaces=<old id>``, ``ivc_was=<the
 old server's status>``, one ``ivc_fip:<floating ip id>=<port id> <network id>`` per floating IP
-on the old server's ports; a rollback that starts adds ``ivc_rollback=1``. The old server is
-never marked (Nova refuses to change the metadata of a server in ERROR). ``finish`` clears them.
+on the old server's ports, one ``ivc_port:<port id>=<network id>`` per kept port it was made
+with (``keep_address``; while that port moves, before the new server exists, the port's own
+tags record the move: ``ops/ports.py``); a rollback that starts adds ``ivc_rollback=1``. The old
+server is never marked (Nova refuses to change the metadata of a server in ERROR). ``finish``
+clears them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.ops.servers import (
     FIP_KEY_PREFIX, META_REPLACES, META_ROLE, META_ROLLBACK, META_ROTATION, META_WAS,
 )
+from ivc_tasks.ops.ports import PORT_KEY_PREFIX  # ivc_port:<kept port id> = <network id>
 from ivc_tasks.ops.waits import get_server
 
 MARKER_KEYS = (META_ROTATION, META_ROLE, META_REPLACES, META_WAS, META_ROLLBACK)
@@ -25,7 +29,7 @@ UNMARKABLE = ("ERROR", "BUILD")
 
 def is_marker(key: str) -> bool:
     """Return True for the metadata keys that record a rotation under way."""
-    return key in MARKER_KEYS or key.startswith(FIP_KEY_PREFIX)
+    return key in MARKER_KEYS or key.startswith((FIP_KEY_PREFIX, PORT_KEY_PREFIX))
 
 
 def markers_of(server: Any | None) -> dict[str, str]:

@@ -7,6 +7,8 @@ dry run describes, so the two cannot drift.
                     the markers in its metadata; the old server is untouched) and wait ACTIVE;
                     resuming: wait for the new server the crashed run made.
   stop              stop the old server gracefully, wait SHUTOFF (``--no-stop`` skips).
+  move-port         only with a kept port (``keep_address``), and then BEFORE create: see
+                    ``KEPT_PORT_FIRST`` below.
   move-volumes      each declared volume: detach from the old server, wait available, attach
                     to the new one, wait in-use (side by side).
   move-floating-ip  ONE update of each floating IP's port_id, to the new server's port.
@@ -23,9 +25,15 @@ from __future__ import annotations
 
 from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
 
-PHASES = ("preflight", "rollback", "create", "stop", "move-volumes", "move-floating-ip",
-          "delete-old", "finish")
+PHASES = ("preflight", "rollback", "create", "stop", "move-port", "move-volumes",
+          "move-floating-ip", "delete-old", "finish")
 POINT_OF_NO_RETURN = "delete-old"
+# A server with a kept port (``keep_address``, ``ops/ports.py``) is stopped and its port
+# detached BEFORE the new server is made with it (one port, one server at a time):
+#   move-port       tag the port with the move under way (the new server does not exist yet to
+#                   hold a marker), detach it from the stopped old server, wait until free;
+#                   ``create`` then boots the new server with it (same IP, same MAC).
+KEPT_PORT_FIRST = ["stop", "move-port"]
 
 
 def after_create(old_status: str | None) -> list[str]:
@@ -37,14 +45,20 @@ def after_create(old_status: str | None) -> list[str]:
     return ["stop", "move-volumes", "move-floating-ip", "delete-old", "finish"]
 
 
-def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False) -> list[str]:
+def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False,
+                keep_port: bool = False) -> list[str]:
     """The phases after preflight for a decision ``kind`` (see ``decide.py``).
 
     :param old_status: the old server's status as listed (None: it is gone).
     :param wait_for_new: resuming a rotation whose new server is still booting.
+    :param keep_port: the server has a kept port to move (``keep_address``): stop, move-port,
+        then create (an old server in ERROR or gone: the usual order).
     """
     if kind == CREATE:
         return ["create"]
+    if keep_port and kind in (ROTATE, ROLLBACK) and old_status not in (None, "ERROR"):
+        rest = [p for p in after_create(old_status) if p != "stop"]
+        return (["rollback"] if kind == ROLLBACK else []) + KEPT_PORT_FIRST + ["create", *rest]
     if kind == ROTATE:
         return ["create", *after_create(old_status)]
     if kind == ROLLBACK:

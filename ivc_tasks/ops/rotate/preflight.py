@@ -21,6 +21,7 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.ops.attachments import VOLUME_BUSY, volume_holders
+from ivc_tasks.ops.floating_ips import server_floating_ip
 from ivc_tasks.ops.instances import InstancePlan, plan_instance
 from ivc_tasks.ops.lock import lock_name, parse_holder
 from ivc_tasks.ops.resolve import list_keypairs, list_servers, list_volumes, pick
@@ -63,8 +64,8 @@ class Prepared:
         return self.declared.name
 
 
-def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterable[str]
-                     ) -> InstancePlan:
+def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterable[str],
+                     replacing: Iterable[str] = ()) -> InstancePlan:
     """Resolve everything a NEW server for ``name`` needs, even though one exists.
 
     ``plan_instance`` resolves only when it finds no server, so it is given a view of the cloud
@@ -74,9 +75,22 @@ def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterab
     view.cache["servers"] = [s for s in list_servers(cloud) if not is_managed(s, cloud.env, name)
                              and s not in unmanaged_twins(cloud, name)]
     plan = plan_instance(view, spec, name, pending_groups=set(pending_groups),
-                         boot_volumes=False)
+                         boot_volumes=False, replacing=set(replacing))
     cloud.cache.update({k: v for k, v in view.cache.items() if k != "servers"})
     return plan
+
+
+def check_floating_choice(cloud: Cloud, prepared: Prepared) -> None:
+    """No external network chosen for a new floating IP is an error only when one is needed:
+    when no server of the rotation holds one to move (moving one needs no choice).
+
+    :raises ConfigError: one is needed, and several external networks leave it open.
+    """
+    floating = prepared.plan.floating if prepared.plan is not None else None
+    if floating is None or floating.network is not None:
+        return
+    if not any(server_floating_ip(cloud, s)[1] is not None for s in prepared.servers.values()):
+        raise ConfigError(floating.problem)
 
 
 def adopted_server(cloud: Cloud, spec: Spec, name: str, ref: str) -> Any:
@@ -151,8 +165,9 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         prepared.plan = plan_instance(cloud, spec, name, pending_groups=set(pending_groups))
         prepared.volumes = {ref: v.id for ref, v in prepared.plan.boot_volumes.items()}
         return prepared
-    prepared.plan = _plan_new_server(cloud, spec, name, pending_groups)
+    prepared.plan = _plan_new_server(cloud, spec, name, pending_groups, replacing=servers)
     old = decision.old
+    check_floating_choice(cloud, prepared)
     if decision.adopt and adopt.name != name:
         prepared.warnings.append(f"server {name}: adopting {adopt.name!r} ({adopt.id}): the "
                                  f"new server is named {name!r}")

@@ -42,11 +42,14 @@ class RotationReport:
     warnings: list[str] = field(default_factory=list)
     outage_seconds: float | None = None
     error: str | None = None
+    # the public addresses: [{"network", "old": [ip], "new": [ip], "kept": bool}]
+    addresses: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "decision": self.decision, "reason": self.reason,
                 "outcome": self.outcome, "old_id": self.old_id, "new_id": self.new_id,
                 "generation": self.generation, "outage_seconds": _round(self.outage_seconds),
+                "addresses": self.addresses,
                 "phases": [p.to_dict() for p in self.phases],
                 "actions": [a.to_dict() for a in self.actions], "warnings": self.warnings,
                 "error": self.error}
@@ -104,6 +107,10 @@ class RotateResult:
             if r.outage_seconds is not None:
                 head += f"; outage {r.outage_seconds:.1f} s"
             out.append(head)
+            out += [f"  address on {a['network']}: {', '.join(a['old']) or '-'} "
+                    + ("kept" if a["kept"] else f"-> {', '.join(a['new']) or '-'}"
+                       + (" (changed)" if a["old"] != a["new"] else ""))
+                    for a in r.addresses]
             out += [f"  {p.name}: {p.seconds:.1f} s" + (f" ({p.note})" if p.note else "")
                     + ("" if p.ok else " FAILED") for p in r.phases]
         return out

@@ -20,6 +20,10 @@ from ivc_tasks.ops.attachments import move_volume, volume_holders
 from ivc_tasks.ops.floating_ips import move_floating_ips
 from ivc_tasks.ops.lock import LockLost
 from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.ops.ports import (
+    PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, addresses_of_port, attach_port, detach_port, get_port,
+    port_tags, set_move_tags,
+)
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
 from ivc_tasks.ops.rotate.report import PhaseRecord
@@ -82,7 +86,10 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
         raise CloudError(f"the old server {old_id} is gone; nothing to roll back to")
     new = get_server(cloud, new_id) if new_id else None
     fips = fip_markers(markers_of(old)) or fip_markers(markers_of(new))
+    kept = _kept_ports(r, new)
     was = (markers_of(old).get(META_WAS) or markers_of(new).get(META_WAS)
+           or next((port_tags(p)[TAG_WAS] for p in kept if port_tags(p).get(TAG_FROM) == old_id
+                    and port_tags(p).get(TAG_WAS)), None)
            or (r.old_listed.status if r.old_listed is not None and r.old_listed.id == old_id
                else None) or old.status)
     if new is not None and new.status not in UNMARKABLE \
@@ -105,6 +112,17 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
         for ref, vid in r.prepared.volumes.items() if vid in had}
     for actions in run_side_by_side(jobs).values():
         r.report.actions += actions
+    for port in kept:  # before the old server starts: a NIC present at boot
+        if port_tags(port).get(TAG_FROM) != old_id and port.device_id != old_id:
+            continue  # made for the new server (never the old one's): deleting it frees it
+        if new is not None and detach_port(cloud, new.id, port, f"new server {r.name}"):
+            r.report.actions.append(Action("detach", "port", port.id, f"from new server {new.id}",
+                                           {"id": port.id, "from": new.id}))
+        if attach_port(cloud, old_id, port, f"old server {r.name}"):
+            r.report.actions.append(Action("attach", "port", port.id, f"{addresses_of_port(port)}"
+                                           f" back to old server {old_id}",
+                                           {"id": port.id, "to": old_id}))
+        set_move_tags(cloud, get_port(cloud, port.id) or port, None, None, None)
     old = wait_power_settled(cloud, get_server(cloud, old_id) or old, f"server {r.name}",
                              cloud.stop_timeout)
     if was == "ACTIVE" and old.status == "SHUTOFF":
@@ -119,6 +137,15 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
     clear_markers(cloud, old_id, f"server {r.name}")
     r.report.new_id = None
     r.report.generation = generation(old)
+
+
+def _kept_ports(r: Rotation, new: Any | None) -> list[Any]:
+    """The kept ports (``keep_address``) as Neutron shows them now: the plan's, and those the
+    new server records (``ivc_port:``); gone ones are left out."""
+    plan = r.prepared.plan
+    ids = [p.id for p in (plan.ports.values() if plan is not None else ()) if p is not None]
+    ids += [k[len(PORT_KEY_PREFIX):] for k in markers_of(new) if k.startswith(PORT_KEY_PREFIX)]
+    return [p for pid in dict.fromkeys(ids) if (p := get_port(r.cloud, pid)) is not None]
 
 
 def _volumes_of_old(r: Rotation, old: Any) -> set[str]:
