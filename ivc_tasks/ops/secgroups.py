@@ -18,9 +18,8 @@ no tags and cannot be updated). ``--prune`` deletes only the undeclared rules ma
 current environment: another environment's rules in a shared group, and rules no environment
 made (by hand, or by ivc before environments), are never deleted; the latter are reported.
 Neutron's default egress rules are part of a group unless it says ``default_egress = false``
-or declares egress rules of its own (``secgroup_rules.default_egress_wanted``): then a group
-this run creates loses them at once, an existing one with --prune (unless another environment
-shares it).
+or declares egress rules of its own (``secgroup_rules.default_egress_wanted``): then --prune
+deletes them, unless another environment shares the group. Without --prune nothing is deleted.
 """
 
 from __future__ import annotations
@@ -195,12 +194,12 @@ def _is_default_egress(rule: Any) -> bool:
 def _undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str],
                         env: str) -> str:
     texts = "; ".join(rule_text(r, names_by_id) for r in rules)
-    note = ""
+    note = f"made in environment {env}"
     if any(_is_default_egress(r) for r in rules):
-        note = (" (Neutron's default egress among them: the group has default_egress = false "
-                "or declares egress rules of its own, which replace it)")
-    return (f"security group {name}: {len(rules)} undeclared rule(s) of environment {env} kept "
-            f"({texts}); --prune deletes them{note}")
+        note = ("Neutron's default egress among them: default_egress = false, or the egress rules "
+                "the group declares, replace it")
+    return (f"security group {name}: {len(rules)} undeclared rule(s) kept ({texts}); --prune "
+            f"deletes them ({note})")
 
 
 def _unmanaged_warning(gp: GroupPlan, rules: Sequence[Any], names_by_id: Mapping[str, str]
@@ -239,7 +238,7 @@ def _planned_actions(plan: SecGroupsPlan, env: str) -> tuple[list[Action], list[
         actions += [Action("create", "security_group_rule", name, rule_text(body, names_by_id))
                     for body in gp.rules.create]
         undeclared = gp.rules.delete
-        if undeclared and (plan.prune or gp.existing is None):  # a new group's: at once
+        if undeclared and plan.prune:
             actions += [Action("delete", "security_group_rule", name,
                                rule_text(rule, names_by_id),
                                {"id": rule["id"]} if rule.get("id") else {})
@@ -262,7 +261,6 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
     ids = dict(plan.ids)
     tag = group_tag(cloud.env)
     current_rules: dict[str, list[Any]] = {}
-    created: set[str] = set()
     for gp in plan.groups:
         name = gp.declared.name
         if gp.existing is None:
@@ -276,7 +274,6 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
                                          gp.declared.description, {"id": group.id}))
             ids[name] = group.id
             current_rules[name] = list(group.security_group_rules or [])
-            created.add(name)
         else:
             group = gp.existing
             current_rules[name] = list(gp.existing.security_group_rules or [])
@@ -302,7 +299,7 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
         name = gp.declared.name
         rules = group_rules(cloud, gp.declared, current_rules[name], ids, gp.shared_with)
         undeclared = rules.delete
-        if undeclared and not plan.prune and name not in created:
+        if undeclared and not plan.prune:
             result.warnings.append(_undeclared_warning(name, undeclared, names_by_id, cloud.env))
             undeclared = []
         if rules.unmanaged:

@@ -61,17 +61,20 @@ def test_a_rerun_in_a_second_environment_tags_once_then_costs_one_listing(tmp_pa
     assert [c[0] for c in conn.calls] == ["network.security_groups"]
 
 
-def test_default_egress_false_removes_them_from_a_new_group_at_once(tmp_path):
+def test_default_egress_false_is_said_then_pruned(tmp_path):
     conn = FakeConnection()
     extra = "default_egress = false\n"
     plan = run(conn, "a", 22, extra=extra, dry_run=True, tmp_path=tmp_path)
     assert [(a.verb, a.summary) for a in plan.actions if a.kind == "security_group_rule"] == [
-        ("create", "ingress IPv4 tcp 22 (ivc:a from a)"), ("delete", "egress IPv4 any"),
-        ("delete", "egress IPv6 any")]
+        ("create", "ingress IPv4 tcp 22 (ivc:a from a)")]
+    assert len(plan.warnings) == 1 and "Neutron's default egress among them" in plan.warnings[0]
     result = run(conn, "a", 22, extra=extra, tmp_path=tmp_path)
-    assert [a.verb for a in result.actions] == ["create", "tag", "create", "delete", "delete"]
+    assert [a.verb for a in result.actions] == ["create", "tag", "create"]  # nothing deleted
+    assert result.warnings == plan.warnings
+    pruned = run(conn, "a", 22, extra=extra, prune=True, tmp_path=tmp_path)
+    assert [a.summary for a in pruned.actions] == ["egress IPv4 any", "egress IPv6 any"]
     assert ports(conn.groups[0]) == [("ingress", 22, "ivc:a from a")]
-    assert not run(conn, "a", 22, extra=extra, tmp_path=tmp_path).changed
+    assert not run(conn, "a", 22, extra=extra, prune=True, tmp_path=tmp_path).changed
 
 
 def test_declared_egress_replaces_the_defaults_of_an_existing_group_on_prune(tmp_path):
