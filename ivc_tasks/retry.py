@@ -134,6 +134,34 @@ class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801 (tenacity's namin
         return self.fallback(retry_state)
 
 
+class Throttle:
+    """A 429's ``Retry-After`` for the whole run: every worker waits it out before its next
+    request, not only the one that got it (that one waits through its own retry)."""
+
+    def __init__(self, clock: Any = None):
+        import threading  # noqa: PLC0415
+        import time  # noqa: PLC0415
+
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self.until = 0.0
+
+    def note(self, exc: BaseException) -> None:
+        """Record the pause a 429 asks for (capped as the retry caps it)."""
+        delay = retry_after_seconds(exc)
+        if delay:
+            with self._lock:
+                self.until = max(self.until, self._clock() + min(delay, RETRY_AFTER_CAP))
+
+    def wait(self, sleep: Any, operation: str) -> None:
+        """Sleep until the pause is over (at once when there is none)."""
+        left = self.until - self._clock()
+        if left > 0:
+            log.info("%s: waiting %.1f s (the cloud asked this run to slow down: 429)",
+                     operation, left)
+            sleep(left)
+
+
 def _log_before_sleep(operation: str, attempts: int):
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None

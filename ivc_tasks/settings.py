@@ -33,6 +33,7 @@ _NUMBERS: dict[str, tuple[str, float, type]] = {
     "IVC_RETRY_ATTEMPTS": ("retry_attempts", 6, int),
     "IVC_RETRY_MAX_SECONDS": ("retry_max_seconds", 120.0, float),
     "IVC_LOCK_TTL": ("lock_ttl", 3600.0, float),
+    "IVC_PARALLEL": ("parallel", 1, int),  # deploy and rotate: servers at once (--parallel)
 }
 DEFAULTS: dict[str, float] = {attr: default for attr, default, _ in _NUMBERS.values()}
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,6 +67,7 @@ class Settings:
     retry_attempts: int = int(DEFAULTS["retry_attempts"])
     retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
     lock_ttl: float = DEFAULTS["lock_ttl"]
+    parallel: int = int(DEFAULTS["parallel"])
     floating_network: str | None = None
     os_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -277,6 +277,7 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
     keystone = [s for s in services if s.name == "keystone"]
     rest = [s for s in services if s.role != "infra" and s.name != "keystone"]
     with machine_lock(say):
+        _apply_latency_env(layout, say)
         if ready(layout, services):
             secrets = load_secrets(layout)
             seed.write_clouds_yaml(layout, secrets)
@@ -284,7 +285,6 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
             result.databases = "reused"
             say(f"all {len(services)} services already running and answering; nothing to do")
             result.seconds = time.monotonic() - t0
-        _apply_latency_env(layout, say)
             return result
         bootstrap.ensure_debian_packages(say)
         result.installed = bootstrap.ensure_venv(layout, say)
@@ -359,15 +359,6 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
     return stopped
 
 
-def status(layout: Layout | None = None) -> list[dict]:
-    """Each service: its role, port, PID (ours or the machine's) and whether it answers; the
-    fake driver services also say the latency mode (``latency``) and whether they honour it."""
-    layout = layout or default_layout()
-    rows = []
-    for service in all_services(layout):
-        proc = _recorded(layout, service)
-        pid, owner = (proc.pid, "devcloud") if proc else (None, None)
-        if not proc and service.port:
 # -- simulated latency (the fake drivers read state/latency at each operation; see
 # plugin/ivc_devcloud_plugin/latency.py) -------------------------------------------------------
 LATENCY_SERVICES = ("nova-compute", "cinder-volume")
@@ -453,14 +444,26 @@ def _apply_latency_env(layout: Layout, say) -> None:
             layout.pidfile(service.name).unlink(missing_ok=True)
 
 
+def status(layout: Layout | None = None) -> list[dict]:
+    """Each service: its role, port, PID (ours or the machine's) and whether it answers; the
+    fake driver services also say the latency mode (``latency``) and whether they honour it."""
+    layout = layout or default_layout()
+    lat = latency(layout)
+    rows = []
+    for service in all_services(layout):
+        proc = _recorded(layout, service)
+        pid, owner = (proc.pid, "devcloud") if proc else (None, None)
+        if not proc and service.port:
             holder = procs.listener_pid(service.port)
             if holder:
                 pid, owner = holder, "other"
-    lat = latency(layout)
         running = pid is not None
         rows.append({"service": service.name, "role": service.role, "port": service.port,
                      "pid": pid, "owner": owner, "running": running,
                      "answering": running and _answers(service)})
+        if service.name in LATENCY_SERVICES:
+            rows[-1]["latency"] = lat["mode"] if lat["honoured_by"][service.name] else \
+                f"{lat['mode']} (not honoured: restart it with DEVCLOUD_LATENCY set and devcloud.up)"
     return rows
 
 
@@ -469,9 +472,6 @@ def reset(layout: Layout | None = None, say=None) -> UpResult:
 
     The next ``up`` rebuilds the databases because the ownership stamp is gone.
     """
-        if service.name in LATENCY_SERVICES:
-            rows[-1]["latency"] = lat["mode"] if lat["honoured_by"][service.name] else \
-                f"{lat['mode']} (not honoured: restart it with DEVCLOUD_LATENCY set and devcloud.up)"
     layout = layout or default_layout()
     say = say or Progress()
     with machine_lock(say):

@@ -13,6 +13,7 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError
+from ivc_tasks.ops.poller import VOLUMES, poll
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.waits import get_volume
 
@@ -105,8 +106,8 @@ def wait_volume(cloud: Cloud, volume_id: str, ref: str, wanted: str,
             return f"is still in-use ({volume_id}): the detach did not happen"
         return None
 
-    return cloud.poll(f"volume {ref}", lambda: get_volume(cloud, volume_id),
-                      lambda v: "gone" if v is None else v.status,
+    return poll(cloud, VOLUMES, volume_id, f"volume {ref}", lambda: get_volume(cloud, volume_id),
+                lambda v: "gone" if v is None else v.status,
                       done=lambda v: v is not None and done(v), failed=failed, timeout=timeout,
                       eager=eager)
 
@@ -134,9 +135,9 @@ def _settled(volume: Any | None) -> bool:
 
 def wait_settled(cloud: Cloud, volume_id: str, ref: str, timeout: float) -> None:
     """Wait until the volume is in no transitional state (or gone)."""
-    cloud.poll(f"volume {ref}", lambda: get_volume(cloud, volume_id),
-               lambda v: "gone" if v is None else v.status,
-               done=_settled, failed=lambda v: None, timeout=timeout, eager=True)
+    poll(cloud, VOLUMES, volume_id, f"volume {ref}", lambda: get_volume(cloud, volume_id),
+         lambda v: "gone" if v is None else v.status,
+         done=_settled, failed=lambda v: None, timeout=timeout, eager=True)
 
 
 # -- moving a volume -----------------------------------------------------------------------

@@ -4,10 +4,18 @@ Everything is planned before anything changes: the security groups, and for each
 image, flavor, networks, groups, keypair and volumes, so that a bad reference is a ConfigError
 (exit 2) with nothing touched. Then the steps run in order and stop at the first failure,
 which ``DeployFailed`` reports together with the steps that did run.
+
+With ``parallel`` > 1 (``--parallel``, ``IVC_PARALLEL``), the security groups (and keypairs)
+come first, then each server's create-instance and attach-volume run side by side, up to
+``parallel`` servers at once, their waits served by one shared poller (``ops.poller``). The
+first failure stops new work (servers not started are left alone), running ones finish, and
+``DeployFailed`` names each server: changed or not, failed, not started. Each log line of a
+server's job starts with its name; the result ends with one summary line per server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +24,11 @@ from ivc_tasks.errors import IvcError
 from ivc_tasks.ops.instances import (
     apply_instance, apply_keypairs, describe_instance, plan_instance, take_keypairs,
 )
-from ivc_tasks.ops.resolve import list_security_groups, list_servers, prefetch
+from ivc_tasks.ops.parallel import run_jobs
+from ivc_tasks.ops.poller import shared_poller
+from ivc_tasks.ops.resolve import forget, list_security_groups, list_servers, prefetch
 from ivc_tasks.ops.result import StepResult
+from ivc_tasks.ops.servers import made_by_run
 from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
 from ivc_tasks.ops.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 from ivc_tasks.spec import Spec
@@ -26,11 +37,35 @@ STEP = "deploy"
 
 
 @dataclass
+class ServerSummary:
+    """How one server's part of a parallel deploy ended: ``outcome`` is ``done``, ``failed``
+    or ``not started``."""
+
+    name: str
+    outcome: str
+    changed: bool = False
+    seconds: float = 0.0
+    failed_step: str | None = None
+    error: str | None = None
+
+    def line(self) -> str:
+        if self.outcome == "not started":
+            return f"{self.name}: not started (an earlier server failed), unchanged"
+        what = "changed" if self.changed else "unchanged"
+        if self.outcome == "failed":
+            return f"{self.name}: FAILED at {self.failed_step} after {self.seconds:.1f} s " \
+                   f"({what}): {self.error}"
+        return f"{self.name}: done in {self.seconds:.1f} s ({what})"
+
+
+@dataclass
 class DeployResult:
-    """The steps that ran (or would run, in a dry run), in order."""
+    """The steps that ran (or would run, in a dry run), in order; with ``--parallel``, one
+    summary per server too."""
 
     dry_run: bool = False
     steps: list[StepResult] = field(default_factory=list)
+    servers: list[ServerSummary] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -45,10 +80,13 @@ class DeployResult:
                         for s in self.steps for a in s.actions],
             "steps": [s.to_dict() for s in self.steps],
             "warnings": [w for s in self.steps for w in s.warnings],
+            **({"servers": [dataclasses.asdict(s) for s in self.servers]}
+               if self.servers else {}),
         }
 
     def lines(self) -> list[str]:
-        return [line for step in self.steps for line in step.lines()]
+        return [line for step in self.steps for line in step.lines()] + \
+            [s.line() for s in self.servers]
 
 
 class DeployFailed(IvcError):
@@ -60,18 +98,25 @@ class DeployFailed(IvcError):
     def __init__(self, step: str, target: str | None, cause: IvcError, result: DeployResult):
         self.step, self.target, self.cause, self.result = step, target, cause, result
         self.exit_code = cause.exit_code
+        if result.servers:  # side by side: each server's outcome
+            failed = [s for s in result.servers if s.outcome == "failed"]
+            super().__init__(f"deploy: {len(failed)} of {len(result.servers)} servers failed "
+                             f"({', '.join(s.name for s in failed)}); each server:\n  "
+                             + "\n  ".join(s.line() for s in result.servers))
+            return
         done = ", ".join(f"{s.step}{' ' + s.target if s.target else ''}"
                          f"{' (changed)' if s.changed else ''}" for s in result.steps) or "none"
         where = f"{step} {target}" if target else step
         super().__init__(f"deploy stopped at {where}: {cause}\n  steps completed: {done}")
 
 
-def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | None = None
-           ) -> DeployResult:
+def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | None = None,
+           parallel: int | None = None) -> DeployResult:
     """Plan every step, then run them in order, stopping at the first failure.
 
     :param dry_run: return the plans; change nothing.
     :param timeout: seconds to wait for each server to be ACTIVE (default boot_timeout).
+    :param parallel: servers at once (default ``cloud.parallel``, i.e. IVC_PARALLEL, 1).
     :raises ConfigError: invalid input or a missing resource (before any change).
     :raises CloudError: a listing failed while planning (before any change).
     :raises DeployFailed: a step failed; earlier steps' changes stay.
@@ -108,6 +153,10 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     group_ids = {**sg_plan.ids, **groups.info.get("ids", {})}
     if keypairs:
         run("ensure-keypairs", None, apply_keypairs, cloud, keypairs)
+    workers = cloud.parallel if parallel is None else parallel
+    if workers > 1 and len(instance_plans) > 1:
+        return _side_by_side(cloud, spec, instance_plans, attach_plans, group_ids, result,
+                             timeout=timeout, workers=workers)
     for plan in instance_plans:
         run("create-instance", plan.name, apply_instance, cloud, plan, group_ids=group_ids,
             timeout=timeout)
@@ -116,6 +165,74 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
         run("attach-volume", plan.name, _attach, cloud, spec, plan.name,
             attach_plans.get(plan.name))
     return result
+
+
+class _ServerFailed(Exception):
+    """One server's job failed at ``step``, after the steps in ``done``."""
+
+    def __init__(self, step: str, cause: IvcError, done: list[StepResult]):
+        super().__init__(str(cause))
+        self.step, self.cause, self.done = step, cause, done
+
+
+def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict[str, Any],
+                  group_ids: dict[str, str], result: DeployResult, *, timeout: float | None,
+                  workers: int) -> DeployResult:
+    """Each server's create-instance and attach-volume, up to ``workers`` servers at once.
+
+    :raises DeployFailed: a server failed (the others that had started finished first).
+    """
+    def one(plan: Any) -> list[StepResult]:
+        view = dataclasses.replace(cloud, cache=dict(cloud.cache))  # its own lookups
+        done: list[StepResult] = []
+        step = "create-instance"
+        try:
+            done.append(apply_instance(view, plan, group_ids=group_ids, timeout=timeout))
+            if plan.declared.volumes:
+                step = "attach-volume"
+                done.append(_attach(view, spec, plan.name, attach_plans.get(plan.name)))
+        except IvcError as exc:
+            raise _ServerFailed(step, exc, done) from exc
+        return done
+
+    with shared_poller(cloud):
+        outcomes = run_jobs({p.name: (lambda p=p: one(p)) for p in plans}, workers=workers)
+    forget(cloud, "servers", "volumes", "floating_ips")
+    first: tuple[str, IvcError] | None = None
+    for plan in plans:
+        outcome = outcomes[plan.name]
+        error = outcome.error
+        if isinstance(error, _ServerFailed):
+            steps = error.done
+        elif error is not None:
+            raise error  # not an IvcError: a bug, reported as such by the task
+        else:
+            steps = outcome.value or []
+        result.steps.extend(steps)
+        summary = ServerSummary(plan.name, "done" if outcome.ok else "failed" if outcome.started
+                                else "not started", changed=any(s.changed for s in steps),
+                                seconds=round(outcome.seconds, 1))
+        if isinstance(error, _ServerFailed):
+            summary.failed_step, summary.error = error.step, str(error.cause)
+            first = first or (error.step, error.cause)
+            summary.changed = summary.changed or _changed_before_failing(cloud, plan)
+        result.servers.append(summary)
+    if first is not None:
+        step, cause = first
+        failed = next(s.name for s in result.servers if s.outcome == "failed")
+        raise DeployFailed(step, failed, cause, result)
+    return result
+
+
+def _changed_before_failing(cloud: Cloud, plan: Any) -> bool:
+    """A server whose create-instance failed after its create request (it went to ERROR, or
+    timed out) did change the cloud: a server exists now that did not."""
+    if plan.existing is not None:
+        return False
+    try:
+        return made_by_run(cloud, plan.name) is not None
+    except IvcError:
+        return False
 
 
 def _attach(cloud: Cloud, spec: Spec, name: str, plan: AttachPlan | None) -> StepResult:

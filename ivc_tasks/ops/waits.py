@@ -1,7 +1,8 @@
 """Get a server or volume or learn that it is gone, wait for a state, delete and wait: once,
 for every step (``resolve.get_or_none`` and ``resolve.delete_or_gone`` for any other thing).
 
-Every wait runs on ``Cloud.poll``. ``eager`` polls soon after the request and then less and less
+Every wait runs on ``Cloud.poll``, or on the run's shared poller when several waits run side by
+side (``ops.poller``). ``eager`` polls soon after the request and then less and less
 often (rotate and destroy, where the outage counts); without it the fixed ``poll_interval``
 is used (the steps, fewer requests). A 404 on a GET or a DELETE means "gone", never an error.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.ops.poller import SERVERS, poll
 from ivc_tasks.ops.resolve import delete_or_gone, forget, get_or_none
 from ivc_tasks.ops.servers import fault_message, server_state
 
@@ -50,8 +52,8 @@ def wait_server(cloud: Cloud, server_id: str, what: str, status: str, timeout: f
                     + (f"; {error_hint}" if error_hint else ""))
         return None
 
-    return cloud.poll(what, lambda: get_server(cloud, server_id), server_state,
-                      done=lambda s: s is not None and s.status == status and not s.task_state,
+    return poll(cloud, SERVERS, server_id, what, lambda: get_server(cloud, server_id),
+                server_state, done=lambda s: s is not None and s.status == status and not s.task_state,
                       failed=failed, timeout=timeout, eager=eager)
 
 
@@ -84,7 +86,7 @@ def delete_server_and_wait(cloud: Cloud, server_id: str, what: str, timeout: flo
     there = delete_or_gone(cloud, f"delete {what}",
                            lambda: conn.compute.delete_server(server_id, ignore_missing=False))
     if there:
-        cloud.poll(what, lambda: get_server(cloud, server_id), server_state,
-                   done=lambda s: s is None, failed=lambda s: None, timeout=timeout, eager=True)
+        poll(cloud, SERVERS, server_id, what, lambda: get_server(cloud, server_id), server_state,
+             done=lambda s: s is None, failed=lambda s: None, timeout=timeout, eager=True)
     forget(cloud, "servers")
     return there

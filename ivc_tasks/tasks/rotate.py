@@ -24,7 +24,8 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 @task(aliases=["rotate"], iterable=["name"], help={
     "name": "A declared server to rotate (repeatable; required). A missing server is created; "
             "a half-done rotation is finished or rolled back first.",
-    "parallel": "Rotate up to this many servers at once (default 1).",
+    "parallel": "Rotate up to this many servers at once (default IVC_PARALLEL, 1); the first "
+                "failure stops new work.",
     "stop": "Stop the old server gracefully before moving its volumes (default). "
             "--no-stop detaches them from the running server.",
     "timeout": "Seconds to wait for the new server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
@@ -49,7 +50,7 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
             raise Exit("rotate-instance: --adopt needs a server id or name", code=EXIT_INVALID)
     run_step("rotate-instance",
              lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=RotateOptions(
-                 stop=stop, boot_timeout=seconds, parallel=workers,
+                 stop=stop, boot_timeout=seconds, parallel=workers if parallel is not None else cloud.parallel,
                  adopt=str(adopt).strip() if adopt else None,
                  detach_undeclared=detach_undeclared)),
              json=json)

@@ -8,7 +8,7 @@ touched).
 
 from invoke import task
 
-from ivc_tasks.tasks._common import require, run_step, seconds_flag, usage
+from ivc_tasks.tasks._common import count_flag, require, run_step, seconds_flag, usage
 
 DRY_RUN = "Print the plan and change nothing (reads the cloud to resolve names)."
 JSON = "Print one JSON object on stdout (changed, actions, requests...); progress stays on stderr."
@@ -69,14 +69,18 @@ def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=F
 
 @task(help={
     "timeout": "Seconds to wait for each server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "parallel": "Create servers and attach their volumes up to this many at once (default "
+                "IVC_PARALLEL, 1); the first failure stops new work.",
     "dry_run": DRY_RUN,
     "json": JSON,
 })
-def deploy(c, timeout=None, dry_run=False, json=False):
+def deploy(c, timeout=None, parallel=None, dry_run=False, json=False):
     """Ensure the security groups, then create every declared server and attach its volumes."""
     from ivc_tasks.ops.deploy import deploy as run_deploy  # noqa: PLC0415
 
     with usage("deploy", json=json):
         seconds = seconds_flag(timeout, "--timeout")
+        workers = None if parallel is None else count_flag(parallel, "--parallel")
     run_step("deploy", lambda cloud, spec: run_deploy(cloud, spec, dry_run=dry_run,
-                                                       timeout=seconds), json=json)
+                                                       timeout=seconds, parallel=workers),
+             json=json)

@@ -165,6 +165,9 @@ class FakeConnection:
         self.attach_states: tuple[str, ...] = ("attaching",)
         self.next_boot_fault: str | None = None  # the next created server goes to ERROR so
         self.deleted: list[str] = []  # ids of the servers deleted, in order
+        # the shared poller's list (no arguments: ivc's other listings pass details=True)
+        # advances every server or volume as a GET of each would
+        self.advance_on_list = True
         self._lock = threading.RLock()
         self.network = _Proxy(self, "network")
         self.compute = _Proxy(self, "compute")
@@ -175,7 +178,8 @@ class FakeConnection:
     def _call(self, key: str, method, args: tuple, kwargs: dict):
         with self._lock:
             self.calls.append((key, args, kwargs))
-            self._before_get(key, args)
+            self._before_get(key, args if args or key not in (
+                "compute.servers", "block_storage.volumes") else tuple(kwargs.values()))
             failures = self.failures.get(key)
             if failures:
                 exc, after = failures.pop(0)
@@ -196,6 +200,10 @@ class FakeConnection:
     def _before_get(self, key: str, args: tuple) -> None:
         """A GET of a server or volume: a change under way advances (before the method runs,
         so that a test's stand-in for the method sees it too)."""
+        if key in ("compute.servers", "block_storage.volumes") and not args and \
+                self.advance_on_list:
+            self._advance_listed(key)
+            return
         if key == "compute.get_server" and args:
             found = self.server(_id(args[0]))
         elif key == "block_storage.get_volume" and args:
@@ -468,6 +476,20 @@ class FakeConnection:
         if server.status == "DELETED":
             self._remove(server)
         return server
+
+    def _advance_listed(self, key: str) -> None:
+        """A list of servers or volumes (the shared poller's request): each one listed advances
+        as a GET of it would; a server deleted meanwhile is left out."""
+        if key == "block_storage.volumes":
+            for volume in list(self.volumes):
+                self._advance(volume)
+            return
+        for server in list(self.servers):
+            self._advance(server)
+            try:
+                self.compute_get_server(server.id)  # BUILD -> ACTIVE/ERROR, DELETED -> gone
+            except sdk.NotFoundException:
+                pass
 
     def _advance(self, item: Resource) -> None:
         """One GET of something with a change under way: after enough GETs, the next state."""

@@ -28,7 +28,8 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError, IvcError, Locked
 from ivc_tasks.hints import listed
 from ivc_tasks.ops.lock import ServerLock, acquire_all, release_all
-from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.ops.parallel import run_jobs
+from ivc_tasks.ops.poller import shared_poller
 from ivc_tasks.ops.resolve import (
     find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
     list_security_groups, list_servers, list_volumes, prefetch,
@@ -141,6 +142,9 @@ def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
     def one(p: Prepared) -> None:
         view = dataclasses.replace(cloud, cache=dict(cloud.cache))
         report = reports[p.name]
+        if failures:  # the first failure stops new work; running rotations finish
+            report.error = "not started: another rotation of this run failed first"
+            return
         report.phases.append(PhaseRecord("preflight", preflight_seconds,
                                          note=p.decision.reason))
         try:
@@ -150,8 +154,14 @@ def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
             with guard:
                 failures[p.name] = exc
 
-    run_side_by_side({p.name: (lambda p=p: one(p)) for p in prepared}, workers=options.parallel)
+    several = options.parallel > 1 and len(prepared) > 1
+    with shared_poller(cloud, active=several):  # one list request per interval for all waits
+        outcomes = run_jobs({p.name: (lambda p=p: one(p)) for p in prepared},
+                            workers=options.parallel, label=several)
     forget(cloud, "servers", "volumes", "floating_ips")
+    for outcome in outcomes.values():
+        if outcome.error is not None:  # not an IvcError (those are in failures): a bug
+            raise outcome.error
     if not failures:
         return result
     if len(prepared) == 1:

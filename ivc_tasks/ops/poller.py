@@ -1,0 +1,197 @@
+"""One poller for all the waits of a run: one list request per kind serves every waiter.
+
+A run that waits for several things at once (``deploy --parallel``, ``rotate --parallel``)
+installs a ``Poller`` on its Cloud (``shared_poller``). Each wait then registers with it
+instead of polling on its own; whenever the earliest waiter of a kind is due, ONE request
+fetches that kind for all of them: Nova ``GET /servers/detail``, Cinder ``GET /volumes/detail``
+(neither filters by id for a project member: the project's list, read for the awaited ids).
+While a single waiter of a kind is registered, its own GET is used (fewer bytes, same count).
+
+When a waiter is due follows one schedule (``next_interval``), the same as ``Cloud.poll``'s:
+soon after the request for an eager wait (50 ms), else ``poll_interval``; then 10% of the time
+waited, at most ``LONG_WAIT_CAP`` seconds (never below ``poll_interval``): a 60 s boot costs
+a few dozen list requests whatever the number of servers, and an attach started while boots are
+awaited is still seen within ~0.1 s (its own schedule makes the next list due).
+
+A list that fails (after ``Cloud.call``'s retries) fails the waits it was made for, each with
+the cloud's message; the next waiter to be due makes a fresh request.
+Without a poller installed, ``poll`` is ``Cloud.poll`` (one GET per wait, as before).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud
+from ivc_tasks.errors import CloudError
+
+log = logging.getLogger("ivc")
+T = TypeVar("T")
+SERVERS, VOLUMES = "servers", "volumes"
+GONE_SERVER_STATUSES = ("DELETED", "SOFT_DELETED")
+_NOTHING = object()
+
+
+def next_interval(waited: float, *, poll_interval: float, eager: bool) -> float:
+    """Seconds until the next look at something awaited for ``waited`` seconds."""
+    if poll_interval <= 0:
+        return 0.0
+    floor = min(EAGER_FIRST_POLL, poll_interval) if eager else poll_interval
+    return min(max(poll_interval, LONG_WAIT_CAP), max(floor, EAGER_GROWTH * waited))
+
+
+@dataclass(eq=False)
+class _Waiter:
+    item_id: str
+    fetch_one: Callable[[], Any]
+    due: float
+    fresh: Any = _NOTHING  # what the latest fetch made for this waiter saw
+    error: BaseException | None = None
+
+
+@dataclass
+class _Kind:
+    waiters: list[_Waiter] = field(default_factory=list)
+    fetching: bool = False
+
+
+class Poller:
+    """The run's shared poller (thread-safe). ``requests`` counts the fetches it made."""
+
+    def __init__(self, cloud: Cloud):
+        self.cloud = cloud
+        self._cond = threading.Condition()
+        self._kinds: dict[str, _Kind] = {}
+        self.requests = 0
+        self.list_requests = 0
+
+    # -- what a fetch asks --------------------------------------------------------------------
+    def _list(self, kind: str) -> dict[str, Any]:
+        conn = self.cloud.conn
+        if kind == SERVERS:
+            items = self.cloud.call("list servers (awaited)",
+                                    lambda: list(conn.compute.servers()))
+            return {s.id: s for s in items
+                    if str(s.status).upper() not in GONE_SERVER_STATUSES}
+        if kind == VOLUMES:
+            items = self.cloud.call("list volumes (awaited)",
+                                    lambda: list(conn.block_storage.volumes()))
+            return {v.id: v for v in items}
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def _fetch(self, kind: str, batch: list[_Waiter]) -> None:
+        """Fetch for ``batch`` (called without the lock held); store what each one sees."""
+        try:
+            if len(batch) == 1:
+                found = {batch[0].item_id: batch[0].fetch_one()}
+            else:
+                found = self._list(kind)
+                self.list_requests += 1
+            self.requests += 1
+            for waiter in batch:
+                waiter.fresh = found.get(waiter.item_id)
+        except Exception as exc:  # noqa: BLE001 (handed to each waiter, raised in its thread)
+            for waiter in batch:
+                waiter.error = exc
+
+    def _next(self, kind: str, waiter: _Waiter) -> Any:
+        """Block until a fetch made for ``waiter`` (started after it became due) has ended."""
+        state = self._kinds[kind]
+        clock = self.cloud.clock
+        with self._cond:
+            while waiter.fresh is _NOTHING and waiter.error is None:
+                now = clock()
+                due = min(w.due for w in state.waiters)
+                if state.fetching:
+                    self._cond.wait(timeout=1.0)
+                    continue
+                if now < due:
+                    self._cond.wait(timeout=due - now)
+                    continue
+                batch = list(state.waiters)
+                for w in batch:
+                    w.fresh, w.error = _NOTHING, None
+                state.fetching = True
+                self._cond.release()
+                try:
+                    self._fetch(kind, batch)
+                finally:
+                    self._cond.acquire()
+                    state.fetching = False
+                    self._cond.notify_all()
+            item, error = waiter.fresh, waiter.error
+            waiter.fresh, waiter.error = _NOTHING, None
+        if error is not None:
+            raise error
+        return item
+
+    def wait(self, kind: str, item_id: str, what: str, fetch_one: Callable[[], T],
+             state: Callable[[T], str], *, done: Callable[[T], bool],
+             failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
+        """``Cloud.poll``'s contract, served by the shared fetches (``fetch_one``: the waiter's
+        own GET, used while it waits alone). The item is None when the list does not hold it
+        (gone)."""
+        clock, interval = self.cloud.clock, self.cloud.poll_interval
+        start = clock()
+        waiter = _Waiter(item_id, fetch_one, due=start + next_interval(
+            0.0, poll_interval=interval, eager=eager))
+        with self._cond:
+            self._kinds.setdefault(kind, _Kind()).waiters.append(waiter)
+            self._cond.notify_all()
+        last_state, last_log = None, start
+        try:
+            while True:
+                item = self._next(kind, waiter)
+                now = clock()
+                current = state(item)
+                if current != last_state or now - last_log >= 5:
+                    log.info("  %s: %s (%.1f s)", what, current, now - start)
+                    last_state, last_log = current, now
+                if done(item):
+                    return item
+                reason = failed(item)
+                if reason is not None:
+                    raise CloudError(f"{what}: {reason}")
+                if now - start >= timeout:
+                    raise CloudError(f"{what}: still {current} after {timeout:g} s; raise the "
+                                     "timeout (settings) or look at the cloud's side")
+                with self._cond:
+                    waiter.due = clock() + next_interval(now - start, poll_interval=interval,
+                                                         eager=eager)
+        finally:
+            with self._cond:
+                self._kinds[kind].waiters.remove(waiter)
+                self._cond.notify_all()
+
+
+def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T],
+         state: Callable[[T], str], *, done: Callable[[T], bool],
+         failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
+    """Wait for one server or volume: through the run's shared poller when one is installed
+    (``shared_poller``), else ``Cloud.poll`` with ``fetch`` (one GET per look)."""
+    poller = cloud.shared.get("poller")
+    if poller is None:
+        return cloud.poll(what, fetch, state, done=done, failed=failed, timeout=timeout,
+                          eager=eager)
+    return poller.wait(kind, item_id, what, fetch, state, done=done, failed=failed,
+                       timeout=timeout, eager=eager)
+
+
+@contextlib.contextmanager
+def shared_poller(cloud: Cloud, *, active: bool = True) -> Iterator[Poller | None]:
+    """Install a Poller on ``cloud`` (and every view of it: ``cloud.shared`` is carried over by
+    ``dataclasses.replace``) for the block; ``active=False`` (one worker) installs none."""
+    if not active or cloud.shared.get("poller") is not None:
+        yield cloud.shared.get("poller")
+        return
+    poller = Poller(cloud)
+    cloud.shared["poller"] = poller
+    try:
+        yield poller
+    finally:
+        cloud.shared.pop("poller", None)
