@@ -137,3 +137,12 @@ def test_a_server_only_on_public_networks_takes_no_floating_ip(spec):
     shared = NS(id="net-ext", name="ext-net", is_router_external=False, is_shared=True)
     with pytest.raises(ConfigError, match="only on public networks \\(ext-net\\)"):
         plan_floating(cloud_of(conn), spec, spec.servers["web"], [shared])
+
+
+def test_the_ovh_style_example_declarations_load():
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "env" / "example.toml",
+                     env_name="example")
+    assert spec.servers["web1"].keep_address == ("Ext-Net",)
+    assert spec.servers["worker1"].floating_ip and not spec.servers["app1"].keep_address
