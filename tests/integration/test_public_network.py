@@ -243,3 +243,30 @@ def test_a_floating_ip_comes_from_the_network_the_router_reaches_and_moves(ovh, 
         print(f"\n[ovh-private + floating IP from ext-net] rotate: outage "
               f"{rotation['outage_seconds']:.1f} s, wall time {wall:.1f} s; floating IP "
               f"{fip.floating_ip_address} kept")
+
+
+def test_a_failed_create_after_the_port_moved_puts_it_back_on_the_old_server(ovh, tmp_path):
+    from tests.integration.faultproxy import proxied_clouds_yaml, start_proxies
+
+    name = f"{ovh.prefix}-kept"
+    made = ovh.run("create-instance", "--name", name)
+    assert made.code == 0, made
+    server = the_server(ovh, name)
+    (port,) = ports_of(ovh.conn, server.id)
+    proxies = start_proxies("compute", "network")
+    try:
+        path = proxied_clouds_yaml(CLOUDS_YAML, tmp_path / "clouds.yaml", proxies,
+                                   cloud=OVH_CLOUD)
+        fault = proxies["compute"].add("POST", r"/v2.1/servers$", 500)
+        run = ovh.run("rotate", "--name", name, env={
+            "OS_CLOUD": "ivc-proxied", "OS_CLIENT_CONFIG_FILE": str(path)})
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+    assert run.code == 3 and fault.hits == 1, run
+    assert "failed in phase create" in run.err and "rolled back" in run.err, run
+    back = the_server(ovh, name)
+    assert (back.id, back.status) == (server.id, "ACTIVE"), "the old server serves again"
+    (now,) = ports_of(ovh.conn, back.id)
+    assert (now.id, ip_of(now), now.mac_address) == (port.id, ip_of(port), port.mac_address)
+    assert not [t for t in (now.tags or []) if t.startswith("ivc-")]

@@ -77,12 +77,16 @@ def _report_addresses(r: Rotation, before: dict, after: dict) -> str:
     """Record the public addresses' fate (``addresses`` in the report); the phase's note."""
     kept_names = {n.name for n in r.prepared.plan.networks if r.prepared.plan.ports.get(n.id)}
     r.report.addresses = address_changes(before, after, kept_names)
+    declared = {n.name for n in r.prepared.plan.networks if n.id in r.prepared.plan.ports}
     for change in r.report.addresses:
         if not change["kept"] and change["old"] != change["new"]:
+            fix = ("ivc made its port now: it is kept from the next rotate on"
+                   if change["network"] in declared else
+                   f"keep_address = [\"{change['network']}\"] keeps it across rotations")
             r.report.warnings.append(
                 f"server {r.name}: its public address on {change['network']} changed: "
                 f"{', '.join(change['old']) or '-'} -> {', '.join(change['new']) or '-'} "
-                f"(keep_address = [\"{change['network']}\"] keeps it across rotations)")
+                f"({fix})")
     return "; ".join(f"{c['network']}: {', '.join(c['old']) or '-'}"
                      + (" kept" if c["kept"] else f" -> {', '.join(c['new']) or '-'}")
                      for c in r.report.addresses)
