@@ -146,3 +146,18 @@ def test_the_ovh_style_example_declarations_load():
                      env_name="example")
     assert spec.servers["web1"].keep_address == ("Ext-Net",)
     assert spec.servers["worker1"].floating_ip and not spec.servers["app1"].keep_address
+
+
+def test_the_local_cloud_writes_an_entry_for_the_ovh_style_project(tmp_path):
+    from ivc_tasks.devcloud import lifecycle, seed
+    from ivc_tasks.devcloud.layout import Layout
+
+    entries = seed.cloud_entries({"demo": "d", "admin": "a"})
+    assert entries["ivc-local-ovh"]["auth"]["project_name"] == "ivc-ovh"
+    assert entries["ivc-local-ovh"]["auth"]["username"] == "ivc-ovh"
+    layout = Layout(tmp_path)
+    layout.make_dirs()
+    layout.stamp("seeded").write_text("ok")  # seeded by code without the second shape
+    assert not lifecycle._seeded(layout)
+    layout.stamp("seeded").write_text(seed.SEED_VERSION)
+    assert lifecycle._seeded(layout)
