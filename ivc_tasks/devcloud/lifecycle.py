@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import bootstrap, configs, procs, seed
 from .bootstrap import DevcloudError
-from .layout import Layout, default_layout, load_secrets
+from .layout import PLUGIN_DIR, Layout, default_layout, load_secrets
 from .services import Service, all_services, process_env
 
 LOCK_FILE = Path("/tmp/ivc-devcloud.lock")
@@ -385,15 +385,20 @@ def parse_latency(value: str) -> dict:
     return {"mode": "scale", "factor": factor}
 
 
-def set_latency(value: str, *, minutes: float | None = None, layout: Layout | None = None) -> dict:
+def set_latency(value: str, *, minutes: float | None = None, only: str | None = None,
+                layout: Layout | None = None) -> dict:
     """Write the latency mode (no restart: the drivers read it at each operation).
 
     :param minutes: a slow mode switches itself off after this long (None: never).
+    :param only: slow only the servers and volumes whose name starts with this prefix (a
+        benchmark's own, while others test on the same cloud).
     """
     layout = layout or default_layout()
     config = parse_latency(value)
     if config["mode"] != "off" and minutes:
         config["until"] = round(time.time() + 60 * float(minutes), 1)
+    if config["mode"] != "off" and only:
+        config["only"] = only
     path = layout.stamp("latency")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -415,13 +420,17 @@ def latency(layout: Layout | None = None) -> dict:
     if mode != "off" and until is not None and time.time() > float(until):
         mode = "off"
     label = {"off": "off", "real": "real"}.get(mode, f"x{config.get('factor')}")
+    if mode != "off" and config.get("only"):
+        label += f" (only names starting {config['only']})"
+    code = max(p.stat().st_mtime_ns for p in (PLUGIN_DIR / "ivc_devcloud_plugin").glob("*.py"))
     honours = {}
     for name in LATENCY_SERVICES:
         proc = procs.read_pidfile(layout.pidfile(name))
         marker = layout.state / "latency-drivers" / name
         try:
-            honours[name] = bool(proc) and procs.alive(proc) and \
-                int(marker.read_text().strip()) == proc.pid
+            pgid, _, stamp = marker.read_text().strip().partition(" ")
+            honours[name] = bool(proc) and procs.alive(proc) and int(pgid) == proc.pid \
+                and int(stamp or 0) >= code  # loaded the plugin's current code
         except (OSError, ValueError):
             honours[name] = False
     return {"mode": label, "until": until if mode != "off" else None, "honoured_by": honours}
@@ -439,7 +448,8 @@ def _apply_latency_env(layout: Layout, say) -> None:
     stale = [name for name, ok in latency(layout)["honoured_by"].items() if not ok]
     for service in all_services(layout):
         if service.name in stale and (proc := _recorded(layout, service)):
-            say(f"{service.name}: restarting, its running driver predates the latency setting")
+            say(f"{service.name}: restarting, its running driver predates the latency setting "
+                "(or the plugin's current code)")
             procs.stop(proc)
             layout.pidfile(service.name).unlink(missing_ok=True)
 

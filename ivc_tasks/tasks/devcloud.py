@@ -61,13 +61,14 @@ def status(c, json=False):
 @task(help={"mode": "off, real (boot ~30 s, stop ~5 s, delete ~3 s, attach/detach ~2 s), or a "
                      "factor of those (0.2).",
              "minutes": "A slow mode switches itself off after this many minutes (default 30; "
-                        "0: never)."})
-def latency(c, mode=None, minutes=30):
+                        "0: never).",
+             "only": "Slow only the servers and volumes whose name starts with this prefix."})
+def latency(c, mode=None, minutes=30, only=None):
     """Show or set the fake drivers' simulated latency (takes effect at once, no restart)."""
     lifecycle = _lifecycle()
     if mode is not None:
         try:
-            lifecycle.set_latency(mode, minutes=float(minutes) or None)
+            lifecycle.set_latency(mode, minutes=float(minutes) or None, only=only)
         except (lifecycle.DevcloudError, ValueError) as exc:
             raise Exit(f"devcloud.latency: {exc}", code=2)
     print(jsonlib.dumps(lifecycle.latency()))

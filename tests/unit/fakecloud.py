@@ -42,6 +42,7 @@ import copy
 import datetime as dt
 import itertools
 import json
+import re
 import threading
 from collections import Counter
 from types import SimpleNamespace
@@ -178,8 +179,8 @@ class FakeConnection:
     def _call(self, key: str, method, args: tuple, kwargs: dict):
         with self._lock:
             self.calls.append((key, args, kwargs))
-            self._before_get(key, args if args or key not in (
-                "compute.servers", "block_storage.volumes") else tuple(kwargs.values()))
+            self._before_get(key, args if key not in ("compute.servers", "block_storage.volumes")
+                             else () if "details" not in kwargs else ("details",))
             failures = self.failures.get(key)
             if failures:
                 exc, after = failures.pop(0)
@@ -433,8 +434,9 @@ class FakeConnection:
         return None
 
     # -- compute: servers ---------------------------------------------------------------------
-    def compute_servers(self, details=True):
-        return iter(list(self.servers))
+    def compute_servers(self, details=True, name=None):
+        """``name``: Nova's regex filter on the name."""
+        return iter([s for s in self.servers if name is None or re.search(name, s.name)])
 
     def compute_flavors(self, details=True):
         return iter(self.flavors)

@@ -41,6 +41,9 @@ def test_several_waiters_share_one_list_request_per_look():
     assert conn.count("compute.get_server") + lists == poller.requests
     # 4 servers that each need 4 looks: alone, 16 GETs; shared, a few list requests
     assert lists <= 6 and poller.requests < 16
+    # once their names are known, the list asks Nova for the awaited servers only
+    queries = [kw.get("name") for key, _, kw in conn.calls if key == "compute.servers"]
+    assert queries[-1] == "^(s0|s1|s2|s3)$"
 
 
 def test_a_single_waiter_keeps_its_own_get():

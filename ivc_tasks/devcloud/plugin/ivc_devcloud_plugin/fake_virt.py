@@ -34,7 +34,9 @@ def _adopting(method):
 def _slowed(method, operation):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        latency.pause(operation)
+        instance = kwargs.get("instance") or next(
+            (a for a in args if hasattr(a, "uuid") and hasattr(a, "power_state")), None)
+        latency.pause(operation, getattr(instance, "display_name", None))
         return method(self, *args, **kwargs)
     return wrapper
 

@@ -12,7 +12,12 @@ def _slowed(name):
     method = getattr(fake_driver.FakeLoggingVolumeDriver, name)
 
     def wrapper(self, *args, **kwargs):
-        latency.pause(name)
+        volume = kwargs.get("volume", args[0] if args else None)
+        try:
+            label = volume["display_name"]
+        except (KeyError, TypeError, IndexError):
+            label = getattr(volume, "display_name", None)
+        latency.pause(name, label)
         return method(self, *args, **kwargs)
     wrapper.__name__ = name
     wrapper.__doc__ = method.__doc__

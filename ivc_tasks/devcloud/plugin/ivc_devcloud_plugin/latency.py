@@ -5,11 +5,14 @@ The mode lives in a small file, ``<devcloud dir>/state/latency`` (JSON), read at
 
 * absent, ``{"mode": "off"}``, or past its ``until`` (epoch seconds): no added time;
 * ``{"mode": "real"}``: the figures of ``REAL`` (a public cloud's usual wall times);
-* ``{"mode": "scale", "factor": 0.1}``: ``REAL`` times the factor.
+* ``{"mode": "scale", "factor": 0.1}``: ``REAL`` times the factor;
+* ``"only": "<prefix>"`` with either: only servers and volumes whose name starts with it are
+  slowed (a benchmark's own, on a cloud others are testing on meanwhile).
 
 ``until`` makes a slow mode expire by itself, so that a crashed benchmark cannot leave a shared
 cloud slow. Each driver records at start-up, in ``state/latency-drivers/<service>``, the process
-group it runs in: ``devcloud.status`` tells from it whether the running service honours the mode.
+group it runs in and the plugin's code stamp (``code_stamp``): ``devcloud.status`` tells from it
+whether the running service honours the mode, with the current code.
 """
 
 import json
@@ -60,20 +63,31 @@ def _config():
     return _cache["config"]
 
 
-def seconds(operation):
-    """The wall time to add to ``operation`` now (0 when the mode is off or expired)."""
+def code_stamp():
+    """The latest modification time of this plugin's code (ns): a running service loaded
+    older code when its recorded stamp is smaller."""
+    folder = Path(__file__).resolve().parent
+    return max(p.stat().st_mtime_ns for p in folder.glob("*.py"))
+
+
+def seconds(operation, name=None):
+    """The wall time to add to ``operation`` on ``name`` now (0 when the mode is off, expired,
+    or for another name than its ``only`` prefix)."""
     config = _config()
     mode = config.get("mode", "off")
     until = config.get("until")
     if mode == "off" or (until is not None and time.time() > float(until)):
         return 0.0
+    only = config.get("only")
+    if only and not str(name or "").startswith(only):
+        return 0.0
     factor = 1.0 if mode == "real" else float(config.get("factor", 0) or 0)
     return max(0.0, REAL.get(operation, 0.0) * factor)
 
 
-def pause(operation):
-    """Wait (sleep: no CPU) what the mode asks for ``operation``."""
-    delay = seconds(operation)
+def pause(operation, name=None):
+    """Wait (sleep: no CPU) what the mode asks for ``operation`` on ``name``."""
+    delay = seconds(operation, name)
     if delay > 0:
         time.sleep(delay)
 
@@ -85,6 +99,6 @@ def record_driver(service):
         return
     try:
         (folder / "latency-drivers").mkdir(parents=True, exist_ok=True)
-        (folder / "latency-drivers" / service).write_text(str(os.getpgid(0)))
+        (folder / "latency-drivers" / service).write_text(f"{os.getpgid(0)} {code_stamp()}")
     except OSError:
         pass
