@@ -167,6 +167,13 @@ def marked_env(rule: Any) -> str | None:
     return match.group(1) if match else None
 
 
+def declared_description(description: str | None) -> str:
+    """A rule's description without ivc's ``ivc:<env>`` marker (what was declared)."""
+    text = description or ""
+    match = _MARKER.match(text)
+    return text[match.end():] if match else text
+
+
 def default_egress_wanted(declared: Iterable[Any], setting: bool | None) -> bool:
     """Whether Neutron's default egress rules count as part of a group.
 

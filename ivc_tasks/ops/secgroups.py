@@ -35,7 +35,8 @@ from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.ops.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.secgroup_rules import (
-    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, plan_rules, rule_key, rule_marker,
+    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, declared_description, plan_rules, rule_key,
+    rule_marker,
 )
 from ivc_tasks.spec import NEUTRON_NAME_MAX, SecGroup, Spec
 
@@ -171,7 +172,8 @@ def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune
 
 
 def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | None = None) -> str:
-    """Return a rule in a few words: ``ingress IPv4 tcp 22 from 0.0.0.0/0 (ssh)``."""
+    """Return a rule in a few words: ``ingress IPv4 tcp 22 from 0.0.0.0/0 (ssh)`` (its
+    description without ivc's environment marker)."""
     get = rule.get if isinstance(rule, Mapping) else (lambda k: getattr(rule, k, None))
     ethertype = get("ethertype") or get("ether_type") or "IPv4"
     parts = [get("direction") or "ingress", ethertype, get("protocol") or "any"]
@@ -184,7 +186,8 @@ def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | No
     elif get("remote_ip_prefix"):
         parts.append(f"from {get('remote_ip_prefix')}")
     text = " ".join(str(p) for p in parts)
-    return text + (f" ({get('description')})" if get("description") else "")
+    description = declared_description(get("description"))
+    return text + (f" ({description})" if description else "")
 
 
 def _is_default_egress(rule: Any) -> bool:

@@ -283,3 +283,12 @@ def test_without_an_environment_every_undeclared_rule_is_to_delete():
     plan = plan_rules([SSH], [EGRESS_V4, neutron(id="x", description="ivc:b")], {})
     assert plan.delete == [EGRESS_V4, neutron(id="x", description="ivc:b")]
     assert plan.create[0]["description"] == "ssh"
+
+
+@pytest.mark.parametrize(("description", "declared"), [
+    ("ivc:a", ""), ("ivc:a ssh from anywhere", "ssh from anywhere"), (None, ""), ("ssh", "ssh"),
+    ("ivc: web", "ivc: web"),
+])
+def test_declared_description(description, declared):
+    from ivc_tasks.secgroup_rules import declared_description  # noqa: PLC0415
+    assert declared_description(description) == declared
