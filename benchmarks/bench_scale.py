@@ -111,7 +111,8 @@ def main() -> None:
             mode = lifecycle.set_latency(args.latency, minutes=LATENCY_MINUTES,
                                          only=f"sc{tag}")
             state = lifecycle.latency()
-            print(f"latency {mode['mode']}{' x' + str(mode.get('factor')) if 'factor' in mode else ''}"
+            factor = f" x{mode['factor']}" if "factor" in mode else ""
+            print(f"latency {mode['mode']}{factor}"
                   f" for names starting sc{tag} (honoured by "
                   f"{', '.join(k for k, v in state['honoured_by'].items() if v) or 'none'})",
                   flush=True)

@@ -41,7 +41,7 @@ log = logging.getLogger("ivc")
 T = TypeVar("T")
 EAGER_FIRST_POLL = 0.05  # seconds: the first poll of an eager wait
 EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
-LONG_WAIT_CAP = 3.0  # seconds: the shared poller's longest wait between two looks (ops.poller)
+LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (ops.poller)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -473,7 +473,7 @@ def status(layout: Layout | None = None) -> list[dict]:
                      "answering": running and _answers(service)})
         if service.name in LATENCY_SERVICES:
             rows[-1]["latency"] = lat["mode"] if lat["honoured_by"][service.name] else \
-                f"{lat['mode']} (not honoured: restart it with DEVCLOUD_LATENCY set and devcloud.up)"
+                f"{lat['mode']} (not honoured: DEVCLOUD_LATENCY=<mode> devcloud.up restarts it)"
     return rows
 
 

@@ -4,10 +4,11 @@ A run that waits for several things at once (``deploy --parallel``, ``rotate --p
 installs a ``Poller`` on its Cloud (``shared_poller``). Each wait then registers with it
 instead of polling on its own; whenever the earliest waiter of a kind is due, ONE request
 fetches that kind for all of them: Nova ``GET /servers/detail``, Cinder ``GET /volumes/detail``
-(neither filters by id for a project member). The server list is filtered by name (Nova's
-``name`` regex, ``^(web1|web2)$``) once the poller has seen the awaited servers' names, so that
-its cost follows the awaited servers, not the project's; the volume list is the project's, read
-for the awaited ids. While a single waiter of a kind is registered, its own GET is used.
+(neither filters by id for a project member). The server list is filtered by name once the
+poller has seen the awaited servers' names: Nova's ``name`` regex, the names' common prefix
+(``^web``; Nova here matches no alternation), so that its cost follows the awaited servers, not
+the project's; an awaited server missing from a filtered list is looked for in the unfiltered
+one before it counts as gone. The volume list is the project's, read for the awaited ids. While a single waiter of a kind is registered, its own GET is used.
 
 The poller never takes more than a third of an API's time: a list is sent at the soonest
 ``LIST_SPACING`` times its own last duration after the previous one ended (on an idle cloud a
@@ -16,7 +17,7 @@ instead of queueing in front of the creates, stops and attaches of the run).
 
 When a waiter is due follows one schedule (``next_interval``), the same as ``Cloud.poll``'s:
 soon after the request for an eager wait (50 ms), else ``poll_interval``; then 10% of the time
-waited, at most ``LONG_WAIT_CAP`` seconds (never below ``poll_interval``): a 60 s boot costs
+waited, at most ``LONG_WAIT_CAP`` (2 s; never below ``poll_interval``): a 60 s boot costs
 a few dozen list requests whatever the number of servers, and an attach started while boots are
 awaited is still seen within ~0.1 s (its own schedule makes the next list due).
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -86,11 +88,15 @@ class Poller:
     def _list(self, kind: str, ids: list[str]) -> dict[str, Any]:
         conn = self.cloud.conn
         if kind == SERVERS:
-            names = sorted({self._names.get(i, "") for i in ids})
-            query = {"name": f"^({'|'.join(names)})$"} \
-                if all(_PLAIN_NAME.match(n) for n in names) else {}
+            names = [self._names.get(i, "") for i in ids]
+            prefix = os.path.commonprefix(names)
+            query = {"name": f"^{prefix}"} if prefix and all(
+                _PLAIN_NAME.match(n) for n in names) else {}
             items = self.cloud.call("list servers (awaited)",
                                     lambda: list(conn.compute.servers(**query)))
+            if query and not set(ids) <= {s.id for s in items}:  # gone, or renamed: look at all
+                items = self.cloud.call("list servers (awaited)",
+                                        lambda: list(conn.compute.servers()))
             return {s.id: s for s in items
                     if str(s.status).upper() not in GONE_SERVER_STATUSES}
         if kind == VOLUMES:

@@ -53,7 +53,8 @@ def wait_server(cloud: Cloud, server_id: str, what: str, status: str, timeout: f
         return None
 
     return poll(cloud, SERVERS, server_id, what, lambda: get_server(cloud, server_id),
-                server_state, done=lambda s: s is not None and s.status == status and not s.task_state,
+                server_state,
+                done=lambda s: s is not None and s.status == status and not s.task_state,
                       failed=failed, timeout=timeout, eager=eager)
 
 

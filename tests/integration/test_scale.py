@@ -15,7 +15,8 @@ pytestmark = pytest.mark.cloud
 def test_parallel_deploy_one_server_fails_the_others_finish(tmp_path, admin_conn):
     unique = f"t-{uuid.uuid4().hex[:8]}"
     conn = connection()
-    # private to the demo project, so that nothing else sees it; no host can hold 100 GB of RAM (under the quota)
+    # private to the demo project, so that nothing else sees it; no host can hold 100 GB of RAM
+    # (and it is under the project's quota: Nova accepts the create, the scheduler fails it)
     flavor = admin_conn.compute.create_flavor(name=f"{unique}-huge", ram=100 * 1024,
                                               vcpus=1, disk=1, is_public=False)
     admin_conn.compute.flavor_add_tenant_access(flavor, conn.current_project_id)
