@@ -49,7 +49,8 @@ def spec(tmp_path):
 
 
 def new_cloud(conn, parallel=1):
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None, parallel=parallel,
+    """Real time, short intervals: the servers' waits all start before the first look."""
+    return Cloud(conn=conn, env="test", poll_interval=0.05, parallel=parallel,
                  retry_overrides={"wait": tenacity.wait_none()})
 
 
