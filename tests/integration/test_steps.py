@@ -317,7 +317,7 @@ BAD_INPUTS = [
      private_key_file, "holds a PRIVATE key"),
     ("spec-floating-ip-on-external-network", ["deploy"],
      edit('networks = ["private"]', 'networks = ["public"]\nfloating_ip = true'), {}, None,
-     "the server is only on external networks"),
+     "the server is only on public networks"),
     # references the cloud resolves (checked before the first change)
     ("cloud-unknown-image", ["deploy"], edit('image = "ivc-tiny"', 'image = "ivc-tinny"'), {}, None,
      "servers.PREFIX-s1.image: no image named 'ivc-tinny' in the cloud"),
