@@ -73,7 +73,8 @@ def ovh(tmp_path, unique, ovh_conn):
 
 
 def the_server(ivc, name):
-    servers = [s for s in ivc.servers() if s.metadata.get("ivc_name") == name]
+    servers = [s for s in ivc.servers() if s.metadata.get("ivc_name") == name
+               and s.status not in ("DELETED", "SOFT_DELETED")]  # Nova lists one being deleted
     assert len(servers) == 1, [(s.id, s.status) for s in servers]
     return ivc.conn.compute.get_server(servers[0].id)
 
