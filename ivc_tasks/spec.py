@@ -481,6 +481,8 @@ class _Loader:
             floating_ip=merged.get("floating_ip", False), config_drive=merged.get("config_drive"),
             userdata_template=merged.get("userdata"), userdata_vars=merged["userdata_vars"],
             files=merged.get("files", ()), metadata=merged["metadata"],
+        )
+
     def kept_networks(self, merged: dict[str, Any], entry: str) -> tuple[str, ...]:
         """``keep_address``: networks of the server's ``networks``, written the same way."""
         kept = merged.get("keep_address", ())
@@ -490,8 +492,6 @@ class _Loader:
                           f"networks ({', '.join(merged['networks'])})",
                           "name a network of its networks list, written the same way")
         return kept
-
-        )
 
     def keypair_ref(self, value: Any, entry: str) -> str:
         name = self.string(value, entry)
