@@ -1,5 +1,6 @@
 """deploy --parallel against the local cloud: one server of three cannot be scheduled (a flavor
-no host can hold); the other two finish, the run exits 1, and the report names each server."""
+whose disk no host has); the other two finish, the run exits 1, and the report names each
+server."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ pytestmark = pytest.mark.cloud
 def test_parallel_deploy_one_server_fails_the_others_finish(tmp_path, admin_conn):
     unique = f"t-{uuid.uuid4().hex[:8]}"
     conn = connection()
-    # private to the demo project, so that nothing else sees it; no host can hold 100 GB of RAM
-    # (and it is under the project's quota: Nova accepts the create, the scheduler fails it)
-    flavor = admin_conn.compute.create_flavor(name=f"{unique}-huge", ram=100 * 1024,
-                                              vcpus=1, disk=1, is_public=False)
+    # private to the demo project, so that nothing else sees it; no host has a 700 TB disk (the
+    # fake one has 600 TB) and Nova has no quota on it: Nova accepts the create, the scheduler
+    # fails it
+    flavor = admin_conn.compute.create_flavor(name=f"{unique}-huge", ram=512, vcpus=1,
+                                              disk=700_000, is_public=False)
     admin_conn.compute.flavor_add_tenant_access(flavor, conn.current_project_id)
     w = World(conn=conn, root=tmp_path, env=unique, secgroup=f"{unique}-sg")
     good, bad = [f"{unique}-a", f"{unique}-c"], f"{unique}-b"
