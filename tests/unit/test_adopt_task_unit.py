@@ -2,6 +2,7 @@
 Program): the flags reach the ops function, and the refusals exit 2 with nothing changed."""
 
 import json
+import logging
 
 import pytest
 import tenacity
@@ -20,6 +21,17 @@ keypair = "ivc-demo"
 [servers.app]
 networks = ["private"]
 """
+
+
+@pytest.fixture(autouse=True)
+def ivc_logger():
+    """The tasks set up the ``ivc`` logger (stderr, no propagation); put it back afterwards, so
+    that other tests' caplog still sees its records."""
+    log = logging.getLogger("ivc")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:], log.propagate = saved[0], saved[1]
+    log.setLevel(saved[2])
 
 
 @pytest.fixture
