@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ivc_tasks.errors import ConfigError
+from ivc_tasks.errors import ConfigError, clip, clip_repr
 
 DEFAULT_ENV = "local"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,8 @@ _NUMBERS: dict[str, tuple[str, float, type]] = {
     "IVC_PARALLEL": ("parallel", 1, int),  # deploy and rotate: servers at once (--parallel)
 }
 DEFAULTS: dict[str, float] = {attr: default for attr, default, _ in _NUMBERS.values()}
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # 64 at most: names go into
+# Nova metadata and the lock keypair's name (255 characters with the server's name)
 
 
 def is_secret(key: str) -> bool:
@@ -117,8 +118,8 @@ def load_settings(
     env_file = root / "env" / f"{name}.env"
     if not _ENV_NAME.match(name):
         raise ConfigError(
-            f"{env_file}: IVC_ENV: {name!r} is not an environment name; use letters, digits, "
-            f"'.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
+            f"{clip(str(env_file))}: IVC_ENV: {clip_repr(name)} is not an environment name; use "
+            f"up to 64 letters, digits, '.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
         )
     if not env_file.is_file():
         raise ConfigError(
@@ -167,10 +168,10 @@ def _number(raw: str | None, key: str, default: float, kind: type, where: str) -
         value = kind(raw.strip())
     except ValueError:
         raise ConfigError(
-            f"{where}: {key}: {raw!r} is not {what}; set it to e.g. {default:g} or remove it"
+            f"{where}: {key}: {clip_repr(raw)} is not {what}; set it to e.g. {default:g} or remove it"
         ) from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(
-            f"{where}: {key}: {raw!r} must be greater than 0; set it to e.g. {default:g} or remove it"
+            f"{where}: {key}: {clip_repr(raw)} must be greater than 0; set it to e.g. {default:g} or remove it"
         )
     return value
