@@ -30,7 +30,7 @@ from ivc_tasks.ops.attachments import volume_holders
 from ivc_tasks.ops.floating_ips import (
     FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
 )
-from ivc_tasks.ops.ports import ensure_kept_ports, plan_kept_ports
+from ivc_tasks.ops.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
 from ivc_tasks.ops.resolve import (
     find_images, forget, list_flavors, list_keypairs, list_networks, list_volumes, pick,
 )
@@ -389,6 +389,9 @@ def describe_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[st
         if plan.create_keypair is not None:
             result.actions.append(Action("create", "keypair", plan.create_keypair.name,
                                          f"from {plan.create_keypair.public_key_file}"))
+        result.actions += [Action("create", "port", kept_port_name(cloud.env, plan.name, n.name),
+                                  f"on {n.name}, its address kept across rotations")
+                           for n in plan.networks if n.id in plan.ports and not plan.ports[n.id]]
         body = create_request(cloud, plan, group_ids or {})
         body["metadata"] = {k: ("<this run>" if k == META_RUN else v)
                             for k, v in body["metadata"].items()}

@@ -117,6 +117,7 @@ def test_a_kept_address_survives_two_rotates_and_the_outage_is_printed(ovh, caps
     name = f"{ovh.prefix}-kept"
     dry = ovh.run("create-instance", "--name", name, "--dry-run", "--json")
     assert dry.code == 0, dry
+    assert [a["kind"] for a in dry.data["actions"]] == ["port", "server"], dry.data["actions"]
     deploy = ovh.run("create-instance", "--name", name, "--json")
     assert deploy.code == 0, deploy
     assert [a["kind"] for a in deploy.data["actions"]][:1] == ["port"], deploy.data["actions"]
