@@ -272,3 +272,22 @@ def test_a_failed_create_after_the_port_moved_puts_it_back_on_the_old_server(ovh
     (now,) = ports_of(ovh.conn, back.id)
     assert (now.id, ip_of(now), now.mac_address) == (port.id, ip_of(port), port.mac_address)
     assert not [t for t in (now.tags or []) if t.startswith("ivc-")]
+
+
+def test_a_kept_port_on_a_server_in_error_is_freed_by_deleting_it_then_reused(ovh):
+    """Nova detaches no interface from a server in ERROR: it is deleted first (which unbinds a
+    port it was given), and the new server boots with the port."""
+    name = f"{ovh.prefix}-kept"
+    made = ovh.run("create-instance", "--name", name)
+    assert made.code == 0, made
+    server = the_server(ovh, name)
+    (port,) = ports_of(ovh.conn, server.id)
+    _connect("ivc-local-admin").compute.reset_server_state(server, "error")
+    run, rotation, _ = rotate_json(ovh, name)
+    assert [p["phase"] for p in run.data["phases"]] == [
+        "preflight", "delete-old", "create", "move-volumes", "move-floating-ip", "finish"]
+    assert rotation["addresses"][0]["kept"] is True
+    final = the_server(ovh, name)
+    assert final.id != server.id and final.status == "ACTIVE" and no_markers(final)
+    (now,) = ports_of(ovh.conn, final.id)
+    assert (now.id, ip_of(now)) == (port.id, ip_of(port))

@@ -56,9 +56,12 @@ def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False
     """
     if kind == CREATE:
         return ["create"]
-    if keep_port and kind in (ROTATE, ROLLBACK) and old_status not in (None, "ERROR"):
+    if keep_port and kind in (ROTATE, ROLLBACK) and old_status is not None:
+        first = ["rollback"] if kind == ROLLBACK else []
+        if old_status == "ERROR":  # Nova detaches no port from it: deleting it frees the port
+            return first + ["delete-old", "create", "move-volumes", "move-floating-ip", "finish"]
         rest = [p for p in after_create(old_status) if p != "stop"]
-        return (["rollback"] if kind == ROLLBACK else []) + KEPT_PORT_FIRST + ["create", *rest]
+        return first + KEPT_PORT_FIRST + ["create", *rest]
     if kind == ROTATE:
         return ["create", *after_create(old_status)]
     if kind == ROLLBACK:
