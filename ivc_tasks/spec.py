@@ -16,7 +16,6 @@ template is a ConfigError naming the file.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import tomllib
@@ -27,6 +26,7 @@ from typing import Any, NoReturn
 
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.errors import clip_repr as _r
+from ivc_tasks.hints import did_you_mean
 from ivc_tasks.secgroup_rules import (
     ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
 )
@@ -214,9 +214,8 @@ class _Loader:
         for key in table:
             if key not in allowed:
                 where = f"{entry}.{key}" if entry else key
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean {_r(close[0])}?" if close else f"valid keys: {', '.join(allowed)}"
-                self.fail(where, "unknown key", hint)
+                self.fail(where, "unknown key",
+                          did_you_mean(key, allowed, otherwise=f"valid keys: {', '.join(allowed)}"))
 
     def string(self, value: Any, entry: str) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -355,8 +354,7 @@ class _Loader:
         if group is not None:
             group = self.string(group, f"{entry}.remote_group")
             if group not in declared:
-                close = difflib.get_close_matches(group, list(declared), n=1)
-                hint = f"did you mean {_r(close[0])}?" if close else "declare it under [secgroups]"
+                hint = did_you_mean(group, declared, otherwise="declare it under [secgroups]")
                 self.fail(f"{entry}.remote_group", f"{_r(group)} is not a declared security group", hint)
             if prefix is not None:
                 self.fail(entry, "remote_ip_prefix and remote_group are both set",
@@ -476,9 +474,9 @@ class _Loader:
         return Server(
             name=name, image=merged["image"], flavor=merged["flavor"],
             networks=merged["networks"], volumes=merged.get("volumes", ()),
-            keep_address=self.kept_networks(merged, entry),
             security_groups=merged.get("security_groups", ()), keypair=merged.get("keypair"),
             floating_ip=merged.get("floating_ip", False), config_drive=merged.get("config_drive"),
+            keep_address=self.kept_networks(merged, entry),
             userdata_template=merged.get("userdata"), userdata_vars=merged["userdata_vars"],
             files=merged.get("files", ()), metadata=merged["metadata"],
         )

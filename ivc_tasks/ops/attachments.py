@@ -65,7 +65,7 @@ def send_attach(cloud: Cloud, volume_id: str, ref: str, server_id: str, label: s
 
     cloud.call(f"attach volume {ref} to {label}",
                lambda: conn.compute.create_volume_attachment(server_id, volume_id),
-               conflict_is_transient=True, lookup=attached_meanwhile)
+               conflict_is_transient=True, done_already=attached_meanwhile)
 
 
 def send_detach(cloud: Cloud, volume_id: str, ref: str, server_id: str, label: str) -> None:
@@ -81,8 +81,8 @@ def send_detach(cloud: Cloud, volume_id: str, ref: str, server_id: str, label: s
                    lambda: conn.compute.delete_volume_attachment(
                        server_ref(server_id), volume_id, ignore_missing=False),
                    conflict_is_transient=True,
-                   lookup=lambda: detach_done_or_under_way(get_volume(cloud, volume_id),
-                                                           server_id) or None)
+                   done_already=lambda: detach_done_or_under_way(
+                       get_volume(cloud, volume_id), server_id) or None)
     except CloudCallError as exc:
         if exc.status != 404:  # gone meanwhile (a lost response, retried)
             raise

@@ -228,7 +228,7 @@ def ensure_keypair(cloud: Cloud, wanted: Any) -> Action | None:
         cloud.call(f"create keypair {wanted.name}",
                    lambda: cloud.conn.compute.create_keypair(name=wanted.name,
                                                              public_key=wanted.public_key),
-                   lookup=have)
+                   done_already=have)
     except CloudCallError as exc:
         if exc.status != 409:
             raise
@@ -338,7 +338,8 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
         log.info("creating server %s (image %s, flavor %s, config drive %s)", name,
                  plan.image.name, plan.flavor.name, "yes" if plan.config_drive else "no")
         server = cloud.call(f"create server {name}", lambda: conn.compute.create_server(**body),
-                            lookup=lambda: made_by_run(cloud, name), redact=body.get("user_data"))
+                            done_already=lambda: made_by_run(cloud, name),
+                            redact=body.get("user_data"))
         forget(cloud, "servers")
         result.actions.append(Action("create", "server", name, _create_summary(plan), {
             "id": server.id, "request": redacted_request(body, plan.declared.userdata)}))

@@ -138,7 +138,7 @@ def _create_new(r: Rotation, fips: dict[str, tuple[str, str]]) -> Any:
 
     new = r.cloud.call(f"create server {r.name}",
                        lambda: r.conn.compute.create_server(**body),
-                       lookup=made_meanwhile, redact=body.get("user_data"))
+                       done_already=made_meanwhile, redact=body.get("user_data"))
     forget(r.cloud, "servers")
     r.new = new
     r.report.new_id, r.report.generation = new.id, gen
@@ -192,7 +192,7 @@ def stop_old(r: Rotation) -> None:
             return
         log.info("stopping old server %s (%s)", r.name, old.id)
         r.cloud.call(f"stop old server {r.name}", lambda: r.conn.compute.stop_server(old.id),
-                     lookup=lambda: power_done_or_under_way(r.cloud, old.id, "SHUTOFF"))
+                     done_already=lambda: power_done_or_under_way(r.cloud, old.id, "SHUTOFF"))
         r.report.actions.append(Action("stop", "server", r.name, f"old server {old.id}",
                                        {"id": old.id}))
         wait_server(r.cloud, old.id, f"old server {r.name}", "SHUTOFF", r.cloud.stop_timeout)

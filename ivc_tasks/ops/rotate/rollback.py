@@ -128,7 +128,7 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
     if was == "ACTIVE" and old.status == "SHUTOFF":
         log.info("starting old server %s (%s) again", r.name, old_id)
         cloud.call(f"start old server {r.name}", lambda: r.conn.compute.start_server(old_id),
-                   lookup=lambda: power_done_or_under_way(cloud, old_id, "ACTIVE"))
+                   done_already=lambda: power_done_or_under_way(cloud, old_id, "ACTIVE"))
         r.report.actions.append(Action("start", "server", r.name, f"old server {old_id}",
                                        {"id": old_id}))
         wait_server(cloud, old_id, f"old server {r.name}", "ACTIVE", cloud.stop_timeout)
