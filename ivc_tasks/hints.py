@@ -21,3 +21,10 @@ def listed(names: Iterable[str], *, none: str = "none", most: int = 10) -> str:
     if not names:
         return none
     return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
+def type_name(value: object) -> str:
+    """``a string``, ``a table``...: what a TOML value is, in a message."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
