@@ -22,8 +22,9 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
 from ivc_tasks.ops.instances import (
-    apply_instance, apply_keypairs, describe_instance, plan_instance, take_keypairs,
+    apply_instance, describe_instance, plan_instance,
 )
+from ivc_tasks.ops.keypairs import apply_keypairs, take_keypairs
 from ivc_tasks.ops.parallel import run_jobs
 from ivc_tasks.ops.poller import shared_poller
 from ivc_tasks.ops.resolve import forget, list_security_groups, list_servers, prefetch

@@ -24,15 +24,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ivc_tasks.cloud import Cloud, CloudCallError
+from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.ops.attachments import volume_holders
 from ivc_tasks.ops.floating_ips import (
     FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
 )
+from ivc_tasks.ops.keypairs import ensure_keypair, plan_keypair
 from ivc_tasks.ops.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
 from ivc_tasks.ops.resolve import (
-    find_images, forget, list_flavors, list_keypairs, list_networks, list_volumes, pick,
+    find_images, forget, list_flavors, list_networks, list_volumes, pick,
 )
 from ivc_tasks.ops.result import Action, StepResult, userdata_summary
 from ivc_tasks.ops.secgroups import groups_by_name
@@ -76,11 +77,6 @@ class InstancePlan:
     @property
     def name(self) -> str:
         return self.declared.name
-
-
-def _public_key_body(text: str) -> str:
-    """The key type and base64 part of an OpenSSH public key (the comment is not part of it)."""
-    return " ".join(str(text or "").split()[:2])
 
 
 def resolve_networks(cloud: Cloud, spec: Spec, declared: Server) -> list[Any]:
@@ -155,7 +151,7 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
         plan.groups = _plan_groups(cloud, spec, declared, pending_groups)
     if declared.keypair:
         plan.keypair = declared.keypair
-        plan.create_keypair = _plan_keypair(cloud, spec, declared)
+        plan.create_keypair = plan_keypair(cloud, spec, declared)
     if boot_volumes and declared.volumes:
         vols = list_volumes(cloud)
         for i, ref in enumerate(declared.volumes):
@@ -189,91 +185,7 @@ def _plan_groups(cloud: Cloud, spec: Spec, declared: Server, pending: Collection
     return groups
 
 
-def _plan_keypair(cloud: Cloud, spec: Spec, declared: Server) -> Any | None:
-    """The declared keypair to create first, or None when the cloud has it already.
-
-    :raises ConfigError: the cloud's keypair of that name holds another key, or an undeclared
-        keypair is missing.
-    """
-    have = {k.name: k for k in list_keypairs(cloud)}.get(declared.keypair)
-    wanted = spec.keypairs.get(declared.keypair)
-    if wanted is not None and have is None:
-        return wanted
-    if wanted is not None and _public_key_body(have.public_key) != \
-            _public_key_body(wanted.public_key):
-        raise ConfigError(
-            f"{spec.path}: keypairs.{wanted.name}: the cloud's keypair {wanted.name!r} holds "
-            f"a different public key than {wanted.public_key_file}; delete it in the cloud "
-            "(openstack keypair delete) or give the declared one another name")
-    if have is None:
-        raise ConfigError(f"{spec.path}: servers.{declared.name}.keypair: no keypair named "
-                          f"{declared.keypair!r} in the cloud; create it, or declare it "
-                          "under [keypairs] with a public_key_file")
-    return None
-
-
 # -- acting ------------------------------------------------------------------------------------
-def ensure_keypair(cloud: Cloud, wanted: Any) -> Action | None:
-    """Create declared keypair ``wanted`` (a spec Keypair); None when the cloud has it already
-    with the same public key (made meanwhile by another server's step or another run).
-
-    :raises ConfigError: the name is taken by another public key.
-    :raises CloudCallError: the create failed.
-    """
-    def have() -> Any | None:
-        return next((k for k in list_keypairs(cloud, refresh=True) if k.name == wanted.name),
-                    None)
-
-    try:
-        cloud.call(f"create keypair {wanted.name}",
-                   lambda: cloud.conn.compute.create_keypair(name=wanted.name,
-                                                             public_key=wanted.public_key),
-                   done_already=have)
-    except CloudCallError as exc:
-        if exc.status != 409:
-            raise
-        found = have()
-        if found is None:
-            raise
-        if _public_key_body(found.public_key) != _public_key_body(wanted.public_key):
-            raise ConfigError(
-                f"keypairs.{wanted.name}: the cloud's keypair {wanted.name!r} holds a different "
-                f"public key than {wanted.public_key_file}; delete it in the cloud (openstack "
-                "keypair delete) or give the declared one another name") from None
-        log.info("keypair %s exists already with the same public key", wanted.name)
-        return None
-    forget(cloud, "keypairs")
-    log.info("created keypair %s", wanted.name)
-    return Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}")
-
-
-def take_keypairs(plans: Collection[InstancePlan]) -> dict[str, Any]:
-    """The declared keypairs these plans would create, once each (``{name: Keypair}``); the
-    plans no longer create them (a deploy makes them once, before any server)."""
-    out: dict[str, Any] = {}
-    for plan in plans:
-        if plan.create_keypair is not None:
-            out.setdefault(plan.create_keypair.name, plan.create_keypair)
-            plan.create_keypair = None
-    return out
-
-
-def apply_keypairs(cloud: Cloud, keypairs: Mapping[str, Any], *, dry_run: bool = False
-                   ) -> StepResult:
-    """Step ``ensure-keypairs`` of a deploy: each keypair once (``take_keypairs``).
-
-    :raises ConfigError: a name taken by another public key meanwhile.
-    :raises CloudCallError: a create failed.
-    """
-    result = StepResult(step="ensure-keypairs", target=None, dry_run=dry_run)
-    for wanted in keypairs.values():
-        action = Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}") \
-            if dry_run else ensure_keypair(cloud, wanted)
-        if action is not None:
-            result.actions.append(action)
-    return result
-
-
 def create_request(cloud: Cloud, plan: InstancePlan, group_ids: Mapping[str, str]
                    ) -> dict[str, Any]:
     """Return the openstacksdk ``create_server`` arguments (user_data base64-encoded)."""

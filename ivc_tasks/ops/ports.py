@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.errors import ConfigError
 from ivc_tasks.ops.floating_ips import floating_marker, is_public
 from ivc_tasks.ops.result import Action
 from ivc_tasks.spec import Server, Spec
