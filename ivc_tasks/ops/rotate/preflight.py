@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
@@ -148,18 +148,8 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
     decision = decide([Seen.of(s) for s in found + replaced],
                       adopt=Seen.of(adopt) if adopt is not None else None)
     servers = {s.id: s for s in [*found, *replaced, *([adopt] if adopt is not None else [])]}
-    if decision.kind == CONFLICT and adopt is not None and found:
-        raise ConfigError(f"server {name}: {decision.reason}: "
-                          + ", ".join(f"{s.id} ({s.status}, gen {generation(s)})" for s in found)
-                          + f"; to replace {adopt.id} by it, delete one of them first")
     if decision.kind == CONFLICT:
-        listed = ", ".join(f"{s.id} ({s.status}, gen {generation(s)}"
-                           + (f", rotation {s.metadata.get(META_ROTATION)}"
-                              if (s.metadata or {}).get(META_ROTATION) else "") + ")"
-                           for s in found)
-        raise ConfigError(f"server {name}: {decision.reason}: {listed}; ivc will not guess which "
-                          f"one serves: delete the extra ones (openstack server delete <id>) "
-                          f"and run again")
+        _refuse_conflict(name, decision, found, adopt)
     prepared = Prepared(declared=declared, decision=decision, servers=servers)
     if decision.kind == CREATE:
         prepared.plan = plan_instance(cloud, spec, name, pending_groups=set(pending_groups))
@@ -183,8 +173,36 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
     # volume may still be detaching from it)
     ours = set(servers) | {s.replaces for s in (decision.old, decision.new)
                            if s is not None and s.replaces}
+    _check_volumes(cloud, spec, prepared, ours)
+    if old is not None and decision.kind == ROTATE:
+        _check_undeclared(cloud, spec, prepared, servers[old.id], options)
+    return prepared
+
+
+def _refuse_conflict(name: str, decision: Decision, found: list[Any], adopt: Any | None
+                     ) -> NoReturn:
+    """:raises ConfigError: servers ivc cannot account for (it will not guess which serves)."""
+    if adopt is not None and found:
+        raise ConfigError(f"server {name}: {decision.reason}: "
+                          + ", ".join(f"{s.id} ({s.status}, gen {generation(s)})" for s in found)
+                          + f"; to replace {adopt.id} by it, delete one of them first")
+    listed = ", ".join(f"{s.id} ({s.status}, gen {generation(s)}"
+                           + (f", rotation {s.metadata.get(META_ROTATION)}"
+                              if (s.metadata or {}).get(META_ROTATION) else "") + ")"
+                           for s in found)
+    raise ConfigError(f"server {name}: {decision.reason}: {listed}; ivc will not guess which "
+                      f"one serves: delete the extra ones (openstack server delete <id>) "
+                      f"and run again")
+
+
+def _check_volumes(cloud: Cloud, spec: Spec, prepared: Prepared, ours: set[str]) -> None:
+    """Resolve every declared volume; each must be available or held by ``ours`` only.
+
+    :raises ConfigError: a missing volume, one attached elsewhere, one in a failed state.
+    """
+    name, decision = prepared.name, prepared.decision
     listed = list_volumes(cloud)
-    for i, ref in enumerate(declared.volumes):
+    for i, ref in enumerate(prepared.declared.volumes):
         entry = f"servers.{name}.volumes[{i}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
@@ -192,8 +210,9 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
         foreign = holders - ours
         if foreign:
             raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
-                              f"to server {server_label(cloud, next(iter(foreign)))}, not to {name}; "
-                              "detach it there first (ivc never moves a volume implicitly)")
+                              f"to server {server_label(cloud, next(iter(foreign)))}, not to "
+                              f"{name}; detach it there first (ivc never moves a volume "
+                              "implicitly)")
         settled = ("available", "in-use") if decision.kind == ROTATE else \
             ("available", "in-use", *VOLUME_BUSY)
         if volume.status not in settled:
@@ -201,22 +220,29 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
                               f"{volume.status!r}; fix it in the cloud first")
         prepared.volumes[ref] = volume.id
         prepared.listed_volumes[ref] = volume
-    if old is not None and decision.kind == ROTATE:
-        server = servers[old.id]
-        undeclared = attached_ids(server) - set(prepared.volumes.values())
-        if undeclared:
-            described = ", ".join(_volume_label(cloud, vid) for vid in sorted(undeclared))
-            if not (decision.adopt or options.detach_undeclared):
-                raise ConfigError(
-                    f"{spec.path}: server {name} ({old.id}) holds volumes that servers.{name}"
-                    f".volumes does not declare: {described}; a rotate would leave them "
-                    f"detached: declare them (they move to the new server) or pass "
-                    "--detach-undeclared (they stay, available, detached)")
-            prepared.warnings.append(
-                f"server {name}: volumes {described} are attached to {old.id} but not "
-                "declared: they do not move; deleting the old server detaches them (they "
-                "stay, available)")
-    return prepared
+
+
+def _check_undeclared(cloud: Cloud, spec: Spec, prepared: Prepared, server: Any,
+                      options: RotateOptions) -> None:
+    """Volumes on the old server that the declaration does not list: refused, unless adopting
+    or asked (``--detach-undeclared``): then a warning (they stay, detached).
+
+    :raises ConfigError: there are some, and neither applies.
+    """
+    name, old = prepared.name, server
+    undeclared = attached_ids(server) - set(prepared.volumes.values())
+    if undeclared:
+        described = ", ".join(_volume_label(cloud, vid) for vid in sorted(undeclared))
+        if not (prepared.decision.adopt or options.detach_undeclared):
+            raise ConfigError(
+                f"{spec.path}: server {name} ({old.id}) holds volumes that servers.{name}"
+                f".volumes does not declare: {described}; a rotate would leave them "
+                f"detached: declare them (they move to the new server) or pass "
+                "--detach-undeclared (they stay, available, detached)")
+        prepared.warnings.append(
+            f"server {name}: volumes {described} are attached to {old.id} but not "
+            "declared: they do not move; deleting the old server detaches them (they "
+            "stay, available)")
 
 
 def _volume_label(cloud: Cloud, volume_id: str) -> str:
