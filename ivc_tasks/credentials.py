@@ -136,6 +136,9 @@ def resolve_credentials(settings: Settings, *, prompt: Callable[[str], str] | No
                         password_origin: str = "the environment") -> Credentials:
     """Find the cloud entry and its credentials, without any request (run inside the env vars).
 
+    Longer than most functions here: one check after another, in the order a user meets the
+    problems (file, entry, auth type, secret), each with its own one-line message.
+
     Precedence for a password: the entry's ``auth.password`` (clouds.yaml, or secure.yaml beside
     it), then ``OS_PASSWORD``, then (at an interactive terminal only) one prompt. With no
     ``OS_CLOUD`` and ``OS_AUTH_URL`` etc. set, the ``OS_*`` variables are the cloud.

@@ -295,3 +295,22 @@ def plan_rules(
             plan.unmanaged.append(rule)
     plan.create.extend(body for key, body in wanted.items() if key not in matched)
     return plan
+
+
+def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | None = None) -> str:
+    """Return a rule in a few words: ``ingress IPv4 tcp 22 from 0.0.0.0/0 (ssh)`` (its
+    description without ivc's environment marker)."""
+    get = rule.get if isinstance(rule, Mapping) else (lambda k: getattr(rule, k, None))
+    ethertype = get("ethertype") or get("ether_type") or "IPv4"
+    parts = [get("direction") or "ingress", ethertype, get("protocol") or "any"]
+    low, high = get("port_range_min"), get("port_range_max")
+    if low is not None:
+        parts.append(str(low) if high in (None, low) else f"{low}-{high}")
+    remote_group = get("remote_group_id")
+    if remote_group:
+        parts.append(f"from group {(names_by_id or {}).get(remote_group, remote_group)}")
+    elif get("remote_ip_prefix"):
+        parts.append(f"from {get('remote_ip_prefix')}")
+    text = " ".join(str(p) for p in parts)
+    description = declared_description(get("description"))
+    return text + (f" ({description})" if description else "")

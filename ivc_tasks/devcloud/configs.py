@@ -53,7 +53,11 @@ def _write(path: Path, sections: dict[str, dict]) -> None:
 
 
 def write_all(layout: Layout, secrets: dict) -> None:
-    """(Re)write every config file; cheap, so it runs on every ``up``."""
+    """(Re)write every config file; cheap, so it runs on every ``up``.
+
+    Long by nature: one block per service's config file, in the order the services start; split
+    up, the options that must agree between services (URLs, passwords) would be far apart.
+    """
     etc, data = layout.etc, layout.data
     common = {"transport_url": transport_url(secrets), "debug": "false", "use_stderr": "true"}
     lock = {"lock_path": str(data / "lock")}

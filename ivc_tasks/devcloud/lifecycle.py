@@ -265,6 +265,9 @@ def _seeded(layout: Layout) -> bool:
 def up(layout: Layout | None = None, say=None) -> UpResult:
     """Install (first use), start and seed the local cloud; change nothing when it all runs.
 
+    Longer than most functions here: it is the start-up sequence, step after step in the order
+    they must run, each step a call of its own.
+
     :raises DevcloudError: a step failed; the message names the service and its log.
     """
     layout = layout or default_layout()

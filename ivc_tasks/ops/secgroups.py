@@ -35,8 +35,7 @@ from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.ops.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.ops.result import Action, StepResult
 from ivc_tasks.secgroup_rules import (
-    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, declared_description, plan_rules, rule_key,
-    rule_marker,
+    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, plan_rules, rule_key, rule_marker, rule_text,
 )
 from ivc_tasks.spec import NEUTRON_NAME_MAX, SecGroup, Spec
 
@@ -171,25 +170,6 @@ def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune
     return plan
 
 
-def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | None = None) -> str:
-    """Return a rule in a few words: ``ingress IPv4 tcp 22 from 0.0.0.0/0 (ssh)`` (its
-    description without ivc's environment marker)."""
-    get = rule.get if isinstance(rule, Mapping) else (lambda k: getattr(rule, k, None))
-    ethertype = get("ethertype") or get("ether_type") or "IPv4"
-    parts = [get("direction") or "ingress", ethertype, get("protocol") or "any"]
-    low, high = get("port_range_min"), get("port_range_max")
-    if low is not None:
-        parts.append(str(low) if high in (None, low) else f"{low}-{high}")
-    remote_group = get("remote_group_id")
-    if remote_group:
-        parts.append(f"from group {(names_by_id or {}).get(remote_group, remote_group)}")
-    elif get("remote_ip_prefix"):
-        parts.append(f"from {get('remote_ip_prefix')}")
-    text = " ".join(str(p) for p in parts)
-    description = declared_description(get("description"))
-    return text + (f" ({description})" if description else "")
-
-
 def _is_default_egress(rule: Any) -> bool:
     return rule_key(rule) in DEFAULT_EGRESS
 
@@ -260,37 +240,12 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
     :raises CloudCallError: a cloud call failed for good.
     """
     result = StepResult(step=STEP)
-    conn = cloud.conn
     ids = dict(plan.ids)
-    tag = group_tag(cloud.env)
     current_rules: dict[str, list[Any]] = {}
     for gp in plan.groups:
-        name = gp.declared.name
-        if gp.existing is None:
-            group = cloud.call(
-                f"create security group {name}",
-                lambda gp=gp: conn.network.create_security_group(
-                    name=gp.declared.name, description=gp.declared.description),
-                done_already=lambda name=name: _group_made_meanwhile(cloud, name, plan.ids))
-            log.info("created security group %s (%s)", name, group.id)
-            result.actions.append(Action("create", "security_group", name,
-                                         gp.declared.description, {"id": group.id}))
-            ids[name] = group.id
-            current_rules[name] = list(group.security_group_rules or [])
-        else:
-            group = gp.existing
-            current_rules[name] = list(gp.existing.security_group_rules or [])
-            if gp.update_description:
-                cloud.call(f"update security group {name}",
-                           lambda gp=gp: conn.network.update_security_group(
-                               gp.existing, description=gp.declared.description))
-                result.actions.append(Action("update", "security_group", name,
-                                             f"description {gp.declared.description!r}",
-                                             {"id": gp.existing.id}))
-        if gp.tag:  # PUT .../tags/<tag>: idempotent, keeps the other environments' tags
-            cloud.call(f"tag security group {name} with {tag}",
-                       lambda group=group: conn.network.add_tag(group, tag))
-            result.actions.append(Action("tag", "security_group", name, tag, {"id": group.id}))
+        group = _ensure_group(cloud, gp, plan, result)
+        ids[gp.declared.name] = group.id
+        current_rules[gp.declared.name] = list(group.security_group_rules or [])
     names_by_id = {v: k for k, v in ids.items()}
     pending = _missing_rules(cloud, plan.groups, current_rules, ids)
     if pending:
@@ -299,28 +254,65 @@ def apply_secgroups(cloud: Cloud, plan: SecGroupsPlan) -> StepResult:
     result.actions += [Action("create", "security_group_rule", names_by_id[body["security_group_id"]],
                               rule_text(body, names_by_id)) for body in pending]
     for gp in plan.groups:
-        name = gp.declared.name
-        rules = group_rules(cloud, gp.declared, current_rules[name], ids, gp.shared_with)
-        undeclared = rules.delete
-        if undeclared and not plan.prune:
-            result.warnings.append(_undeclared_warning(name, undeclared, names_by_id, cloud.env))
-            undeclared = []
-        if rules.unmanaged:
-            result.warnings.append(_unmanaged_warning(gp, rules.unmanaged, names_by_id))
-        if undeclared:
-            log.info("deleting %d undeclared rule(s) of %s: %s", len(undeclared), name,
-                     "; ".join(rule_text(r, names_by_id) for r in undeclared))
-        for rule in undeclared:
-            text = rule_text(rule, names_by_id)
-            delete_or_gone(cloud, f"delete rule {rule['id']} of {name}",
-                           lambda rule=rule: conn.network.delete_security_group_rule(
-                               rule["id"], ignore_missing=False))
-            result.actions.append(Action("delete", "security_group_rule", name, text,
-                                         {"id": rule["id"]}))
+        _prune_group(cloud, gp, plan, current_rules[gp.declared.name], ids, result)
     if result.actions:
         forget(cloud, "security_groups")
     result.info["ids"] = {gp.declared.name: ids[gp.declared.name] for gp in plan.groups}
     return result
+
+
+def _ensure_group(cloud: Cloud, gp: GroupPlan, plan: SecGroupsPlan, result: StepResult) -> Any:
+    """The group, created or its description updated, tagged with the environment."""
+    conn = cloud.conn
+    name = gp.declared.name
+    tag = group_tag(cloud.env)
+    if gp.existing is None:
+        group = cloud.call(
+            f"create security group {name}",
+            lambda: conn.network.create_security_group(
+                name=gp.declared.name, description=gp.declared.description),
+            done_already=lambda: _group_made_meanwhile(cloud, name, plan.ids))
+        log.info("created security group %s (%s)", name, group.id)
+        result.actions.append(Action("create", "security_group", name,
+                                     gp.declared.description, {"id": group.id}))
+    else:
+        group = gp.existing
+        if gp.update_description:
+            cloud.call(f"update security group {name}",
+                       lambda: conn.network.update_security_group(
+                           gp.existing, description=gp.declared.description))
+            result.actions.append(Action("update", "security_group", name,
+                                         f"description {gp.declared.description!r}",
+                                         {"id": gp.existing.id}))
+    if gp.tag:  # PUT .../tags/<tag>: idempotent, keeps the other environments' tags
+        cloud.call(f"tag security group {name} with {tag}",
+                   lambda: conn.network.add_tag(group, tag))
+        result.actions.append(Action("tag", "security_group", name, tag, {"id": group.id}))
+    return group
+
+
+def _prune_group(cloud: Cloud, gp: GroupPlan, plan: SecGroupsPlan, current: list[Any],
+                 ids: Mapping[str, str], result: StepResult) -> None:
+    """Report the group's undeclared rules, or with ``--prune`` delete this environment's."""
+    conn = cloud.conn
+    name = gp.declared.name
+    names_by_id = {v: k for k, v in ids.items()}
+    rules = group_rules(cloud, gp.declared, current, ids, gp.shared_with)
+    undeclared = rules.delete
+    if undeclared and not plan.prune:
+        result.warnings.append(_undeclared_warning(name, undeclared, names_by_id, cloud.env))
+        undeclared = []
+    if rules.unmanaged:
+        result.warnings.append(_unmanaged_warning(gp, rules.unmanaged, names_by_id))
+    if undeclared:
+        log.info("deleting %d undeclared rule(s) of %s: %s", len(undeclared), name,
+                 "; ".join(rule_text(r, names_by_id) for r in undeclared))
+    for rule in undeclared:
+        delete_or_gone(cloud, f"delete rule {rule['id']} of {name}",
+                       lambda rule=rule: conn.network.delete_security_group_rule(
+                           rule["id"], ignore_missing=False))
+        result.actions.append(Action("delete", "security_group_rule", name,
+                                     rule_text(rule, names_by_id), {"id": rule["id"]}))
 
 
 def _missing_rules(cloud: Cloud, groups: Sequence[GroupPlan], current: Mapping[str, list[Any]],
