@@ -14,6 +14,7 @@ from typing import Any
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError
 from ivc_tasks.ops.poller import VOLUMES, poll
+from ivc_tasks.ops.resolve import delete_or_gone
 from ivc_tasks.ops.result import Action
 from ivc_tasks.ops.waits import get_volume
 
@@ -76,16 +77,12 @@ def send_detach(cloud: Cloud, volume_id: str, ref: str, server_id: str, label: s
     """
     conn = cloud.conn
     log.info("detaching volume %s from %s", ref, label)
-    try:
-        cloud.call(f"detach volume {ref} from {label}",
+    delete_or_gone(cloud, f"detach volume {ref} from {label}",
                    lambda: conn.compute.delete_volume_attachment(
                        server_ref(server_id), volume_id, ignore_missing=False),
                    conflict_is_transient=True,
                    done_already=lambda: detach_done_or_under_way(
                        get_volume(cloud, volume_id), server_id) or None)
-    except CloudCallError as exc:
-        if exc.status != 404:  # gone meanwhile (a lost response, retried)
-            raise
 
 
 # -- the waits -----------------------------------------------------------------------------

@@ -64,14 +64,16 @@ def get_or_none(cloud: Cloud, operation: str, fetch: Callable[[], T]) -> T | Non
         raise
 
 
-def delete_or_gone(cloud: Cloud, operation: str, delete: Callable[[], Any]) -> bool:
-    """``delete()`` through ``Cloud.call``; a 404 means it is gone already.
+def delete_or_gone(cloud: Cloud, operation: str, delete: Callable[[], Any], **call: Any
+                   ) -> bool:
+    """``delete()`` through ``Cloud.call`` (``call``: its other arguments); a 404 means it is
+    gone already.
 
     :returns: True when it was there to delete, False when it was gone.
     :raises CloudCallError: any other failure.
     """
     try:
-        cloud.call(operation, delete)
+        cloud.call(operation, delete, **call)
     except CloudCallError as exc:
         if exc.status == 404:
             return False
