@@ -220,7 +220,8 @@ def _reported_since_start(records: list, layout: Layout, name: str) -> bool:
 
 
 def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None:
-    """Wait for nova-compute and cinder-volume to report up; map the compute host on rebuild."""
+    """Wait for nova-compute and cinder-volume to report up (and the volume backend to be known
+    to cinder-scheduler); map the compute host on rebuild."""
     conn = seed.admin_connection(secrets)
     deadline = time.monotonic() + START_TIMEOUT
     t0 = time.monotonic()
@@ -229,7 +230,10 @@ def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None
         compute = [s for s in conn.compute.services() if s.binary == "nova-compute"]
         volume = [s for s in conn.block_storage.services() if s.binary == "cinder-volume"]
         compute_up = _reported_since_start(compute, layout, "nova-compute")
-        volume_up = _reported_since_start(volume, layout, "cinder-volume")
+        # and cinder-scheduler has its capabilities (sent a moment after the heartbeat): a
+        # volume made before would go to error, "no weighed backend"
+        volume_up = _reported_since_start(volume, layout, "cinder-volume") and \
+            bool(list(conn.block_storage.backend_pools()))
         if compute_up and not mapped:
             bootstrap.run([layout.bin("nova-manage"), "--config-file",
                            str(layout.etc / "nova/nova.conf"), "cell_v2", "discover_hosts"],

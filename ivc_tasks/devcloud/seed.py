@@ -10,6 +10,7 @@ records: the cloud has no agents, namespaces or guests, so no packet is ever sen
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ SERVICE_USERS = ["nova", "neutron", "glance", "placement", "cinder"]
 FLAVORS = [("m1.tiny", 512, 1, 1), ("m1.small", 2048, 1, 20), ("m1.medium", 4096, 2, 40)]
 IMAGE = "ivc-tiny"
 KEYPAIR = "ivc-demo"
+POOL_WAIT = 180  # seconds: until cinder-scheduler has the backend's capabilities
 DEMO_VOLUMES = ["web1-data", "web1-logs"]
 PUBLIC_CIDR, PRIVATE_CIDR = "203.0.113.0/24", "198.51.100.0/24"
 # The second shape, OVH style: servers of project ivc-ovh attach to ext-net directly (their public
@@ -201,11 +203,34 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
     seed_ovh(layout, secrets, say)
-    for name in DEMO_VOLUMES:
-        if not demo.block_storage.find_volume(name, ignore_missing=True):
-            demo.block_storage.create_volume(name=name, size=1, description="ivc demo data")
+    _demo_volumes(admin, demo, say)
     say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public + "
         f"private, router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")
+
+
+def _demo_volumes(admin: Any, demo: Any, say: Say) -> None:
+    """The demo volumes, each available. Cinder's scheduler places a volume only once it has
+    the backend's capabilities, which cinder-volume sends a moment after its heartbeat: wait
+    for a pool first (a volume made before goes to error); a volume in error is made again."""
+    deadline = time.monotonic() + POOL_WAIT
+    while not list(admin.block_storage.backend_pools()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cinder-scheduler knows no volume backend after {POOL_WAIT} s; "
+                               "look at .devcloud/log/cinder-volume.log")
+        time.sleep(1)
+    for name in DEMO_VOLUMES:
+        volume = demo.block_storage.find_volume(name, ignore_missing=True)
+        if volume is not None and volume.status == "error":
+            say(f"volume {name} is in error (made before the scheduler knew the backend); "
+                "making it again")
+            demo.block_storage.delete_volume(volume, ignore_missing=True)
+            demo.block_storage.wait_for_delete(volume, interval=0.5, wait=60)
+            volume = None
+        if volume is None:
+            volume = demo.block_storage.create_volume(name=name, size=1,
+                                                      description="ivc demo data")
+            demo.block_storage.wait_for_status(volume, "available", failures=["error"],
+                                               interval=0.5, wait=60)
 
 
 def _rbac(net, network: Any, action: str, target: str) -> None:
