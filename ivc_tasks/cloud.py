@@ -210,7 +210,7 @@ class Cloud:
         :raises CloudError: it failed, or was not done within ``timeout`` seconds.
         """
         start = self.clock()
-        last_state, last_log = None, start
+        verdict = PollVerdict(what, state, done, failed, timeout, start)
         cap = max(self.poll_interval, 0.0)
         while True:
             if eager and cap:
@@ -219,19 +219,42 @@ class Cloud:
             else:
                 self.sleep(self.poll_interval)
             item = fetch()
-            now = self.clock()
-            current = state(item)
-            if current != last_state or now - last_log >= 5:
-                log.info("  %s: %s (%.1f s)", what, current, now - start)
-                last_state, last_log = current, now
-            if done(item):
+            if verdict.done(item, self.clock()):
                 return item
-            reason = failed(item)
-            if reason is not None:
-                raise CloudError(f"{what}: {reason}")
-            if now - start >= timeout:
-                raise CloudError(f"{what}: still {current} after {timeout:g} s; raise the timeout "
-                                 "(settings) or look at the cloud's side")
+
+
+@dataclass
+class PollVerdict:
+    """What every wait says of each look (``Cloud.poll`` and the shared poller): a progress
+    line when the state changes (and every 5 s), then done, failed or timed out."""
+
+    what: str
+    state: Callable[[Any], str]
+    is_done: Callable[[Any], bool]
+    failed: Callable[[Any], str | None]
+    timeout: float
+    start: float
+    last_state: str | None = None
+    last_log: float | None = None
+
+    def done(self, item: Any, now: float) -> bool:
+        """True when done; False to look again.
+
+        :raises CloudError: it failed, or was not done within ``timeout`` seconds.
+        """
+        current = self.state(item)
+        if current != self.last_state or now - (self.last_log or self.start) >= 5:
+            log.info("  %s: %s (%.1f s)", self.what, current, now - self.start)
+            self.last_state, self.last_log = current, now
+        if self.is_done(item):
+            return True
+        reason = self.failed(item)
+        if reason is not None:
+            raise CloudError(f"{self.what}: {reason}")
+        if now - self.start >= self.timeout:
+            raise CloudError(f"{self.what}: still {current} after {self.timeout:g} s; raise the "
+                             "timeout (settings) or look at the cloud's side")
+        return False
 
 
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")

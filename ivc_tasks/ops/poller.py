@@ -29,7 +29,6 @@ Without a poller installed, ``poll`` is ``Cloud.poll`` (one GET per wait, as bef
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import threading
@@ -37,10 +36,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud
-from ivc_tasks.errors import CloudError
+from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud, PollVerdict
 
-log = logging.getLogger("ivc")
 T = TypeVar("T")
 SERVERS, VOLUMES = "servers", "volumes"
 GONE_SERVER_STATUSES = ("DELETED", "SOFT_DELETED")
@@ -172,23 +169,13 @@ class Poller:
         with self._cond:
             self._kinds.setdefault(kind, _Kind()).waiters.append(waiter)
             self._cond.notify_all()
-        last_state, last_log = None, start
+        verdict = PollVerdict(what, state, done, failed, timeout, start)
         try:
             while True:
                 item = self._next(kind, waiter)
                 now = clock()
-                current = state(item)
-                if current != last_state or now - last_log >= 5:
-                    log.info("  %s: %s (%.1f s)", what, current, now - start)
-                    last_state, last_log = current, now
-                if done(item):
+                if verdict.done(item, now):
                     return item
-                reason = failed(item)
-                if reason is not None:
-                    raise CloudError(f"{what}: {reason}")
-                if now - start >= timeout:
-                    raise CloudError(f"{what}: still {current} after {timeout:g} s; raise the "
-                                     "timeout (settings) or look at the cloud's side")
                 with self._cond:
                     waiter.due = clock() + next_interval(now - start, poll_interval=interval,
                                                          eager=eager)
