@@ -687,3 +687,17 @@ class FakeConnection:
 
 def _name(keypair: Any) -> str:
     return keypair if isinstance(keypair, str) else keypair.name
+
+
+def ticking_cloud(conn: FakeConnection, env: str, **fields: Any):
+    """A fresh run (new run id, empty cache) on the fake cloud, with no sleeping and a clock
+    that ticks half a second at every look, so that a wait that never ends times out after a
+    few hundred polls instead of minutes."""
+    import tenacity  # noqa: PLC0415
+
+    from ivc_tasks.cloud import Cloud  # noqa: PLC0415
+
+    ticks = itertools.count()
+    return Cloud(conn=conn, env=env, poll_interval=0, sleep=lambda s: None,
+                 clock=lambda: next(ticks) * 0.5,
+                 retry_overrides={"wait": tenacity.wait_none()}, **fields)

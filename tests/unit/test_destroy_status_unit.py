@@ -9,15 +9,12 @@ with the metadata ivc gives them.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import textwrap
 import time
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, http_error
+from fakecloud import FakeConnection, http_error, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError, Locked
 from ivc_tasks.ops.destroy import destroy
 from ivc_tasks.ops.status import status
@@ -60,9 +57,7 @@ def conn():
 
 
 def new_cloud(conn):
-    ticks = itertools.count()
-    return Cloud(conn=conn, env=ENV, poll_interval=0, sleep=lambda s: None,
-                 clock=lambda: next(ticks) * 0.5, retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(conn, ENV)
 
 
 def tags(spec, name="web1", gen=1, **extra):

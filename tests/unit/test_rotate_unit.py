@@ -10,14 +10,11 @@ ivc_fip:<id>, ivc_rollback).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import textwrap
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, http_error
+from fakecloud import FakeConnection, http_error, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError, Locked, RolledBack
 from ivc_tasks.ops.rotate import RotateOptions, rotate
 from ivc_tasks.spec import load_spec
@@ -67,11 +64,7 @@ def conn():
 
 
 def new_cloud(conn):
-    """A fresh run on the fake cloud; its clock ticks at every look, so that a wait that never
-    ends times out after a few hundred polls instead of minutes."""
-    ticks = itertools.count()
-    return Cloud(conn=conn, env=ENV, poll_interval=0, sleep=lambda s: None,
-                 clock=lambda: next(ticks) * 0.5, retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(conn, ENV)
 
 
 def tags(spec, gen, **extra):

@@ -7,14 +7,11 @@ server). Each test checks what the cloud holds at the end, not only what was ret
 from __future__ import annotations
 
 import hashlib
-import itertools
 import textwrap
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, http_error
+from fakecloud import FakeConnection, http_error, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
 from ivc_tasks.ops.deploy import deploy
 from ivc_tasks.ops.instances import create_instance
@@ -90,9 +87,7 @@ def conn():
 
 
 def new_cloud(conn):
-    ticks = itertools.count()
-    return Cloud(conn=conn, env=ENV, poll_interval=0, sleep=lambda s: None,
-                 clock=lambda: next(ticks) * 0.5, retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(conn, ENV)
 
 
 def tags(spec, gen, **extra):
