@@ -12,12 +12,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import openstack
 import pytest
 
 from ivc_tasks.retry import cloud_retrying
 
 from .cloudup import pytest_collection_finish  # noqa: F401  (brings the cloud up for `cloud` tests)
+from .rotateworld import connection
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDS_YAML = Path(os.environ.get("DEVCLOUD_DIR", ROOT / ".devcloud")) / "clouds.yaml"
@@ -27,8 +27,7 @@ def _connect(cloud: str):
     if not CLOUDS_YAML.exists():
         pytest.fail(f"{CLOUDS_YAML} is missing: is this test marked `cloud`? (the session "
                     "brings the cloud up before the first test marked so)")
-    config = openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)])
-    return openstack.connection.Connection(config=config.get_one(cloud=cloud))
+    return connection(cloud)
 
 
 @pytest.fixture(scope="session")

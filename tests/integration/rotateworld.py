@@ -21,8 +21,11 @@ MARKER_KEYS_PREFIXES = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "
 
 
 def connection(cloud: str = "ivc-local"):
+    """The tests' own openstacksdk connection. A connection error is tried again (the API
+    servers drop idle keep-alive connections; a request on one that was just dropped gets a
+    reset): keystoneauth's ``connect_retries``, as ivc's own retry policy does for its calls."""
     config = openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)])
-    return openstack.connection.Connection(config=config.get_one(cloud=cloud))
+    return openstack.connection.Connection(config=config.get_one(cloud=cloud, connect_retries=3))
 
 
 @dataclass
