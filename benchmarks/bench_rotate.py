@@ -108,7 +108,7 @@ def reference_rotation(conn, world: World, name: str) -> dict[str, float]:
 
 
 def ivc_rotation(world: World, name: str) -> dict:
-    from ivc_tasks.ops.rotate import rotate
+    from ivc_tasks.steps.rotate import rotate
 
     t0 = time.monotonic()
     cloud, spec = world.cloud()

@@ -41,7 +41,7 @@ log = logging.getLogger("ivc")
 T = TypeVar("T")
 EAGER_FIRST_POLL = 0.05  # seconds: the first poll of an eager wait
 EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
-LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (ops.poller)
+LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (resources.poller)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -109,7 +109,7 @@ class Cloud:
     :param floating_network: the external network to take floating IPs from, by name or id
         (``IVC_FLOATING_NETWORK``; default: the only external network).
     :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
-    :param cache: lists already fetched in this run (see ``ivc_tasks.ops.resolve``).
+    :param cache: lists already fetched in this run (see ``ivc_tasks.resources.resolve``).
     """
 
     conn: Any
@@ -130,7 +130,7 @@ class Cloud:
     clock: Callable[[], float] = time.monotonic
     cache: dict[str, Any] = field(default_factory=dict)
     # what every view of this run shares (``dataclasses.replace`` carries it over): the shared
-    # poller (``ops.poller``), the rate-limit pause (``retry.Throttle``)
+    # poller (``resources.poller``), the rate-limit pause (``retry.Throttle``)
     shared: dict[str, Any] = field(default_factory=dict)
     parallel: int = int(DEFAULTS["parallel"])  # IVC_PARALLEL: deploy/rotate workers
 

@@ -40,7 +40,7 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
                     detach_undeclared=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
-    from ivc_tasks.ops.rotate import RotateOptions, rotate  # noqa: PLC0415
+    from ivc_tasks.steps.rotate import RotateOptions, rotate  # noqa: PLC0415
 
     with usage("rotate-instance", json=json):
         require(name, "--name", "the declared server(s) to rotate")
@@ -63,7 +63,7 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
 })
 def status(c, name=None, json=False):
     """Show every managed server: generation, state, addresses, volumes, and whether it drifted."""
-    from ivc_tasks.ops.status import status as show  # noqa: PLC0415
+    from ivc_tasks.steps.status import status as show  # noqa: PLC0415
 
     run_step("status", lambda cloud, spec: show(cloud, spec, name or ()), json=json)
 
@@ -78,7 +78,7 @@ def status(c, name=None, json=False):
 })
 def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json=False):
     """Delete a server, detaching its volumes first (never deleting them)."""
-    from ivc_tasks.ops.destroy import destroy as run_destroy  # noqa: PLC0415
+    from ivc_tasks.steps.destroy import destroy as run_destroy  # noqa: PLC0415
 
     with usage("destroy", json=json):
         require(name, "--name", "the declared server to destroy")

@@ -10,7 +10,7 @@ from fakecloud import FakeConnection
 from invoking import run
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.result import StepResult
+from ivc_tasks.result import StepResult
 
 SPEC = """
 [defaults]
@@ -59,7 +59,7 @@ def test_the_flags_reach_rotate(conn, monkeypatch):
         calls.append((names, options.adopt, options.detach_undeclared, dry_run))
         return StepResult(step="rotate-instance")
 
-    monkeypatch.setattr("ivc_tasks.ops.rotate.rotate", fake_rotate)
+    monkeypatch.setattr("ivc_tasks.steps.rotate.rotate", fake_rotate)
     assert run("rotate", "--name", "app", "--adopt", "srv-9", "--detach-undeclared") == 0
     assert run("rotate", "--name", "app") == 0
     assert calls == [(["app"], "srv-9", True, False), (["app"], None, False, False)]

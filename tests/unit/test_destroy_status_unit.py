@@ -16,8 +16,8 @@ import pytest
 from fakecloud import FakeConnection, http_error, ticking_cloud
 
 from ivc_tasks.errors import ConfigError, Locked
-from ivc_tasks.ops.destroy import destroy
-from ivc_tasks.ops.status import status
+from ivc_tasks.steps.destroy import destroy
+from ivc_tasks.steps.status import status
 from ivc_tasks.spec import load_spec
 
 ENV = "test"

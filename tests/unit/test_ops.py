@@ -11,11 +11,11 @@ from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.deploy import DeployFailed, deploy
-from ivc_tasks.ops.instances import create_instance
-from ivc_tasks.ops.servers import managed_servers, volume_key
-from ivc_tasks.ops.secgroups import ensure_secgroups
-from ivc_tasks.ops.volumes import attach_volume
+from ivc_tasks.steps.deploy import DeployFailed, deploy
+from ivc_tasks.steps.instances import create_instance
+from ivc_tasks.resources.servers import managed_servers, volume_key
+from ivc_tasks.steps.secgroups import ensure_secgroups
+from ivc_tasks.steps.volumes import attach_volume
 from ivc_tasks.spec import load_spec
 from ivc_tasks.userdata import userdata_sha256
 
@@ -498,7 +498,7 @@ def test_a_lost_attach_response_while_the_volume_is_attaching_is_waited_for_not_
 
 def test_a_lost_detach_response_while_the_volume_is_detaching_is_waited_for_not_resent(
         conn, cloud):
-    from ivc_tasks.ops.attachments import move_volume as ensure_volume_on
+    from ivc_tasks.resources.attachments import move_volume as ensure_volume_on
 
     old, new = conn.add_server("old"), conn.add_server("new")
     data = conn.add_volume("data", status="in-use", server_id=old.id)
@@ -524,7 +524,7 @@ def test_a_lost_detach_response_while_the_volume_is_detaching_is_waited_for_not_
 
 
 def test_an_attach_refused_while_nova_still_lists_the_old_server_is_tried_again(conn, cloud):
-    from ivc_tasks.ops.attachments import move_volume as ensure_volume_on
+    from ivc_tasks.resources.attachments import move_volume as ensure_volume_on
 
     old, new = conn.add_server("old"), conn.add_server("new")
     data = conn.add_volume("data", status="in-use", server_id=old.id)
@@ -544,7 +544,7 @@ def test_an_attach_refused_while_nova_still_lists_the_old_server_is_tried_again(
 
 def test_an_attach_refused_for_a_foreign_server_is_not_tried_again(conn, cloud):
     from ivc_tasks.errors import IvcError
-    from ivc_tasks.ops.attachments import move_volume as ensure_volume_on
+    from ivc_tasks.resources.attachments import move_volume as ensure_volume_on
 
     new = conn.add_server("new")
     data = conn.add_volume("data")

@@ -10,7 +10,7 @@ import tenacity
 from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.deploy import DeployFailed, deploy
+from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.spec import load_spec
 
 SPEC = """

@@ -8,10 +8,10 @@ import tenacity
 from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud, CloudCallError
-from ivc_tasks.ops.parallel import run_side_by_side
+from ivc_tasks.steps.parallel import run_side_by_side
 from ivc_tasks.cloud import LONG_WAIT_CAP
-from ivc_tasks.ops.poller import next_interval, shared_poller
-from ivc_tasks.ops.waits import wait_server
+from ivc_tasks.resources.poller import next_interval, shared_poller
+from ivc_tasks.resources.waits import wait_server
 
 
 def new_cloud(conn, **kw):
@@ -93,7 +93,7 @@ def test_the_list_request_failing_for_good_fails_each_waiter_and_none_hangs():
 
 
 def test_volumes_are_awaited_through_one_volume_list():
-    from ivc_tasks.ops.attachments import wait_attached
+    from ivc_tasks.resources.attachments import wait_attached
 
     conn = FakeConnection()
     server = conn.add_server("s0")
@@ -140,7 +140,7 @@ def test_a_429_with_retry_after_slows_every_worker():
 
 
 def test_a_server_missing_from_the_filtered_list_is_looked_for_in_all_before_it_is_gone():
-    from ivc_tasks.ops.waits import delete_server_and_wait
+    from ivc_tasks.resources.waits import delete_server_and_wait
 
     conn = FakeConnection()
     conn.delete_polls = 3

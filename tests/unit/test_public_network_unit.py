@@ -9,11 +9,11 @@ from fakecloud import FakeConnection, Resource
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.floating_ips import is_public, plan_floating
-from ivc_tasks.ops.ports import address_changes, kept_port_name, port_tags, public_addresses
-from ivc_tasks.ops.rotate.decide import FINISH, FORWARD, ROLLBACK, ROTATE
-from ivc_tasks.ops.rotate.markers import is_marker
-from ivc_tasks.ops.rotate.phases import plan_phases
+from ivc_tasks.resources.floating_ips import is_public, plan_floating
+from ivc_tasks.resources.ports import address_changes, kept_port_name, port_tags, public_addresses
+from ivc_tasks.steps.rotate.decide import FINISH, FORWARD, ROLLBACK, ROTATE
+from ivc_tasks.steps.rotate.markers import is_marker
+from ivc_tasks.steps.rotate.phases import plan_phases
 from ivc_tasks.spec import load_spec
 
 SPEC = """

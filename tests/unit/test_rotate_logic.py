@@ -15,14 +15,14 @@ from invoking import load_namespace, run
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, Locked
-from ivc_tasks.ops import lock as lockmod
-from ivc_tasks.ops.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
+from ivc_tasks.resources import lock as lockmod
+from ivc_tasks.resources.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
     parse_holder, pid_alive
-from ivc_tasks.ops.floating_ips import pick_port
-from ivc_tasks.ops.rotate.decide import (
+from ivc_tasks.resources.floating_ips import pick_port
+from ivc_tasks.steps.rotate.decide import (
     CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide,
 )
-from ivc_tasks.ops.rotate.markers import fip_markers, is_marker
+from ivc_tasks.steps.rotate.markers import fip_markers, is_marker
 
 
 def wait_until(cloud, what, fetch, state, **kw):
@@ -276,9 +276,9 @@ def test_rotate_alias_and_tasks_are_registered():
 
 # -- the phase list: one for the executor and the dry run -----------------------------------
 def test_every_phase_has_a_runner_and_a_dry_run_note():
-    from ivc_tasks.ops.rotate.describe import NOTES
-    from ivc_tasks.ops.rotate.executor import RUNNERS
-    from ivc_tasks.ops.rotate.phases import PHASES
+    from ivc_tasks.steps.rotate.describe import NOTES
+    from ivc_tasks.steps.rotate.executor import RUNNERS
+    from ivc_tasks.steps.rotate.phases import PHASES
 
     assert set(NOTES) == set(PHASES)
     assert set(RUNNERS) == set(PHASES) - {"preflight"}
@@ -299,7 +299,7 @@ def test_every_phase_has_a_runner_and_a_dry_run_note():
     (FINISH, None, False, ["move-volumes", "move-floating-ip", "finish"]),
 ])
 def test_plan_phases(kind, old_status, wait, expected):
-    from ivc_tasks.ops.rotate.phases import plan_phases
+    from ivc_tasks.steps.rotate.phases import plan_phases
 
     assert plan_phases(kind, old_status=old_status, wait_for_new=wait) == expected
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ import pytest
 from fakecloud import FakeConnection, http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, Locked, RolledBack
-from ivc_tasks.ops.rotate import RotateOptions, rotate
+from ivc_tasks.steps.rotate import RotateOptions, rotate
 from ivc_tasks.spec import load_spec
 
 ENV = "test"
@@ -575,7 +575,7 @@ def test_resume_finishes_while_the_volumes_still_detach_from_the_deleted_server(
 def test_servers_changed_while_the_lock_was_taken_are_checked_again(conn, spec, monkeypatch):
     """Another run finished a rotation between this run's preflight and its lock: the run
     decides from the servers as they are once it holds the lock."""
-    from ivc_tasks.ops.lock import ServerLock
+    from ivc_tasks.resources.lock import ServerLock
 
     deployed(conn, spec)
     cloud = new_cloud(conn)

@@ -8,7 +8,7 @@ from fakecloud import FakeConnection
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.secgroups import ensure_secgroups
+from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.spec import load_spec
 
 SHARED = """

@@ -17,7 +17,7 @@ from invoking import run
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.result import Action, StepResult
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("ensure-secgroups", "create-instance", "attach-volume", "deploy")
@@ -118,13 +118,13 @@ def record(monkeypatch, target, result=None, error=None):
 
 
 def test_repeatable_flags_and_switches_reach_the_ops_function(conn, monkeypatch):
-    calls = record(monkeypatch, "ivc_tasks.ops.secgroups.ensure_secgroups")
+    calls = record(monkeypatch, "ivc_tasks.steps.secgroups.ensure_secgroups")
     assert run("ensure-secgroups", "--name", "web", "--name", "db", "--prune", "--dry-run") == 0
     assert calls == [((["web", "db"],), {"prune": True, "dry_run": True})]
-    calls = record(monkeypatch, "ivc_tasks.ops.volumes.attach_volume")
+    calls = record(monkeypatch, "ivc_tasks.steps.volumes.attach_volume")
     assert run("attach-volume", "--name", "app", "--volume", "data", "--timeout", "30") == 0
     assert calls == [(("app", ["data"]), {"dry_run": False, "timeout": 30.0})]
-    calls = record(monkeypatch, "ivc_tasks.ops.instances.create_instance")
+    calls = record(monkeypatch, "ivc_tasks.steps.instances.create_instance")
     assert run("create-instance", "-n", "app") == 0
     assert calls == [(("app",), {"dry_run": False, "timeout": None})]
 
@@ -134,7 +134,7 @@ def test_repeatable_flags_and_switches_reach_the_ops_function(conn, monkeypatch)
     (CloudError("create server app failed: HTTP 500: boom (request id req-1)"), 1),
 ])
 def test_errors_map_to_exit_codes_and_json(conn, monkeypatch, capsys, error, code):
-    record(monkeypatch, "ivc_tasks.ops.instances.create_instance", error=error)
+    record(monkeypatch, "ivc_tasks.steps.instances.create_instance", error=error)
     assert run("create-instance", "--name", "app", "--json") == code
     captured = capsys.readouterr()
     data = json.loads(captured.out)
@@ -171,7 +171,7 @@ def test_json_is_one_object_with_the_agreed_keys(conn, capsys):
 def test_human_output_goes_to_stdout_and_progress_to_stderr(conn, monkeypatch, capsys):
     result = StepResult(step="create-instance", target="app",
                         actions=[Action("create", "server", "app", "image ivc-tiny")])
-    record(monkeypatch, "ivc_tasks.ops.instances.create_instance", result=result)
+    record(monkeypatch, "ivc_tasks.steps.instances.create_instance", result=result)
     assert run("create-instance", "--name", "app") == 0
     out = capsys.readouterr().out
     assert "create-instance app: did create server app: image ivc-tiny" in out

@@ -13,12 +13,12 @@ import pytest
 from fakecloud import FakeConnection, http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
-from ivc_tasks.ops.deploy import deploy
-from ivc_tasks.ops.instances import create_instance
-from ivc_tasks.ops.rotate import RotateOptions, rotate
-from ivc_tasks.ops.rotate.decide import CONFLICT, FORWARD, ROLLBACK, ROTATE, Seen, decide
-from ivc_tasks.ops.servers import spec_identity
-from ivc_tasks.ops.status import status
+from ivc_tasks.steps.deploy import deploy
+from ivc_tasks.steps.instances import create_instance
+from ivc_tasks.steps.rotate import RotateOptions, rotate
+from ivc_tasks.steps.rotate.decide import CONFLICT, FORWARD, ROLLBACK, ROTATE, Seen, decide
+from ivc_tasks.resources.servers import spec_identity
+from ivc_tasks.steps.status import status
 from ivc_tasks.spec import load_spec
 
 ENV = "test"

@@ -16,26 +16,26 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
-from ivc_tasks.ops.attachments import move_volume, volume_holders
-from ivc_tasks.ops.floating_ips import move_floating_ips
-from ivc_tasks.ops.lock import LockLost
-from ivc_tasks.ops.parallel import run_side_by_side
-from ivc_tasks.ops.ports import (
+from ivc_tasks.resources.attachments import move_volume, volume_holders
+from ivc_tasks.resources.floating_ips import move_floating_ips
+from ivc_tasks.resources.lock import LockLost
+from ivc_tasks.steps.parallel import run_side_by_side
+from ivc_tasks.resources.ports import (
     PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, addresses_of_port, attach_port, detach_port, get_port,
     port_tags, set_move_tags,
 )
-from ivc_tasks.ops.result import Action
-from ivc_tasks.ops.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
-from ivc_tasks.ops.rotate.report import PhaseRecord
-from ivc_tasks.ops.servers import (
+from ivc_tasks.result import Action
+from ivc_tasks.steps.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
+from ivc_tasks.steps.rotate.report import PhaseRecord
+from ivc_tasks.resources.servers import (
     META_ROLLBACK, META_ROTATION, META_WAS, VOLUME_KEY_PREFIX, attached_ids, generation,
 )
-from ivc_tasks.ops.waits import (
+from ivc_tasks.resources.waits import (
     delete_server_and_wait, get_server, power_done_or_under_way, wait_power_settled, wait_server,
 )
 
 if TYPE_CHECKING:
-    from ivc_tasks.ops.rotate.executor import Rotation
+    from ivc_tasks.steps.rotate.executor import Rotation
 
 log = logging.getLogger("ivc")
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError
-from ivc_tasks.ops.poller import VOLUMES, poll
-from ivc_tasks.ops.resolve import delete_or_gone
-from ivc_tasks.ops.result import Action
-from ivc_tasks.ops.waits import get_volume
+from ivc_tasks.resources.poller import VOLUMES, poll
+from ivc_tasks.resources.resolve import delete_or_gone
+from ivc_tasks.result import Action
+from ivc_tasks.resources.waits import get_volume
 
 log = logging.getLogger("ivc")
 VOLUME_BUSY = ("attaching", "detaching", "reserved", "creating", "downloading", "maintenance")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.servers import (
     META_REPLACES, META_ROLE, META_ROLLBACK, META_ROTATION, WAITING_STATES, generation,
 )
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.resolve import forget, list_keypairs
-from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.resources.resolve import forget, list_keypairs
+from ivc_tasks.result import Action, StepResult
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")

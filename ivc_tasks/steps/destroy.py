@@ -1,7 +1,7 @@
 """destroy: delete a declared server's servers, never its volumes.
 
 For every managed server of the name (leftovers of a half-done rotation included), under the
-server's lock (``ivc_tasks.ops.lock``):
+server's lock (``ivc_tasks.resources.lock``):
   * each attached volume is detached first and left ``available`` (from a server in ERROR, where
     Nova refuses to detach, deleting the server frees them; ivc then waits until they are
     available);
@@ -21,13 +21,13 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.attachments import send_detach, wait_detached
-from ivc_tasks.ops.floating_ips import associate, floating_marker, release, server_ports
-from ivc_tasks.ops.lock import ServerLock
-from ivc_tasks.ops.resolve import forget, list_floating_ips, list_volumes
-from ivc_tasks.ops.result import Action, StepResult
-from ivc_tasks.ops.servers import attached_ids, managed_servers
-from ivc_tasks.ops.waits import delete_server_and_wait
+from ivc_tasks.resources.attachments import send_detach, wait_detached
+from ivc_tasks.resources.floating_ips import associate, floating_marker, release, server_ports
+from ivc_tasks.resources.lock import ServerLock
+from ivc_tasks.resources.resolve import forget, list_floating_ips, list_volumes
+from ivc_tasks.result import Action, StepResult
+from ivc_tasks.resources.servers import attached_ids, managed_servers
+from ivc_tasks.resources.waits import delete_server_and_wait
 from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")

@@ -14,7 +14,7 @@ Where to look (one job per file):
 and here, the entry point: preflight every server (an invalid run changes nothing, not even a
 lock), lock them all, look again at their servers (another run may have changed them: then
 preflight again), then run the rotations (up to ``parallel`` side by side). Exactly one run works on a server at a time: see
-``ivc_tasks.ops.lock``.
+``ivc_tasks.resources.lock``.
 """
 
 from __future__ import annotations
@@ -27,22 +27,22 @@ from collections.abc import Iterable, Mapping
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError, IvcError, Locked
 from ivc_tasks.hints import listed
-from ivc_tasks.ops.lock import ServerLock, acquire_all, release_all
-from ivc_tasks.ops.parallel import run_jobs
-from ivc_tasks.ops.poller import shared_poller
-from ivc_tasks.ops.resolve import (
+from ivc_tasks.resources.lock import ServerLock, acquire_all, release_all
+from ivc_tasks.steps.parallel import run_jobs
+from ivc_tasks.resources.poller import shared_poller
+from ivc_tasks.resources.resolve import (
     find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
     list_security_groups, list_servers, list_volumes, prefetch,
 )
-from ivc_tasks.ops.rotate.decide import Decision, Seen, decide
-from ivc_tasks.ops.rotate.describe import describe
-from ivc_tasks.ops.rotate.executor import Rotation
-from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions, preflight
-from ivc_tasks.ops.rotate.report import PhaseRecord, RotateFailed, RotateResult, RotationReport
-from ivc_tasks.ops.secgroups import (
+from ivc_tasks.steps.rotate.decide import Decision, Seen, decide
+from ivc_tasks.steps.rotate.describe import describe
+from ivc_tasks.steps.rotate.executor import Rotation
+from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions, preflight
+from ivc_tasks.steps.rotate.report import PhaseRecord, RotateFailed, RotateResult, RotationReport
+from ivc_tasks.steps.secgroups import (
     SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
 )
-from ivc_tasks.ops.servers import declared_server, managed_servers
+from ivc_tasks.resources.servers import declared_server, managed_servers
 from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")

@@ -32,8 +32,8 @@ from typing import Any
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.hints import did_you_mean, listed
-from ivc_tasks.ops.resolve import delete_or_gone, forget, list_security_groups
-from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.resources.resolve import delete_or_gone, forget, list_security_groups
+from ivc_tasks.result import Action, StepResult
 from ivc_tasks.secgroup_rules import (
     DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, plan_rules, rule_key, rule_marker, rule_text,
 )

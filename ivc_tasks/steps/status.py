@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.lock import LOCK_PREFIX, lock_name, parse_holder
-from ivc_tasks.ops.resolve import (
+from ivc_tasks.resources.lock import LOCK_PREFIX, lock_name, parse_holder
+from ivc_tasks.resources.resolve import (
     list_flavors, list_floating_ips, list_images, list_keypairs, list_networks, list_servers,
     list_volumes, matching, prefetch, value_of,
 )
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.servers import (
     META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
     generation, managed_servers, server_state, unmanaged_twins,
 )

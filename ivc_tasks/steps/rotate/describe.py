@@ -8,17 +8,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.floating_ips import server_ports
-from ivc_tasks.ops.instances import create_request, describe_instance, redacted_request
-from ivc_tasks.ops.ports import addresses_of_port, public_addresses
-from ivc_tasks.ops.resolve import list_floating_ips
-from ivc_tasks.ops.result import Action
-from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD
-from ivc_tasks.ops.rotate.markers import fip_markers, markers_of
-from ivc_tasks.ops.rotate.phases import plan_phases
-from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions, lock_holder
-from ivc_tasks.ops.rotate.report import PhaseRecord, RotationReport
-from ivc_tasks.ops.servers import generation
+from ivc_tasks.resources.floating_ips import server_ports
+from ivc_tasks.steps.instances import create_request, describe_instance, redacted_request
+from ivc_tasks.resources.ports import addresses_of_port, public_addresses
+from ivc_tasks.resources.resolve import list_floating_ips
+from ivc_tasks.result import Action
+from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD
+from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
+from ivc_tasks.steps.rotate.phases import plan_phases
+from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions, lock_holder
+from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
+from ivc_tasks.resources.servers import generation
 
 
 @dataclasses.dataclass

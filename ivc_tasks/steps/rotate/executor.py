@@ -14,16 +14,16 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
-from ivc_tasks.ops.lock import LockLost, ServerLock
-from ivc_tasks.ops.resolve import forget
-from ivc_tasks.ops.rotate import forward, rollback
-from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Decision, Seen
-from ivc_tasks.ops.rotate.markers import fip_markers, markers_of
-from ivc_tasks.ops.rotate.phases import POINT_OF_NO_RETURN, plan_phases
-from ivc_tasks.ops.rotate.preflight import Prepared, RotateOptions
-from ivc_tasks.ops.rotate.report import PhaseRecord, RotationReport
-from ivc_tasks.ops.servers import META_REPLACES, META_ROTATION, generation
-from ivc_tasks.ops.waits import get_server
+from ivc_tasks.resources.lock import LockLost, ServerLock
+from ivc_tasks.resources.resolve import forget
+from ivc_tasks.steps.rotate import forward, rollback
+from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Decision, Seen
+from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
+from ivc_tasks.steps.rotate.phases import POINT_OF_NO_RETURN, plan_phases
+from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions
+from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
+from ivc_tasks.resources.servers import META_REPLACES, META_ROTATION, generation
+from ivc_tasks.resources.waits import get_server
 
 log = logging.getLogger("ivc")
 

@@ -21,7 +21,7 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.hints import did_you_mean, listed
-from ivc_tasks.ops.resolve import list_servers
+from ivc_tasks.resources.resolve import list_servers
 from ivc_tasks.spec import Server, Spec
 from ivc_tasks.userdata import userdata_sha256
 
@@ -33,7 +33,7 @@ META_GEN = "ivc_gen"
 META_USERDATA = "ivc_userdata"
 META_SPEC = "ivc_spec"
 VOLUME_KEY_PREFIX = "ivc_vol:"
-# a rotation under way (ops/rotate/markers.py writes and reads them; status shows them)
+# a rotation under way (steps/rotate/markers.py writes and reads them; status shows them)
 META_ROTATION = "ivc_rotation"
 META_ROLE = "ivc_role"
 META_REPLACES = "ivc_replaces"

@@ -11,30 +11,30 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ivc_tasks.errors import CloudError
-from ivc_tasks.ops.attachments import move_volume
-from ivc_tasks.ops.floating_ips import ensure_floating_ip, move_floating_ips as move_fips
-from ivc_tasks.ops.floating_ips import is_public, server_ports
-from ivc_tasks.ops.instances import apply_instance, create_request, redacted_request
-from ivc_tasks.ops.parallel import run_side_by_side
-from ivc_tasks.ops.ports import (
+from ivc_tasks.resources.attachments import move_volume
+from ivc_tasks.resources.floating_ips import ensure_floating_ip, move_floating_ips as move_fips
+from ivc_tasks.resources.floating_ips import is_public, server_ports
+from ivc_tasks.steps.instances import apply_instance, create_request, redacted_request
+from ivc_tasks.steps.parallel import run_side_by_side
+from ivc_tasks.resources.ports import (
     PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, address_changes, addresses_of_port, detach_port,
     ensure_kept_ports, get_port, port_tags, public_addresses, set_move_tags,
 )
-from ivc_tasks.ops.resolve import forget, list_floating_ips
-from ivc_tasks.ops.result import Action
-from ivc_tasks.ops.rotate.decide import CREATE
-from ivc_tasks.ops.rotate.markers import clear_markers, new_server_markers
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.resolve import forget, list_floating_ips
+from ivc_tasks.result import Action
+from ivc_tasks.steps.rotate.decide import CREATE
+from ivc_tasks.steps.rotate.markers import clear_markers, new_server_markers
+from ivc_tasks.resources.servers import (
     META_ROLE, META_ROTATION, META_WAS, generation, managed_servers, server_metadata,
     server_state,
     volume_key,
 )
-from ivc_tasks.ops.waits import (
+from ivc_tasks.resources.waits import (
     delete_server_and_wait, get_server, power_done_or_under_way, wait_power_settled, wait_server,
 )
 
 if TYPE_CHECKING:
-    from ivc_tasks.ops.rotate.executor import Rotation
+    from ivc_tasks.steps.rotate.executor import Rotation
 
 log = logging.getLogger("ivc")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ivc_tasks.errors import CloudError, IvcError
-from ivc_tasks.ops.result import Action, StepResult
+from ivc_tasks.result import Action, StepResult
 
 STEP = "rotate-instance"
 

@@ -23,12 +23,12 @@ back, and a rerun finishes the rotation.
 
 from __future__ import annotations
 
-from ivc_tasks.ops.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
+from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
 
 PHASES = ("preflight", "rollback", "create", "stop", "move-port", "move-volumes",
           "move-floating-ip", "delete-old", "finish")
 POINT_OF_NO_RETURN = "delete-old"
-# A server with a kept port (``keep_address``, ``ops/ports.py``) is stopped and its port
+# A server with a kept port (``keep_address``, ``resources/ports.py``) is stopped and its port
 # detached BEFORE the new server is made with it (one port, one server at a time):
 #   move-port       tag the port with the move under way (the new server does not exist yet to
 #                   hold a marker), detach it from the stopped old server, wait until free;

@@ -1,7 +1,7 @@
 """create-instance: make one declared server exist and be ACTIVE, with its floating IP.
 
 plan_instance (reads, validates) -> describe_instance (what --dry-run prints) -> apply_instance.
-The server is found by its metadata tags (``ops.servers``), not by its name.
+The server is found by its metadata tags (``resources.servers``), not by its name.
 
 Found and ACTIVE: nothing to do. BUILD: wait. ERROR: fail, saying ``rotate`` replaces it.
 Missing: resolve everything it needs (image, flavor, networks, security groups, keypair, boot
@@ -26,23 +26,23 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.attachments import volume_holders
-from ivc_tasks.ops.floating_ips import (
+from ivc_tasks.resources.attachments import volume_holders
+from ivc_tasks.resources.floating_ips import (
     FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
 )
-from ivc_tasks.ops.keypairs import ensure_keypair, plan_keypair
-from ivc_tasks.ops.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
-from ivc_tasks.ops.resolve import (
+from ivc_tasks.steps.keypairs import ensure_keypair, plan_keypair
+from ivc_tasks.resources.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
+from ivc_tasks.resources.resolve import (
     find_images, forget, list_flavors, list_networks, list_volumes, pick,
 )
-from ivc_tasks.ops.result import Action, StepResult, userdata_summary
-from ivc_tasks.ops.secgroups import groups_by_name
-from ivc_tasks.ops.servers import (
+from ivc_tasks.result import Action, StepResult, userdata_summary
+from ivc_tasks.steps.secgroups import groups_by_name
+from ivc_tasks.resources.servers import (
     META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
     check_same_spec, fault_message, generation, made_by_run, managed_servers, server_info,
     server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
-from ivc_tasks.ops.waits import wait_server
+from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.spec import Server, Spec, needs_config_drive
 from ivc_tasks.userdata import userdata_sha256
 

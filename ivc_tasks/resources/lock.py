@@ -38,7 +38,7 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import Locked
-from ivc_tasks.ops.waits import get_or_none
+from ivc_tasks.resources.waits import get_or_none
 
 log = logging.getLogger("ivc")
 

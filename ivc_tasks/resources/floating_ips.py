@@ -15,9 +15,9 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.resolve import forget, list_floating_ips, list_networks, pick
-from ivc_tasks.ops.result import Action
-from ivc_tasks.ops.waits import delete_or_gone
+from ivc_tasks.resources.resolve import forget, list_floating_ips, list_networks, pick
+from ivc_tasks.result import Action
+from ivc_tasks.resources.waits import delete_or_gone
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")

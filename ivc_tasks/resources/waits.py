@@ -2,7 +2,7 @@
 for every step (``resolve.get_or_none`` and ``resolve.delete_or_gone`` for any other thing).
 
 Every wait runs on ``Cloud.poll``, or on the run's shared poller when several waits run side by
-side (``ops.poller``). ``eager`` polls soon after the request and then less and less
+side (``resources.poller``). ``eager`` polls soon after the request and then less and less
 often (rotate and destroy, where the outage counts); without it the fixed ``poll_interval``
 is used (the steps, fewer requests). A 404 on a GET or a DELETE means "gone", never an error.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.poller import SERVERS, poll
-from ivc_tasks.ops.resolve import delete_or_gone, forget, get_or_none
-from ivc_tasks.ops.servers import fault_message, server_state
+from ivc_tasks.resources.poller import SERVERS, poll
+from ivc_tasks.resources.resolve import delete_or_gone, forget, get_or_none
+from ivc_tasks.resources.servers import fault_message, server_state
 
 GONE_STATUSES = ("DELETED", "SOFT_DELETED")
 

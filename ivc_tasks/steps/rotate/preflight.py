@@ -20,14 +20,14 @@ from typing import Any, NoReturn
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.ops.attachments import VOLUME_BUSY, volume_holders
-from ivc_tasks.ops.floating_ips import server_floating_ip
-from ivc_tasks.ops.instances import InstancePlan, plan_instance
-from ivc_tasks.ops.lock import lock_name, parse_holder
-from ivc_tasks.ops.resolve import list_keypairs, list_servers, list_volumes, pick
-from ivc_tasks.ops.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
+from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_holders
+from ivc_tasks.resources.floating_ips import server_floating_ip
+from ivc_tasks.steps.instances import InstancePlan, plan_instance
+from ivc_tasks.resources.lock import lock_name, parse_holder
+from ivc_tasks.resources.resolve import list_keypairs, list_servers, list_volumes, pick
+from ivc_tasks.steps.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
 from ivc_tasks.hints import did_you_mean, listed as listed_names
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.servers import (
     META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
     attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
     server_label, unmanaged_twins,

@@ -5,7 +5,7 @@ The create request itself writes them, so there is no window where a server exis
 old server's status>``, one ``ivc_fip:<floating ip id>=<port id> <network id>`` per floating IP
 on the old server's ports, one ``ivc_port:<port id>=<network id>`` per kept port it was made
 with (``keep_address``; while that port moves, before the new server exists, the port's own
-tags record the move: ``ops/ports.py``); a rollback that starts adds ``ivc_rollback=1``. The old
+tags record the move: ``resources/ports.py``); a rollback that starts adds ``ivc_rollback=1``. The old
 server is never marked (Nova refuses to change the metadata of a server in ERROR). ``finish``
 clears them.
 """
@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.servers import (
     FIP_KEY_PREFIX, META_REPLACES, META_ROLE, META_ROLLBACK, META_ROTATION, META_WAS,
 )
-from ivc_tasks.ops.ports import PORT_KEY_PREFIX  # ivc_port:<kept port id> = <network id>
-from ivc_tasks.ops.waits import get_server
+from ivc_tasks.resources.ports import PORT_KEY_PREFIX  # ivc_port:<kept port id> = <network id>
+from ivc_tasks.resources.waits import get_server
 
 MARKER_KEYS = (META_ROTATION, META_ROLE, META_REPLACES, META_WAS, META_ROLLBACK)
 # new-server states in which Nova refuses a metadata change (409): rollback deletes it unmarked

@@ -7,7 +7,7 @@ which ``DeployFailed`` reports together with the steps that did run.
 
 With ``parallel`` > 1 (``--parallel``, ``IVC_PARALLEL``), the security groups (and keypairs)
 come first, then each server's create-instance and attach-volume run side by side, up to
-``parallel`` servers at once, their waits served by one shared poller (``ops.poller``). The
+``parallel`` servers at once, their waits served by one shared poller (``resources.poller``). The
 first failure stops new work (servers not started are left alone), running ones finish, and
 ``DeployFailed`` names each server: changed or not, failed, not started. Each log line of a
 server's job starts with its name; the result ends with one summary line per server.
@@ -21,17 +21,17 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
-from ivc_tasks.ops.instances import (
+from ivc_tasks.steps.instances import (
     apply_instance, describe_instance, plan_instance,
 )
-from ivc_tasks.ops.keypairs import apply_keypairs, take_keypairs
-from ivc_tasks.ops.parallel import run_jobs
-from ivc_tasks.ops.poller import shared_poller
-from ivc_tasks.ops.resolve import forget, list_security_groups, list_servers, prefetch
-from ivc_tasks.ops.result import StepResult
-from ivc_tasks.ops.servers import made_by_run
-from ivc_tasks.ops.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
-from ivc_tasks.ops.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
+from ivc_tasks.steps.keypairs import apply_keypairs, take_keypairs
+from ivc_tasks.steps.parallel import run_jobs
+from ivc_tasks.resources.poller import shared_poller
+from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
+from ivc_tasks.result import StepResult
+from ivc_tasks.resources.servers import made_by_run
+from ivc_tasks.steps.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
+from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 from ivc_tasks.spec import Spec
 
 STEP = "deploy"

@@ -23,8 +23,8 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.ops.floating_ips import floating_marker, is_public
-from ivc_tasks.ops.result import Action
+from ivc_tasks.resources.floating_ips import floating_marker, is_public
+from ivc_tasks.result import Action
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
@@ -46,7 +46,7 @@ def kept_networks(declared: Server, networks: Sequence[Any]) -> list[Any]:
 
 def get_port(cloud: Cloud, port_id: str) -> Any | None:
     """The port as Neutron shows it now; None when it is gone."""
-    from ivc_tasks.ops.resolve import get_or_none  # noqa: PLC0415
+    from ivc_tasks.resources.resolve import get_or_none  # noqa: PLC0415
     conn = cloud.conn
     return get_or_none(cloud, f"get port {port_id}", lambda: conn.network.get_port(port_id))
 

@@ -23,14 +23,14 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.hints import did_you_mean, listed
-from ivc_tasks.ops.attachments import send_attach, volume_holders, wait_attached
-from ivc_tasks.ops.resolve import list_volumes, pick
-from ivc_tasks.ops.result import Action, StepResult
-from ivc_tasks.ops.servers import (
+from ivc_tasks.resources.attachments import send_attach, volume_holders, wait_attached
+from ivc_tasks.resources.resolve import list_volumes, pick
+from ivc_tasks.result import Action, StepResult
+from ivc_tasks.resources.servers import (
     attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
     server_label, volume_key,
 )
-from ivc_tasks.ops.waits import get_volume
+from ivc_tasks.resources.waits import get_volume
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
