@@ -1,8 +1,9 @@
 """Settings: one env file plus the real environment, validated once into a frozen Settings.
 
 ``IVC_ENV`` (default ``local``) picks ``<root>/env/<name>.env``; a variable set in the real
-environment wins over the file. ``IVC_ROOT`` moves the root (default: the repository that holds
-the ``ivc_tasks`` package).
+environment wins over the file. ``IVC_ROOT`` moves the root; by default it is the nearest folder,
+from the current one upward, that holds an ``env/`` folder (a checkout of ivc, or a user's own
+repository of declarations with ivc pip-installed), else the current folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 from ivc_tasks.errors import ConfigError, clip, clip_repr
 
 DEFAULT_ENV = "local"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARKERS = ("PASSWORD", "SECRET", "TOKEN")
 REDACTED = "***"
 
@@ -92,6 +92,16 @@ class Settings:
         return out
 
 
+def find_root(start: Path | None = None) -> Path:
+    """Return the nearest folder, from ``start`` (default: the current folder) upward, that holds
+    an ``env/`` folder; ``start`` itself when none does.
+
+    :raises OSError: the current folder no longer exists.
+    """
+    here = (Path.cwd() if start is None else Path(start)).resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / "env").is_dir()), here)
+
+
 def available_envs(root: Path) -> list[str]:
     """Return the names of the env files under ``<root>/env``, sorted."""
     return sorted(p.stem for p in (root / "env").glob("*.env"))
@@ -106,20 +116,25 @@ def load_settings(
     """Read the env file and the environment into a validated Settings.
 
     :param env: the environment name; default ``IVC_ENV``, else ``local``.
-    :param root: the project root; default ``IVC_ROOT``, else the repository of this package.
+    :param root: the project root; default ``IVC_ROOT``, else ``find_root()``.
     :param environ: the real environment (default ``os.environ``); its values win over the file.
     :raises ConfigError: unknown env name or missing env file, or a value that is not valid.
     """
     from dotenv import dotenv_values  # noqa: PLC0415 (keep `invoke --list` light)
 
     environ = os.environ if environ is None else environ
-    root = Path(root or environ.get("IVC_ROOT") or PACKAGE_ROOT).resolve()
+    root = Path(root or environ.get("IVC_ROOT") or find_root()).resolve()
     name = env or environ.get("IVC_ENV") or DEFAULT_ENV
     env_file = root / "env" / f"{name}.env"
     if not _ENV_NAME.match(name):
         raise ConfigError(
             f"{clip(str(env_file))}: IVC_ENV: {clip_repr(name)} is not an environment name; use "
             f"up to 64 letters, digits, '.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
+        )
+    if not (root / "env").is_dir():
+        raise ConfigError(
+            f"{env_file}: IVC_ENV: no env/ folder in {root} or any folder above it; run ivc from "
+            f"the folder that holds env/{name}.env (or below it), or set IVC_ROOT to that folder"
         )
     if not env_file.is_file():
         raise ConfigError(

@@ -61,7 +61,7 @@ def load_inputs() -> tuple[Any, Any]:
 
     :raises ConfigError: anything invalid, before any cloud call.
     """
-    from ivc_tasks.settings import PACKAGE_ROOT, load_settings  # noqa: PLC0415 (keep `invoke --list` light)
+    from ivc_tasks.settings import find_root, load_settings  # noqa: PLC0415 (keep `invoke --list` light)
     from ivc_tasks.spec import load_spec  # noqa: PLC0415
 
     try:
@@ -73,7 +73,7 @@ def load_inputs() -> tuple[Any, Any]:
         raise ConfigError(f"{name}: {exc.strerror or exc} (from IVC_ROOT / IVC_ENV); use a shorter "
                           "environment name or root folder") from None
     except Exception as exc:  # noqa: BLE001 (a dotenv parse problem, a bad byte...)
-        env_file = (f"{os.environ.get('IVC_ROOT') or PACKAGE_ROOT}/env/"
+        env_file = (f"{os.environ.get('IVC_ROOT') or find_root()}/env/"
                     f"{os.environ.get('IVC_ENV') or 'local'}.env")
         raise ConfigError(f"{clip(env_file)}: cannot read the settings: {type(exc).__name__}: "
                           f"{clip(str(exc))}") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.settings import PACKAGE_ROOT, Settings, load_settings
+from ivc_tasks.settings import Settings, find_root, load_settings
 
 
 @pytest.fixture
@@ -75,9 +75,60 @@ def test_root_from_ivc_root(root):
     assert load_settings(environ={"IVC_ROOT": str(root)}).root == root
 
 
-def test_default_root_is_the_repository():
-    assert PACKAGE_ROOT == Path(__file__).resolve().parents[2]
-    assert load_settings("example", environ={}).root == PACKAGE_ROOT
+@pytest.mark.parametrize(("folders", "start", "expected"), [
+    (["env"], ".", "."),                                    # the folder itself
+    (["env", "a/b/c"], "a/b/c", "."),                       # the nearest one upward
+    (["env", "a/env", "a/b"], "a/b", "a"),                  # the nearest wins over a farther one
+    (["a/b", "c/env"], "a/b", "a/b"),                       # none upward (a sibling's does not count)
+])
+def test_find_root(tmp_path, folders, start, expected):
+    base = tmp_path / "repo"
+    for folder in folders:
+        (base / folder).mkdir(parents=True)
+    assert find_root(base / start) == (base / expected).resolve()
+
+
+def test_env_as_a_file_is_not_a_root(tmp_path):
+    (tmp_path / "env").write_text("")
+    (tmp_path / "sub").mkdir()
+    assert find_root(tmp_path / "sub") == tmp_path / "sub"
+
+
+def test_default_root_is_found_from_the_current_folder(root, monkeypatch):
+    write_env(root, "prod", "OS_CLOUD=prod-cloud\n")
+    (root / "decl" / "teams").mkdir(parents=True)
+    monkeypatch.chdir(root / "decl" / "teams")
+    s = load_settings("prod", environ={})
+    assert (s.root, s.env_file, s.spec_path, s.os_cloud) == (
+        root, root / "env" / "prod.env", root / "env" / "prod.toml", "prod-cloud")
+    assert find_root() == root
+
+
+def test_ivc_root_wins_over_the_search(root, tmp_path_factory, monkeypatch):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "env").mkdir()
+    (elsewhere / "env" / "local.env").write_text("OS_CLOUD=elsewhere\n")
+    write_env(root, "local", "OS_CLOUD=here\n")
+    monkeypatch.chdir(root)
+    assert load_settings(environ={"IVC_ROOT": str(elsewhere)}).os_cloud == "elsewhere"
+    assert load_settings(environ={}).os_cloud == "here"
+
+
+def test_no_env_folder_anywhere_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={})
+    assert str(info.value) == (
+        f"{tmp_path}/env/local.env: IVC_ENV: no env/ folder in {tmp_path} or any folder above it; "
+        "run ivc from the folder that holds env/local.env (or below it), or set IVC_ROOT to that "
+        "folder")
+    assert info.value.exit_code == 2
+
+
+def test_the_repository_is_its_own_root_when_run_from_it(monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo / "tests" / "unit")
+    assert load_settings("example", environ={}).root == repo
 
 
 @pytest.mark.parametrize(("given", "expected"), [
