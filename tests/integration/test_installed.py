@@ -4,10 +4,10 @@ from a user's own folder that holds env/<name>.env and the declarations, as a us
 The wheel is built from a copy of what it ships (pyproject.toml, README.md, ivc_tasks/), so the
 checkout gets no build/ or egg-info, by pip as a user's `pip install .` builds it (an isolated
 build environment with pyproject's build requirements from the pip index). The virtualenv sees
-the machine's site-packages for the dependencies that `.ci/run` installed from the pip index (pip resolves the wheel's requirements
-against them, so nothing is fetched); ivc itself comes from the wheel, and the test proves it
-(``ivc_tasks.__file__`` inside the virtualenv, not the checkout). The venv is made once per
-session.
+the machine's site-packages for the dependencies that `.ci/run` installed from the pip index
+(pip resolves the wheel's requirements against them, so nothing is fetched); ivc itself comes
+from the wheel, and the test proves it (``ivc_tasks.__file__`` inside the virtualenv, not the
+checkout). The venv is made once per session.
 """
 
 import json
