@@ -1,12 +1,13 @@
 """Settings: env file + environment -> one validated, frozen Settings."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.settings import Settings, find_root, load_settings
+from ivc_tasks.settings import _NUMBERS, Settings, find_root, load_settings
 
 
 @pytest.fixture
@@ -244,3 +245,14 @@ def test_exit_code_is_invalid_input(root):
     with pytest.raises(ConfigError) as info:
         load_settings("nope", root=root, environ={})
     assert info.value.exit_code == 2
+
+
+def test_example_env_lists_every_setting_with_its_default():
+    text = (Path(__file__).resolve().parents[2] / "env" / "example.env").read_text()
+    written = dict(re.findall(r"^#? ?([A-Z_]+)=(\S*)", text, re.M))
+    for key, (_attr, default, kind) in _NUMBERS.items():
+        assert key in written, key
+        assert kind(written[key]) == default, (key, written[key], default)
+    missing = {"IVC_ENV", "IVC_ROOT", "IVC_SPEC", "IVC_FLOATING_NETWORK", "IVC_DEBUG", "OS_CLOUD",
+               "OS_CLIENT_CONFIG_FILE"} - set(written)
+    assert missing == set()
