@@ -94,7 +94,7 @@ class Settings:
 
 def available_envs(root: Path) -> list[str]:
     """Return the names of the env files under ``<root>/env``, sorted."""
-    return sorted(p.stem for p in (root / "env").glob("*.env"))
+    return sorted(p.stem for p in (root / "env").glob("*.env") if p.is_file())
 
 
 def load_settings(
@@ -121,6 +121,9 @@ def load_settings(
             f"{clip(str(env_file))}: IVC_ENV: {clip_repr(name)} is not an environment name; use "
             f"up to 64 letters, digits, '.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
         )
+    if env_file.is_dir():
+        raise ConfigError(f"{env_file}: IVC_ENV: is a folder, not an env file; make it a file of "
+                          "KEY=value lines (as env/example.env)")
     if not env_file.is_file():
         raise ConfigError(
             f"{env_file}: IVC_ENV: no env file for environment {name!r}; create it or pick one of: "
