@@ -460,6 +460,7 @@ def test_bad_input(world, capsys, kind, setup, argv, code, message):
     out, err = capsys.readouterr()
     data = json.loads(out)  # exactly one JSON object on stdout
     assert data["exit_code"] == code
+    assert isinstance(message, str) or callable(message), "give the whole message, not key words"
     message = expected_message(message, world.root)
     assert data["error"] == message
     # stderr: the one line invoke prints for Exit, the step's name before what was read

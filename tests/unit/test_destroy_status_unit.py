@@ -153,8 +153,10 @@ def test_destroy_of_a_missing_server_is_not_an_error(conn, spec):
 
 
 def test_destroy_of_an_unknown_name_is_a_config_error(conn, spec):
-    with pytest.raises(ConfigError, match="no such declared server") as info:
+    with pytest.raises(ConfigError) as info:
         destroy(new_cloud(conn), spec, "web9")
+    assert str(info.value) == (f"{spec.path}: --name 'web9': no such declared server, and no "
+                               "server of that name made by ivc in environment 'test'")
     assert info.value.exit_code == 2 and conn.mutations() == []
 
 

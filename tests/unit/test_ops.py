@@ -573,8 +573,11 @@ def test_deploy_validates_everything_before_the_first_change(conn, cloud, spec_o
     conn.add_volume("data")
     bad = SPEC.replace('[servers.edge]\nnetworks = ["public"]',
                        '[servers.edge]\nflavor = "m9.huge"\nnetworks = ["public"]')
-    with pytest.raises(ConfigError, match="servers.edge.flavor"):
-        deploy(cloud, spec_of(bad))
+    spec = spec_of(bad)
+    with pytest.raises(ConfigError) as info:
+        deploy(cloud, spec)
+    assert str(info.value) == (f"{spec.path}: servers.edge.flavor: no flavor named 'm9.huge' in "
+                               "the cloud; available: m1.small, m1.tiny")
     assert conn.mutations() == []  # not even the security group of the first server
 
 
