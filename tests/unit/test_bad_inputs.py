@@ -9,18 +9,14 @@ cloud, unchanged.
 """
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import pytest
-import tenacity
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
 from ivc_tasks.errors import ConfigError
@@ -51,34 +47,21 @@ def public_key() -> str:
                             serialization.PublicFormat.OpenSSH).decode()
 
 
+SPEC = BASE  # conftest's task_env writes it to env/unit.toml, and TEMPLATE to env/t.j2
+TEMPLATE = "#cloud-config\nword: {{ secret_word }}\n"
+
+
 class World:
-    """An env file, a spec and files under tmp_path; the fake cloud behind ``connect``."""
+    """An env file, a spec and files under tmp_path; the fake cloud behind ``connect``
+    (conftest's task_env); not a terminal (``CI`` set)."""
 
-    def __init__(self, root: Path, monkeypatch):
-        self.root, self.mp = root, monkeypatch
+    def __init__(self, root: Path, monkeypatch, fake: FakeConnection):
+        self.root, self.mp, self.fake = root, monkeypatch, fake
         self.env = root / "env"
-        self.env.mkdir()
         self.env_file = self.env / "unit.env"
-        self.env_file.write_text("OS_CLOUD=fake\n")
         self.spec = self.env / "unit.toml"
-        self.spec.write_text(BASE)
         self.template = self.env / "t.j2"
-        self.template.write_text("#cloud-config\nword: {{ secret_word }}\n")
-        (self.env / "key.pub").write_text(public_key() + "\n")
-        self.fake = FakeConnection()
-        monkeypatch.setenv("IVC_ROOT", str(root))
-        monkeypatch.setenv("IVC_ENV", "unit")
         monkeypatch.setenv("CI", "true")
-        for key in list(os.environ):
-            if key.startswith("OS_") or (key.startswith("IVC_") and key not in ("IVC_ROOT",
-                                                                               "IVC_ENV")):
-                monkeypatch.delenv(key)
-
-        def connect(settings):
-            return Cloud(conn=self.fake, env=settings.env, poll_interval=0,
-                         sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
-
-        monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
 
     def add(self, text: str) -> None:
         """Append declarations to the base spec."""
@@ -100,19 +83,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    return World(tmp_path, monkeypatch)
-
-
-@pytest.fixture(autouse=True)
-def ivc_logger():
-    """The tasks set up the ``ivc`` logger (stderr, no propagation); put it back afterwards, so
-    that other tests' caplog still sees its records."""
-    log = logging.getLogger("ivc")
-    saved = (list(log.handlers), log.propagate, log.level)
-    yield
-    log.handlers[:], log.propagate = saved[0], saved[1]
-    log.setLevel(saved[2])
+def world(tmp_path, monkeypatch, task_env):
+    return World(tmp_path, monkeypatch, task_env)
 
 
 ENTRY = ("clouds:\n  c:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: u\n"

@@ -9,19 +9,18 @@ with the metadata ivc gives them.
 from __future__ import annotations
 
 import hashlib
-import textwrap
 import time
 
 import pytest
-from fakecloud import FakeConnection, http_error, ticking_cloud
+from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import ConfigError, Locked
 from ivc_tasks.steps.destroy import destroy
 from ivc_tasks.steps.status import status
-from ivc_tasks.spec import load_spec
 
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -40,22 +39,7 @@ floating_ip = false
 """
 
 
-@pytest.fixture
-def spec(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    path = tmp_path / "spec.toml"
-    path.write_text(textwrap.dedent(SPEC))
-    return load_spec(path, env_name=ENV)
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
+# the fixtures spec and conn are conftest's
 def new_cloud(conn):
     return ticking_cloud(conn, ENV)
 

@@ -3,23 +3,17 @@ they refuse before changing anything."""
 
 import base64
 import json
-import textwrap
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, http_error
+from fakecloud import http_error, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.steps.instances import create_instance
 from ivc_tasks.resources.servers import managed_servers, volume_key
 from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.steps.volumes import attach_volume
-from ivc_tasks.spec import load_spec
 from ivc_tasks.userdata import userdata_sha256
-
-PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb x@y"
 
 SPEC = """
 [defaults]
@@ -48,24 +42,7 @@ floating_ip = false
 """
 
 
-@pytest.fixture
-def spec_of(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    (tmp_path / "key.pub").write_text(PUBLIC_KEY + "\n")
-
-    def make(text=SPEC):
-        path = tmp_path / "spec.toml"
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name="test")
-
-    return make
-
-
-@pytest.fixture
-def conn():
-    return FakeConnection()
-
-
+# the fixtures spec_of, conn and public_key are conftest's
 @pytest.fixture
 def cloud(conn):
     return new_cloud(conn)
@@ -73,8 +50,7 @@ def cloud(conn):
 
 def new_cloud(conn):
     """A fresh run (new run id, empty cache) on the same fake cloud."""
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(conn, "test")
 
 
 # -- ensure-secgroups ------------------------------------------------------------------------
@@ -336,12 +312,13 @@ def test_create_instance_refuses_ambiguous_names(conn, cloud, spec_of):
         create_instance(cloud, spec_of(), "edge")
 
 
-def test_a_declared_keypair_is_created_once_and_a_different_key_is_refused(conn, cloud, spec_of):
+def test_a_declared_keypair_is_created_once_and_a_different_key_is_refused(conn, cloud, spec_of,
+                                                                           public_key):
     text = SPEC.replace('keypair = "ivc-demo"', 'keypair = "mine"') + \
         '\n[keypairs.mine]\npublic_key_file = "key.pub"\n'
     create_instance(cloud, spec_of(text), "edge")
     assert conn.mutations() == ["compute.create_keypair", "compute.create_server"]
-    assert conn.keys[-1].public_key == PUBLIC_KEY
+    assert conn.keys[-1].public_key == public_key
     conn.keys[-1].public_key = "ssh-ed25519 AAAAother x@y"
     conn.servers.clear()
     conn.calls.clear()

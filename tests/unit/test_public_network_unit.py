@@ -4,10 +4,8 @@ cloud: the rules (pure) and the floating-IP choice against the in-memory fake.""
 from types import SimpleNamespace as NS
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, Resource
+from fakecloud import FakeConnection, Resource, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import is_public, plan_floating
 from ivc_tasks.resources.ports import address_changes, kept_port_name, port_tags, public_addresses
@@ -31,17 +29,9 @@ keep_address = ["ext-net"]
 """
 
 
-@pytest.fixture
-def spec(tmp_path):
-    path = tmp_path / "spec.toml"
-    path.write_text(SPEC)
-    return load_spec(path, env_name="test")
-
-
+# the fixture spec is conftest's
 def cloud_of(conn, floating_network=None):
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()},
-                 floating_network=floating_network)
+    return ticking_cloud(conn, "test", floating_network=floating_network)
 
 
 @pytest.mark.parametrize("external, shared, public", [

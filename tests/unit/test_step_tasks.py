@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.result import Action, StepResult
 
@@ -42,24 +39,14 @@ userdata_vars = { secret_word = "swordfish-7" }
 """
 
 
+TEMPLATE = "#cloud-config\nword: {{ secret_word }}\n"
+
+
 @pytest.fixture
-def conn(tmp_path, monkeypatch):
-    """Real settings and spec under tmp_path; a fake cloud behind ``connect``."""
-    (tmp_path / "env").mkdir()
-    (tmp_path / "env" / "unit.env").write_text("OS_CLOUD=fake\n")
-    (tmp_path / "env" / "unit.toml").write_text(SPEC)
-    (tmp_path / "env" / "t.j2").write_text("#cloud-config\nword: {{ secret_word }}\n")
-    monkeypatch.setenv("IVC_ROOT", str(tmp_path))
-    monkeypatch.setenv("IVC_ENV", "unit")
-    monkeypatch.delenv("IVC_SPEC", raising=False)
-    fake = FakeConnection()
-
-    def connect(settings):
-        return Cloud(conn=fake, env=settings.env, poll_interval=0, sleep=lambda s: None,
-                     retry_overrides={"wait": tenacity.wait_none()})
-
-    monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
-    return fake
+def conn(task_env):
+    """The fake cloud behind the tasks (conftest's task_env: settings, SPEC and TEMPLATE under
+    tmp_path)."""
+    return task_env
 
 
 def test_list_shows_every_step_with_a_one_line_summary(capsys):

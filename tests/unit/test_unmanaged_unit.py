@@ -10,7 +10,7 @@ import hashlib
 import textwrap
 
 import pytest
-from fakecloud import FakeConnection, http_error, ticking_cloud
+from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
 from ivc_tasks.steps.deploy import deploy
@@ -24,7 +24,7 @@ from ivc_tasks.spec import load_spec
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 MARKERS = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback")
-PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb x@y"
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -57,35 +57,7 @@ floating_ip = false
 """
 
 
-# -- fixtures and helpers ----------------------------------------------------------------------
-@pytest.fixture
-def spec_of(tmp_path):
-    env = tmp_path / "env"
-    env.mkdir()
-    (env / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    (env / "key.pub").write_text(PUBLIC_KEY + "\n")
-
-    def make(text=SPEC, name="a.toml"):
-        path = env / name
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name=ENV)
-
-    return make
-
-
-@pytest.fixture
-def spec(spec_of):
-    return spec_of()
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
+# -- helpers (the fixtures spec_of, spec, conn and public_key are conftest's) -------------------
 def new_cloud(conn):
     return ticking_cloud(conn, ENV)
 
@@ -147,13 +119,14 @@ def assert_hand_made_serves(conn, old, fip):
 
 
 # -- keypairs ----------------------------------------------------------------------------------
-def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(conn, spec_of):
+def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(conn, spec_of,
+                                                                              public_key):
     result = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert conn.count("compute.create_keypair") == 1
     assert conn.count("compute.create_server") == 2
     assert [s.step for s in result.steps] == ["ensure-secgroups", "ensure-keypairs",
                                               "create-instance", "create-instance"]
-    assert [k.public_key for k in conn.keys if k.name == "shared"] == [PUBLIC_KEY]
+    assert [k.public_key for k in conn.keys if k.name == "shared"] == [public_key]
     conn.calls.clear()
     again = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert not again.changed and conn.mutations() == []
@@ -165,8 +138,8 @@ def test_the_deploy_dry_run_shows_the_keypair_once(conn, spec_of):
     assert [a.name for a in creates] == ["shared"] and conn.mutations() == []
 
 
-def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of):
-    conn.add_lock("shared", PUBLIC_KEY.rsplit(" ", 1)[0] + " another comment")
+def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of, public_key):
+    conn.add_lock("shared", public_key.rsplit(" ", 1)[0] + " another comment")
     deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert conn.count("compute.create_keypair") == 0 and conn.count("compute.create_server") == 2
 
