@@ -154,6 +154,41 @@ def test_poll_waits_poll_interval_between_fetches_until_done():
     assert out == "ACTIVE" and clock.now == 1.5
 
 
+def test_a_retry_waits_through_the_clouds_sleep():
+    clock = Clock()
+    outcomes = iter([http_error(503, "busy"), http_error(503, "busy"), "ok"])
+
+    def flaky():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    cloud = make_cloud(sleep=clock.sleep, clock=clock,
+                       retry_overrides={"wait": tenacity.wait_fixed(1.5)})
+    assert cloud.call("list things", flaky) == "ok"
+    assert clock.now == 3.0  # two waits of 1.5 s, on the injected clock, none in real time
+
+
+def test_a_429_pause_is_kept_by_every_worker_on_the_clouds_clock():
+    clock = Clock()
+    clock.now = 100.0
+    cloud = make_cloud(sleep=clock.sleep, clock=clock)
+    answers = iter([http_error(429, "Too Many Requests", **{"Retry-After": "3"}), "ok"])
+
+    def throttled():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert cloud.call("list servers", throttled) == "ok"
+    assert clock.now == 103.0  # the pause, waited out before the retry (its own wait: none)
+    clock.now = 101.0  # a call made while the pause still runs, e.g. by another worker
+    assert cloud.call("list flavors", lambda: "flavors") == "flavors"
+    assert clock.now == 103.0  # waited out the 2 s left of the pause before sending
+
+
 def test_poll_fails_on_a_failed_state_and_on_timeout():
     clock = Clock()
     cloud = make_cloud(sleep=clock.sleep, clock=clock)

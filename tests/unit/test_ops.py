@@ -546,6 +546,18 @@ def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     assert sorted(c[0] for c in conn.calls) == ["compute.servers", "network.security_groups"]
 
 
+def test_a_steady_deploy_neither_waits_nor_polls(conn, spec_of):
+    """What made a steady deploy fast (integration test_steps used to bound its wall time):
+    nothing to wait for, so no sleep at all, not even a poll of 0 s, and listings only."""
+    conn.add_volume("data")
+    deploy(new_cloud(conn), spec_of())
+    conn.calls.clear()
+    slept = []
+    second = deploy(ticking_cloud(conn, "test", sleep=slept.append), spec_of())
+    assert not second.changed and slept == []
+    assert sorted(c[0] for c in conn.calls) == ["compute.servers", "network.security_groups"]
+
+
 def test_deploy_validates_everything_before_the_first_change(conn, cloud, spec_of):
     conn.add_volume("data")
     bad = SPEC.replace('[servers.edge]\nnetworks = ["public"]',
