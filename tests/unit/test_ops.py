@@ -255,7 +255,8 @@ def test_a_server_in_error_is_a_cloud_error_that_mentions_rotate(conn, cloud, sp
     with pytest.raises(CloudError) as info:
         create_instance(cloud, spec_of(), "edge")
     assert info.value.exit_code == 1
-    assert "No valid host" in str(info.value) and "invoke rotate --name edge" in str(info.value)
+    assert str(info.value) == (f"server edge ({server.id}) is in ERROR: No valid host was found.; "
+                               "`invoke rotate --name edge` will replace it")
     assert conn.mutations() == []
 
 

@@ -130,29 +130,53 @@ def test_errors_map_to_exit_codes_and_json(conn, monkeypatch, capsys, error, cod
     assert str(error) in captured.err
 
 
-@pytest.mark.parametrize("argv", [
-    ["create-instance"], ["attach-volume"], ["create-instance", "--name", "app", "--timeout", "x"],
-    ["deploy", "--timeout", "-1"], ["create-instance", "--name", "nope"],
-    ["attach-volume", "--name", "app", "--volume", "other"], ["ensure-secgroups", "--name", "x"],
+@pytest.mark.parametrize(("argv", "message"), [
+    (["create-instance"], "--name is required: the declared server to create"),
+    (["attach-volume"], "--name is required: the declared server to attach volumes to"),
+    (["create-instance", "--name", "app", "--timeout", "x"],
+     "--timeout: 'x' is not a number of seconds"),
+    (["deploy", "--timeout", "-1"], "--timeout: '-1' must be greater than 0"),
+    (["create-instance", "--name", "nope"],
+     "create-instance: invalid input: {root}/env/unit.toml: --name 'nope': not a declared server "
+     "(servers.nope); declared: app"),
+    (["attach-volume", "--name", "app", "--volume", "other"],
+     "attach-volume: invalid input: {root}/env/unit.toml: --volume 'other': not a volume of "
+     "servers.app.volumes; declared: data, logs"),
+    (["ensure-secgroups", "--name", "x"],
+     "ensure-secgroups: invalid input: {root}/env/unit.toml: --name 'x': not a declared security "
+     "group (secgroups.x); declared: web, db"),
 ])
-def test_invalid_arguments_exit_2_and_touch_nothing(conn, argv, capsys):
+def test_invalid_arguments_exit_2_and_touch_nothing(conn, argv, message, capsys, tmp_path):
     assert run(*argv) == 2
-    assert capsys.readouterr().err.strip()
+    assert capsys.readouterr().err == message.replace("{root}", str(tmp_path)) + "\n"
     assert conn.mutations() == []
 
 
-def test_a_bad_env_file_exits_2(conn, monkeypatch, capsys):
+def test_a_bad_env_file_exits_2(conn, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("IVC_ENV", "missing")
     assert run("deploy") == 2
-    assert "no env file for environment 'missing'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"deploy: invalid input: {tmp_path}/env/missing.env: IVC_ENV: no env file for environment "
+        "'missing'; create it or pick one of: unit\n")
 
 
 def test_json_is_one_object_with_the_agreed_keys(conn, capsys):
     assert run("ensure-secgroups", "--json") == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["changed"] is True and isinstance(data["actions"], list)
+    assert data["changed"] is True
     assert {"requests", "requests_by_method", "mutating_requests", "elapsed_seconds"} <= set(data)
-    assert all({"action", "kind", "name"} <= set(a) for a in data["actions"])
+    assert data["actions"] == [
+        {"action": "create", "kind": "security_group", "name": "web", "id": "sg-1"},
+        {"action": "tag", "kind": "security_group", "name": "web", "id": "sg-1",
+         "summary": "ivc:unit"},
+        {"action": "create", "kind": "security_group", "name": "db", "id": "sg-4"},
+        {"action": "tag", "kind": "security_group", "name": "db", "id": "sg-4",
+         "summary": "ivc:unit"},
+        {"action": "create", "kind": "security_group_rule", "name": "web",
+         "summary": "ingress IPv4 tcp 22"},
+        {"action": "create", "kind": "security_group_rule", "name": "db",
+         "summary": "ingress IPv4 tcp 5432"},
+    ]
 
 
 def test_human_output_goes_to_stdout_and_progress_to_stderr(conn, monkeypatch, capsys):
