@@ -214,7 +214,9 @@ def test_status_of_a_server_as_declared_shows_no_drift_and_changes_nothing(conn,
     assert conn.requests <= 8, conn.calls  # listings only (Neutron's ports and floating IPs too)
     web2 = by_name(result)["web2"]
     assert web2.id is None and web2.status == "missing" and web2.rotate_due
-    assert "no server" in web2.line()
+    assert web2.line() == "web2: no server (rotate or create-instance makes it)"
+    assert item.line() == (f"web1: {web1.id} gen 1 ACTIVE; 10.0.0.10, {fip.floating_ip_address}; "
+                           "web1-data, web1-logs; image ivc-tiny, flavor m1.tiny")
     assert result.to_dict()["rotate_due"] == ["web2"]
 
 
@@ -275,7 +277,8 @@ def test_status_shows_an_undeclared_server(conn, spec):
     assert set(items) == {"web1", "web2", "legacy"}
     assert items["legacy"].id == legacy.id and not items["legacy"].declared
     assert items["legacy"].drift == []
-    assert "NOT DECLARED" in items["legacy"].line()
+    assert items["legacy"].line() == (f"legacy: {legacy.id} gen 1 ACTIVE; 10.0.0.10; no volumes; "
+                                      "image ivc-tiny, flavor m1.tiny; NOT DECLARED")
     assert "legacy" not in result.to_dict()["rotate_due"]
 
 

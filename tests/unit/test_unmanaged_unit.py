@@ -213,7 +213,10 @@ def test_status_lists_a_hand_made_server_of_a_declared_name(conn, spec):
     items = [s.to_dict() for s in result.servers]
     assert [(i["id"], i["managed"]) for i in items] == [(None, True), (old.id, False)]
     assert result.to_dict()["rotate_due"] == ["web1"]  # no managed server yet
-    assert "NOT MADE BY IVC" in result.lines()[1] and f"--adopt {old.id}" in result.lines()[1]
+    assert result.lines() == [
+        "web1: no server (rotate or create-instance makes it)",
+        f"web1: {old.id} ACTIVE; 10.0.0.10, 203.0.113.10; NOT MADE BY IVC (`invoke rotate --name "
+        f"web1 --adopt {old.id}` takes it over)"]
     assert {v["name"] for v in items[1]["volumes"]} == {"web1-data", "web1-logs"}
 
 
