@@ -165,12 +165,13 @@ def test_json_is_one_object_with_the_agreed_keys(conn, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["changed"] is True
     assert {"requests", "requests_by_method", "mutating_requests", "elapsed_seconds"} <= set(data)
+    web, db = (g.id for g in conn.groups)  # the fake's ids count across tests
     assert data["actions"] == [
-        {"action": "create", "kind": "security_group", "name": "web", "id": "sg-1"},
-        {"action": "tag", "kind": "security_group", "name": "web", "id": "sg-1",
+        {"action": "create", "kind": "security_group", "name": "web", "id": web},
+        {"action": "tag", "kind": "security_group", "name": "web", "id": web,
          "summary": "ivc:unit"},
-        {"action": "create", "kind": "security_group", "name": "db", "id": "sg-4"},
-        {"action": "tag", "kind": "security_group", "name": "db", "id": "sg-4",
+        {"action": "create", "kind": "security_group", "name": "db", "id": db},
+        {"action": "tag", "kind": "security_group", "name": "db", "id": db,
          "summary": "ivc:unit"},
         {"action": "create", "kind": "security_group_rule", "name": "web",
          "summary": "ingress IPv4 tcp 22"},
