@@ -450,3 +450,28 @@ def test_missing_spec_file(folder):
         load_spec(folder / "absent.toml", env_name="x")
     assert str(info.value) == (f"{folder}/absent.toml: spec: file not found; create it or point "
                                "IVC_SPEC at the declarations")
+
+
+# -- the "did you mean" hint -------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "choices", "hint"), [
+    ("wbe", ["web", "db"], "did you mean 'web'?"),
+    ("netwroks", ["networks", "volumes"], "did you mean 'networks'?"),
+    ("zzz", ["web", "db"], "declared: web, db"),
+    ("", ["web"], "declared: web, db"),
+    ("w" * 7, ["www"], "did you mean 'www'?"),  # 2 * 3 / 10 = 0.6: the cutoff, just
+    ("w" * 8, ["www"], "declared: web, db"),  # 2 * 3 / 11: under it
+    ("x" * 10_000_000, ["app", "x" * 10], "declared: web, db"),
+])
+def test_did_you_mean(name, choices, hint):
+    from ivc_tasks.hints import did_you_mean
+
+    assert did_you_mean(name, choices, otherwise="declared: web, db") == hint
+
+
+def test_did_you_mean_does_not_compare_a_name_too_long_to_be_close(monkeypatch):
+    from ivc_tasks import hints
+
+    monkeypatch.setattr(hints.difflib, "get_close_matches",
+                        lambda *args, **kwargs: pytest.fail("compared"))
+    assert hints.did_you_mean("x" * 10_000_000, ["app"], otherwise="declared: app") == \
+        "declared: app"
