@@ -19,6 +19,8 @@ The fixtures:
   ``IVC_ROOT`` is ``tmp_path`` with ``env/unit.env`` and ``env/unit.toml`` (``SPEC``),
   ``IVC_ENV=unit``, no other ``IVC_*``/``OS_*`` variable, and ``connect`` hands out a
   ticking cloud on the returned fake.
+- ``clock``: a fake monotonic clock for ``Cloud(clock=clock, sleep=clock.sleep)``: ``now``
+  moves only when something sleeps; ``sleeps`` lists every sleep.
 - ``ivc_logger`` (every test): the tasks set up the ``ivc`` logger (stderr, no propagation);
   it is put back afterwards, so that other tests' caplog still sees its records.
 """
@@ -40,6 +42,26 @@ TEMPLATE = "#cloud-config\nhostname: {{ server }}\n"
 
 def _module(request, name, default=None):
     return getattr(request.module, name, default)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the code under test sleeps."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
 
 
 @pytest.fixture(autouse=True)
