@@ -173,7 +173,7 @@ def test_a_429_pause_is_kept_by_every_worker_on_the_clouds_clock(clock):
     clock.now = 101.0  # a call made while the pause still runs, e.g. by another worker
     assert cloud.call("list flavors", lambda: "flavors") == "flavors"
     assert clock.now == 103.0  # waited out the 2 s left of the pause before sending
-    assert clock.sleeps == [3.0, 2.0]
+    assert clock.sleeps == [0.0, 3.0, 2.0]  # the retry's own wait (none), the pause, its rest
 
 
 def test_poll_fails_on_a_failed_state_and_on_timeout(clock):
