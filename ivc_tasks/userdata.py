@@ -59,7 +59,8 @@ def write_files_entry(file: FileSpec) -> dict[str, Any]:
         data = file.source.read_bytes()
     except OSError as exc:
         raise ConfigError(clip_message(f"{file.source}: cannot read the file for {file.path}: "
-                                       f"{exc.strerror or exc}")) from None
+                                       f"{exc.strerror or exc}; fix the source path or the "
+                                       "file's permissions")) from None
     return _entry(file.path, data, file.permissions or "0644", file.owner)
 
 
@@ -123,7 +124,8 @@ def write_files_entries(file: FileSpec) -> list[dict[str, Any]]:
             mode = file.permissions or file_mode(path)
         except OSError as exc:
             raise ConfigError(clip_message(f"{path}: cannot read the file for "
-                                           f"{file.path}: {exc.strerror or exc}")) from None
+                                           f"{file.path}: {exc.strerror or exc}; fix the file's "
+                                           "permissions")) from None
         entries.append(_entry(posixpath.join(file.path.rstrip("/") or "/", rel), data, mode,
                               file.owner))
     return entries

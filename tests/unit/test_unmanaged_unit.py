@@ -146,10 +146,14 @@ def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of, public_key
 
 def test_a_different_key_under_the_name_is_exit_2_before_any_change(conn, spec_of):
     conn.add_lock("shared", "ssh-ed25519 AAAAother x@y")
-    with pytest.raises(ConfigError, match="keypairs.shared: the cloud's keypair 'shared' holds "
-                                          "a different public key") as info:
-        deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
+    spec = spec_of(TWO_SHARING_A_KEY)
+    with pytest.raises(ConfigError) as info:
+        deploy(new_cloud(conn), spec)
     assert info.value.exit_code == 2 and conn.mutations() == []
+    assert str(info.value) == (
+        f"{spec.path}: keypairs.shared: the cloud's keypair 'shared' holds a different public key "
+        f"than {spec.path.parent}/key.pub; delete it in the cloud (openstack keypair delete) or "
+        "give the declared one another name")
 
 
 def test_a_keypair_made_meanwhile_with_the_same_key_counts_as_done(conn, spec_of):
@@ -258,13 +262,19 @@ def test_adopt_dry_run_changes_nothing(conn, spec):
     assert conn.mutations() == []
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unknown", "no server with that id or name"),
-    ("managed", "is ivc's server web1 already"),
-    ("other-env", "was made by ivc"),
-    ("two-names", "2 servers of that name"),
-    ("has-managed", "ivc has a server of this name already"),
-    ("two-names-flag", "adopt one server at a time"),
+@pytest.mark.parametrize("case, message", [  # {ref}: what --adopt names; {s0}, {s1}: the servers
+    ("unknown", "--adopt 'nope': no server with that id or name in the project; servers ivc did "
+                "not make: none"),
+    ("managed", "--adopt '{ref}': server {ref} is ivc's server web1 already; `invoke rotate --name "
+                "web1` (without --adopt) replaces it"),
+    ("other-env", "--adopt '{ref}': server {ref} was made by ivc (environment 'prod', server "
+                  "'web1'); ivc adopts only servers it did not make"),
+    ("two-names", "--adopt 'web1': 2 servers of that name ({s0} ACTIVE, {s1} ACTIVE); give the id "
+                  "of the one to adopt"),
+    ("has-managed", "server web1: --adopt {ref}: ivc has a server of this name already (without "
+                    "--adopt, rotate replaces that one): {s0} (ACTIVE, gen 1); to replace {ref} "
+                    "by it, delete one of them first"),
+    ("two-names-flag", "--adopt '{ref}': adopt one server at a time (one --name)"),
 ])
 def test_adopt_refusals_change_nothing(conn, spec_of, case, message):
     spec = spec_of()
@@ -285,8 +295,10 @@ def test_adopt_refusals_change_nothing(conn, spec_of, case, message):
     elif case == "two-names-flag":
         spec = spec_of(SPEC + '\n[servers.web2]\nnetworks = ["private"]\nfloating_ip = false\n')
         names, ref = ["web1", "web2"], hand_made(conn)[0].id
-    with pytest.raises(ConfigError, match=message) as info:
+    with pytest.raises(ConfigError) as info:
         rotate(new_cloud(conn), spec, names, options=RotateOptions(adopt=ref))
+    servers = {f"s{i}": s.id for i, s in enumerate(conn.servers)}
+    assert str(info.value) == message.format(ref=ref, **servers)
     assert info.value.exit_code == 2 and conn.mutations() == []
 
 
