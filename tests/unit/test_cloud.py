@@ -124,8 +124,8 @@ def test_redacted_user_data_never_reaches_the_message():
     exc = http_error(400, f"Invalid input for field/attribute user_data. Value: {secret[:30]}")
     with pytest.raises(CloudCallError) as info:
         make_cloud().call("create server", lambda: (_ for _ in ()).throw(exc), redact=secret)
-    assert secret[:30] not in str(info.value)
-    assert "<redacted user_data>" in str(info.value)
+    assert str(info.value) == ("create server failed: HTTP 400: Invalid input for "
+                               "field/attribute user_data. Value: <redacted user_data>")
 
 
 def test_scrub_keeps_unrelated_text():
