@@ -109,6 +109,9 @@ class Cloud:
     :param floating_network: the external network to take floating IPs from, by name or id
         (``IVC_FLOATING_NETWORK``; default: the only external network).
     :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
+    :param sleep: how the run waits: between polls, before a retry, out a 429's pause.
+    :param clock: the run's monotonic clock (waits' timeouts, the 429 pause, phase timings).
+        Tests inject both (``tests/unit/fakecloud.ticking_cloud``); no wait needs real time.
     :param cache: lists already fetched in this run (see ``ivc_tasks.resources.resolve``).
     """
 
@@ -158,8 +161,8 @@ class Cloud:
         """
         retrying = cloud_retrying(operation=operation, conflict_is_transient=conflict_is_transient,
                                   attempts=self.retry_attempts, max_seconds=self.retry_max_seconds,
-                                  **self.retry_overrides)
-        throttle = self.shared.setdefault("throttle", Throttle())
+                                  **({"sleep": self.sleep} | dict(self.retry_overrides)))
+        throttle = self.shared.setdefault("throttle", Throttle(self.clock))
         try:
             for attempt in retrying:
                 with attempt:

@@ -10,8 +10,14 @@ from ivc_tasks.errors import clip_repr
 
 def did_you_mean(name: str, choices: Iterable[str], *, otherwise: str, n: int = 1,
                  cutoff: float = 0.6) -> str:
-    """``did you mean 'x'?`` when ``name`` is close to one of ``choices``; else ``otherwise``."""
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
+    """``did you mean 'x'?`` when ``name`` is close to one of ``choices``; else ``otherwise``.
+
+    Only the choices whose length allows difflib's ratio (2 * matches / total length) to reach
+    ``cutoff`` are compared: a 10 MB name is answered at once, not after seconds of difflib.
+    """
+    reachable = [c for c in choices
+                 if 2 * min(len(name), len(c)) >= cutoff * (len(name) + len(c))]
+    close = difflib.get_close_matches(name, reachable, n=n, cutoff=cutoff) if reachable else []
     return f"did you mean {', '.join(clip_repr(c) for c in close)}?" if close else otherwise
 
 

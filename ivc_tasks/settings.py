@@ -104,7 +104,7 @@ def find_root(start: Path | None = None) -> Path:
 
 def available_envs(root: Path) -> list[str]:
     """Return the names of the env files under ``<root>/env``, sorted."""
-    return sorted(p.stem for p in (root / "env").glob("*.env"))
+    return sorted(p.stem for p in (root / "env").glob("*.env") if p.is_file())
 
 
 def load_settings(
@@ -136,6 +136,9 @@ def load_settings(
             f"{env_file}: IVC_ENV: no env/ folder in {root} or any folder above it; run ivc from "
             f"the folder that holds env/{name}.env (or below it), or set IVC_ROOT to that folder"
         )
+    if env_file.is_dir():
+        raise ConfigError(f"{env_file}: IVC_ENV: is a folder, not an env file; make it a file of "
+                          "KEY=value lines (as env/example.env)")
     if not env_file.is_file():
         raise ConfigError(
             f"{env_file}: IVC_ENV: no env file for environment {name!r}; create it or pick one of: "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ivc_tasks.errors import ConfigError, clip_message
+from ivc_tasks.errors import ConfigError, clip, clip_message
 
 NEUTRON_NAME_MAX = 255  # security group names and descriptions, rule descriptions
 
@@ -152,8 +152,10 @@ def load_spec(path: Path, *, env_name: str) -> Spec:
         raise
     except OSError as exc:  # a path too long, a folder where a file was expected, no permission
         name = exc.filename if exc.filename is not None else path
-        raise ConfigError(clip_message(f"{path}: cannot read {name}: {exc.strerror or exc}; fix the "
-                                       "path or the file's permissions")) from None
+        what = "it" if str(name) == str(path) else clip(str(name))
+        raise ConfigError(clip_message(f"{clip(str(path))}: cannot read {what}: "
+                                       f"{exc.strerror or exc}; fix the path or the file's "
+                                       "permissions")) from None
     except Exception as exc:  # noqa: BLE001 (never a traceback: name the file)
         raise ConfigError(clip_message(f"{path}: {type(exc).__name__}: {exc}; fix the "
                                        "declarations")) from None

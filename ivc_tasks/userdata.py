@@ -27,7 +27,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ivc_tasks.errors import ConfigError, clip_message
+from ivc_tasks.errors import ConfigError, clip, clip_message
 from ivc_tasks.errors import clip_repr as _r
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def write_files_entry(file: FileSpec) -> dict[str, Any]:
         data = file.source.read_bytes()
     except OSError as exc:
         raise ConfigError(clip_message(f"{file.source}: cannot read the file for {file.path}: "
-                                       f"{exc.strerror or exc}")) from None
+                                       f"{exc.strerror or exc}; fix the source path or the "
+                                       "file's permissions")) from None
     return _entry(file.path, data, file.permissions or "0644", file.owner)
 
 
@@ -123,7 +124,8 @@ def write_files_entries(file: FileSpec) -> list[dict[str, Any]]:
             mode = file.permissions or file_mode(path)
         except OSError as exc:
             raise ConfigError(clip_message(f"{path}: cannot read the file for "
-                                           f"{file.path}: {exc.strerror or exc}")) from None
+                                           f"{file.path}: {exc.strerror or exc}; fix the file's "
+                                           "permissions")) from None
         entries.append(_entry(posixpath.join(file.path.rstrip("/") or "/", rel), data, mode,
                               file.owner))
     return entries
@@ -180,9 +182,12 @@ def _render_template(spec_path: Path, entry: str, template: Path, context: dict)
               "create the file or fix the path (relative to the spec file's folder)")
     except jinja2.UndefinedError as exc:
         match = re.search(r"'([^']+)' is undefined", str(exc))
-        what = f"variable {_r(match.group(1))}" if match else str(exc)
-        _fail(spec_path, entry, f"template {template} uses undefined {what}",
-              f"add it to {entry}_vars or defaults.userdata_vars")
+        if match:
+            _fail(spec_path, entry, f"template {template} uses undefined variable "
+                  f"{_r(match.group(1))}", f"add it to {entry}_vars or defaults.userdata_vars")
+        _fail(spec_path, entry, f"template {template} uses an undefined value ({clip(str(exc))})",
+              f"declare it ({entry}_vars, defaults.userdata_vars or metadata) or test it with "
+              "`is defined`")
     except jinja2.TemplateSyntaxError as exc:
         _fail(spec_path, entry, f"template {template} line {exc.lineno}: {exc.message}",
               "fix the Jinja syntax")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.errors import ConfigError
+from ivc_tasks.errors import ConfigError, clip, clip_repr
 from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.resources.resolve import list_servers
 from ivc_tasks.spec import Server, Spec
@@ -176,8 +176,8 @@ def declared_server(spec: Spec, name: str | None) -> Server:
         raise ConfigError(f"--name is required: one of {listed(spec.servers, none='none declared')}")
     if name not in spec.servers:
         hint = did_you_mean(name, spec.servers, otherwise=f"declared: {listed(spec.servers)}")
-        raise ConfigError(f"{spec.path}: --name {name!r}: not a declared server "
-                          f"(servers.{name}); {hint}")
+        raise ConfigError(f"{spec.path}: --name {clip_repr(name)}: not a declared server "
+                          f"(servers.{clip(name)}); {hint}")
     return spec.servers[name]
 
 

@@ -76,7 +76,8 @@ def load_inputs() -> tuple[Any, Any]:
         env_file = (f"{os.environ.get('IVC_ROOT') or find_root()}/env/"
                     f"{os.environ.get('IVC_ENV') or 'local'}.env")
         raise ConfigError(f"{clip(env_file)}: cannot read the settings: {type(exc).__name__}: "
-                          f"{clip(str(exc))}") from None
+                          f"{clip(str(exc))}; fix the env file (UTF-8 text, KEY=value lines)"
+                          ) from None
     return settings, load_spec(settings.spec_path, env_name=settings.env)
 
 

@@ -206,8 +206,8 @@ def test_deploy_twice_one_private_server_with_one_volume_within_budget(ivc, conn
     assert first["steps"][1]["target"] == name
 
     second = assert_steady(ivc.run("deploy", "--json"))
-    assert second["requests"] <= 6, second
-    assert second["elapsed_seconds"] < 1.5, second
+    assert second["requests"] <= 6, second  # listings only: it waits for nothing (no wall-clock
+    # bound on a shared machine; tests/unit/test_ops.py checks that a steady deploy never sleeps)
 
 
 def test_floating_ip_is_created_once_and_reused(ivc, conn):

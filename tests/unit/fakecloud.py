@@ -689,15 +689,16 @@ def _name(keypair: Any) -> str:
     return keypair if isinstance(keypair, str) else keypair.name
 
 
-def ticking_cloud(conn: FakeConnection, env: str, **fields: Any):
+def ticking_cloud(conn: FakeConnection, env: str, *, tick: float = 0.5, **fields: Any):
     """A fresh run (new run id, empty cache) on the fake cloud, with no sleeping and a clock
-    that ticks half a second at every look, so that a wait that never ends times out after a
-    few hundred polls instead of minutes."""
+    that ticks ``tick`` seconds at every look, so that a wait that never ends times out after a
+    few hundred polls instead of minutes. ``fields`` override any Cloud field (e.g. ``sleep``
+    to record the waits)."""
     import tenacity  # noqa: PLC0415
 
     from ivc_tasks.cloud import Cloud  # noqa: PLC0415
 
     ticks = itertools.count()
-    return Cloud(conn=conn, env=env, poll_interval=0, sleep=lambda s: None,
-                 clock=lambda: next(ticks) * 0.5,
-                 retry_overrides={"wait": tenacity.wait_none()}, **fields)
+    defaults = dict(poll_interval=0, sleep=lambda s: None, clock=lambda: next(ticks) * tick,
+                    retry_overrides={"wait": tenacity.wait_none()})
+    return Cloud(conn=conn, env=env, **(defaults | fields))

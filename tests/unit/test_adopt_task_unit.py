@@ -2,14 +2,10 @@
 Program): the flags reach the ops function, and the refusals exit 2 with nothing changed."""
 
 import json
-import logging
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.result import StepResult
 
 SPEC = """
@@ -23,33 +19,10 @@ networks = ["private"]
 """
 
 
-@pytest.fixture(autouse=True)
-def ivc_logger():
-    """The tasks set up the ``ivc`` logger (stderr, no propagation); put it back afterwards, so
-    that other tests' caplog still sees its records."""
-    log = logging.getLogger("ivc")
-    saved = (list(log.handlers), log.propagate, log.level)
-    yield
-    log.handlers[:], log.propagate = saved[0], saved[1]
-    log.setLevel(saved[2])
-
-
 @pytest.fixture
-def conn(tmp_path, monkeypatch):
-    (tmp_path / "env").mkdir()
-    (tmp_path / "env" / "unit.env").write_text("OS_CLOUD=fake\n")
-    (tmp_path / "env" / "unit.toml").write_text(SPEC)
-    monkeypatch.setenv("IVC_ROOT", str(tmp_path))
-    monkeypatch.setenv("IVC_ENV", "unit")
-    monkeypatch.delenv("IVC_SPEC", raising=False)
-    fake = FakeConnection()
-
-    def connect(settings):
-        return Cloud(conn=fake, env=settings.env, poll_interval=0, sleep=lambda s: None,
-                     retry_overrides={"wait": tenacity.wait_none()})
-
-    monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
-    return fake
+def conn(task_env):
+    """The fake cloud behind the tasks (conftest's task_env: settings and SPEC under tmp_path)."""
+    return task_env
 
 
 def test_the_flags_reach_rotate(conn, monkeypatch):

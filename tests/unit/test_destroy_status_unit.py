@@ -9,19 +9,18 @@ with the metadata ivc gives them.
 from __future__ import annotations
 
 import hashlib
-import textwrap
 import time
 
 import pytest
-from fakecloud import FakeConnection, http_error, ticking_cloud
+from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import ConfigError, Locked
 from ivc_tasks.steps.destroy import destroy
 from ivc_tasks.steps.status import status
-from ivc_tasks.spec import load_spec
 
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -40,22 +39,7 @@ floating_ip = false
 """
 
 
-@pytest.fixture
-def spec(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    path = tmp_path / "spec.toml"
-    path.write_text(textwrap.dedent(SPEC))
-    return load_spec(path, env_name=ENV)
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
+# the fixtures spec and conn are conftest's
 def new_cloud(conn):
     return ticking_cloud(conn, ENV)
 
@@ -153,8 +137,10 @@ def test_destroy_of_a_missing_server_is_not_an_error(conn, spec):
 
 
 def test_destroy_of_an_unknown_name_is_a_config_error(conn, spec):
-    with pytest.raises(ConfigError, match="no such declared server") as info:
+    with pytest.raises(ConfigError) as info:
         destroy(new_cloud(conn), spec, "web9")
+    assert str(info.value) == (f"{spec.path}: --name 'web9': no such declared server, and no "
+                               "server of that name made by ivc in environment 'test'")
     assert info.value.exit_code == 2 and conn.mutations() == []
 
 
@@ -228,7 +214,9 @@ def test_status_of_a_server_as_declared_shows_no_drift_and_changes_nothing(conn,
     assert conn.requests <= 8, conn.calls  # listings only (Neutron's ports and floating IPs too)
     web2 = by_name(result)["web2"]
     assert web2.id is None and web2.status == "missing" and web2.rotate_due
-    assert "no server" in web2.line()
+    assert web2.line() == "web2: no server (rotate or create-instance makes it)"
+    assert item.line() == (f"web1: {web1.id} gen 1 ACTIVE; 10.0.0.10, {fip.floating_ip_address}; "
+                           "web1-data, web1-logs; image ivc-tiny, flavor m1.tiny")
     assert result.to_dict()["rotate_due"] == ["web2"]
 
 
@@ -289,7 +277,8 @@ def test_status_shows_an_undeclared_server(conn, spec):
     assert set(items) == {"web1", "web2", "legacy"}
     assert items["legacy"].id == legacy.id and not items["legacy"].declared
     assert items["legacy"].drift == []
-    assert "NOT DECLARED" in items["legacy"].line()
+    assert items["legacy"].line() == (f"legacy: {legacy.id} gen 1 ACTIVE; 10.0.0.10; no volumes; "
+                                      "image ivc-tiny, flavor m1.tiny; NOT DECLARED")
     assert "legacy" not in result.to_dict()["rotate_due"]
 
 

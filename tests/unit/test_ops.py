@@ -3,23 +3,17 @@ they refuse before changing anything."""
 
 import base64
 import json
-import textwrap
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection, http_error
+from fakecloud import http_error, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.steps.instances import create_instance
 from ivc_tasks.resources.servers import managed_servers, volume_key
 from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.steps.volumes import attach_volume
-from ivc_tasks.spec import load_spec
 from ivc_tasks.userdata import userdata_sha256
-
-PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb x@y"
 
 SPEC = """
 [defaults]
@@ -48,24 +42,7 @@ floating_ip = false
 """
 
 
-@pytest.fixture
-def spec_of(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    (tmp_path / "key.pub").write_text(PUBLIC_KEY + "\n")
-
-    def make(text=SPEC):
-        path = tmp_path / "spec.toml"
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name="test")
-
-    return make
-
-
-@pytest.fixture
-def conn():
-    return FakeConnection()
-
-
+# the fixtures spec_of, conn and public_key are conftest's
 @pytest.fixture
 def cloud(conn):
     return new_cloud(conn)
@@ -73,8 +50,7 @@ def cloud(conn):
 
 def new_cloud(conn):
     """A fresh run (new run id, empty cache) on the same fake cloud."""
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(conn, "test")
 
 
 # -- ensure-secgroups ------------------------------------------------------------------------
@@ -125,10 +101,11 @@ def test_secgroups_prune_deletes_only_this_environments_undeclared_rules(conn, c
             "protocol": "tcp", "port_range_min": port, "port_range_max": port,
             "description": description}])
     kept = ensure_secgroups(new_cloud(conn), spec_of())
-    assert [w.split(":")[0] for w in kept.warnings] == ["security group web"] * 2
-    assert "7001" in kept.warnings[0] and "--prune deletes them" in kept.warnings[0]
-    assert "7003" in kept.warnings[1] and "--prune leaves them" in kept.warnings[1]
-    assert not any("egress" in w or "7002" in w for w in kept.warnings)
+    assert kept.warnings == [  # nothing of 7002 (another environment's) nor of the egress
+        "security group web: 1 undeclared rule(s) kept (ingress IPv4 tcp 7001 (old)); --prune "
+        "deletes them (made in environment test)",
+        "security group web: 1 rule(s) that no ivc environment made kept (ingress IPv4 tcp 7003 "
+        "(by hand)); --prune leaves them: declare them, or delete them by hand"]
     result = ensure_secgroups(new_cloud(conn), spec_of(), prune=True)
     assert [(a.verb, a.summary) for a in result.actions] == [
         ("delete", "ingress IPv4 tcp 7001 (old)")]  # the description without the marker
@@ -183,20 +160,30 @@ def test_secgroups_bulk_post_lost_response_is_not_resent(conn, cloud, spec_of):
 
 
 def test_secgroups_refuse_unknown_and_ambiguous_names(conn, cloud, spec_of):
-    with pytest.raises(ConfigError, match="'wbe': not a declared security group.*'web'"):
-        ensure_secgroups(cloud, spec_of(), ["wbe"])
-    conn.network_create_security_group("web")
-    conn.network_create_security_group("web")
-    with pytest.raises(ConfigError, match="2 security groups of the project are named 'web'"):
-        ensure_secgroups(new_cloud(conn), spec_of())
+    spec = spec_of()
+    with pytest.raises(ConfigError) as info:
+        ensure_secgroups(cloud, spec, ["wbe"])
+    assert str(info.value) == (f"{spec.path}: --name 'wbe': not a declared security group "
+                               "(secgroups.wbe); did you mean 'web'?")
+    one = conn.network_create_security_group("web")
+    two = conn.network_create_security_group("web")
+    with pytest.raises(ConfigError) as info:
+        ensure_secgroups(new_cloud(conn), spec)
+    assert str(info.value) == (
+        f"{spec.path}: secgroups.web: 2 security groups of the project are named 'web' (ids "
+        f"{one.id}, {two.id}); delete or rename the extra ones, ivc cannot tell which one is meant")
     assert conn.mutations() == []
 
 
 def test_secgroups_refuse_a_remote_group_that_is_neither_there_nor_ensured(conn, cloud, spec_of):
     spec = spec_of(SPEC + '\n[secgroups.db]\nrules = [ { protocol = "tcp", ports = "5432", '
                    'remote_group = "web" } ]\n')
-    with pytest.raises(ConfigError, match=r"secgroups.db.rules\[0\].remote_group: group 'web'"):
+    with pytest.raises(ConfigError) as info:
         ensure_secgroups(cloud, spec, ["db"])
+    assert str(info.value) == (
+        f"{spec.path}: secgroups.db.rules[0].remote_group: group 'web' does not exist in the "
+        "cloud yet; ensure it in the same run (add --name web, or run ensure-secgroups without "
+        "--name)")
     assert conn.mutations() == []
 
 
@@ -279,7 +266,8 @@ def test_a_server_in_error_is_a_cloud_error_that_mentions_rotate(conn, cloud, sp
     with pytest.raises(CloudError) as info:
         create_instance(cloud, spec_of(), "edge")
     assert info.value.exit_code == 1
-    assert "No valid host" in str(info.value) and "invoke rotate --name edge" in str(info.value)
+    assert str(info.value) == (f"server edge ({server.id}) is in ERROR: No valid host was found.; "
+                               "`invoke rotate --name edge` will replace it")
     assert conn.mutations() == []
 
 
@@ -292,20 +280,28 @@ def test_a_boot_that_ends_in_error_reports_the_fault(conn, cloud, spec_of):
         return server
 
     conn.compute_get_server = get_server
-    with pytest.raises(CloudError, match="went to ERROR: Build of instance aborted"):
+    with pytest.raises(CloudError) as info:
         create_instance(cloud, spec_of(), "edge")
+    (server,) = conn.servers
+    assert str(info.value) == (f"server edge: went to ERROR: Build of instance aborted (server "
+                               f"{server.id}); `invoke rotate --name edge` will replace it")
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (('image = "ivc-tiny"', 'image = "ivc-tnyi"'), "servers.app.image: no image named 'ivc-tnyi'"),
-    (('flavor = "m1.tiny"', 'flavor = "m9.huge"'), "servers.app.flavor: no flavor named 'm9.huge'"),
+    (('image = "ivc-tiny"', 'image = "ivc-tnyi"'),
+     "servers.app.image: no image named 'ivc-tnyi' in the cloud; create the image first"),
+    (('flavor = "m1.tiny"', 'flavor = "m9.huge"'),
+     "servers.app.flavor: no flavor named 'm9.huge' in the cloud; available: m1.small, m1.tiny"),
     (('networks = ["private"]', 'networks = ["privat"]'),
-     r"servers.app.networks\[0\]: no network named 'privat'.*did you mean 'private'"),
-    (('keypair = "ivc-demo"', 'keypair = "nokey"'), "servers.app.keypair: no keypair named 'nokey'"),
+     "servers.app.networks[0]: no network named 'privat' in the cloud; did you mean 'private'?"),
+    (('keypair = "ivc-demo"', 'keypair = "nokey"'),
+     "servers.app.keypair: no keypair named 'nokey' in the cloud; create it, or declare it under "
+     "[keypairs] with a public_key_file"),
     (('volumes = ["data"]', 'volumes = ["nodata"]'),
-     r"servers.app.volumes\[0\]: no volume named 'nodata'"),
+     "servers.app.volumes[0]: no volume named 'nodata' in the cloud; did you mean 'data'?"),
     (('security_groups = ["web"]', 'security_groups = ["web", "ghost"]'),
-     r"servers.app.security_groups\[1\]: no security group named 'ghost'"),
+     "servers.app.security_groups[1]: no security group named 'ghost' in the project; declare it "
+     "under [secgroups] or create it"),
 ])
 def test_create_instance_refuses_unknown_references_before_any_change(conn, cloud, spec_of,
                                                                       change, message):
@@ -313,8 +309,9 @@ def test_create_instance_refuses_unknown_references_before_any_change(conn, clou
     spec = spec_of()
     ensure_secgroups(cloud, spec)
     conn.calls.clear()
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as info:
         create_instance(new_cloud(conn), spec_of(SPEC.replace(*change)), "app")
+    assert str(info.value) == f"{spec.path}: {message}"
     assert conn.mutations() == []
 
 
@@ -332,22 +329,31 @@ def test_create_instance_refuses_a_volume_attached_elsewhere_naming_the_server(c
 
 def test_create_instance_refuses_ambiguous_names(conn, cloud, spec_of):
     conn.flavors.append(type(conn.flavors[0])(id="fl-9", name="m1.tiny"))
-    with pytest.raises(ConfigError, match="2 flavors are named 'm1.tiny'"):
-        create_instance(cloud, spec_of(), "edge")
+    spec = spec_of()
+    with pytest.raises(ConfigError) as info:
+        create_instance(cloud, spec, "edge")
+    assert str(info.value) == (f"{spec.path}: servers.edge.flavor: 2 flavors are named 'm1.tiny' "
+                               "(ids fl-1, fl-9); use the id of the one you mean, or rename the "
+                               "others")
 
 
-def test_a_declared_keypair_is_created_once_and_a_different_key_is_refused(conn, cloud, spec_of):
+def test_a_declared_keypair_is_created_once_and_a_different_key_is_refused(conn, cloud, spec_of,
+                                                                           public_key):
     text = SPEC.replace('keypair = "ivc-demo"', 'keypair = "mine"') + \
         '\n[keypairs.mine]\npublic_key_file = "key.pub"\n'
     create_instance(cloud, spec_of(text), "edge")
     assert conn.mutations() == ["compute.create_keypair", "compute.create_server"]
-    assert conn.keys[-1].public_key == PUBLIC_KEY
+    assert conn.keys[-1].public_key == public_key
     conn.keys[-1].public_key = "ssh-ed25519 AAAAother x@y"
     conn.servers.clear()
     conn.calls.clear()
-    with pytest.raises(ConfigError, match="keypairs.mine: the cloud's keypair 'mine' holds a "
-                                          "different public key"):
-        create_instance(new_cloud(conn), spec_of(text), "edge")
+    spec = spec_of(text)
+    with pytest.raises(ConfigError) as info:
+        create_instance(new_cloud(conn), spec, "edge")
+    assert str(info.value) == (
+        f"{spec.path}: keypairs.mine: the cloud's keypair 'mine' holds a different public key "
+        f"than {spec.path.parent}/key.pub; delete it in the cloud (openstack keypair delete) or "
+        "give the declared one another name")
     assert conn.mutations() == []
 
 
@@ -378,8 +384,13 @@ def test_floating_ip_needs_one_external_network(conn, cloud, spec_of):
                         'networks = ["private"]\nfloating_ip = true')
     conn.networks.append(type(conn.networks[0])(id="net-pub2", name="public2",
                                                 is_router_external=True))
-    with pytest.raises(ConfigError, match="several external networks.*IVC_FLOATING_NETWORK"):
-        create_instance(cloud, spec_of(text), "edge")
+    spec = spec_of(text)
+    with pytest.raises(ConfigError) as info:
+        create_instance(cloud, spec, "edge")
+    assert str(info.value) == (
+        f"{spec.path}: servers.edge.floating_ip: several external networks (public, public2) and "
+        "no router of the server's networks reaches one of them; set IVC_FLOATING_NETWORK in the "
+        "env file to the one to use")
     cloud2 = new_cloud(conn)
     cloud2.floating_network = "public2"
     create_instance(cloud2, spec_of(text), "edge")
@@ -426,12 +437,14 @@ def test_attach_volume_checks_every_volume_before_attaching_any(conn, cloud, spe
 
 
 @pytest.mark.parametrize(("volumes", "message"), [
-    (["logs"], r"--volume 'logs': not a volume of servers.app.volumes"),
+    (["logs"], "--volume 'logs': not a volume of servers.app.volumes; declared: data"),
 ])
 def test_attach_volume_refuses_undeclared_volumes(conn, cloud, spec_of, volumes, message):
     make_existing_app(conn)
-    with pytest.raises(ConfigError, match=message):
-        attach_volume(cloud, spec_of(), "app", volumes)
+    spec = spec_of()
+    with pytest.raises(ConfigError) as info:
+        attach_volume(cloud, spec, "app", volumes)
+    assert str(info.value) == f"{spec.path}: {message}"
 
 
 def test_attach_volume_accepts_a_declared_volume_by_its_id(conn, cloud, spec_of):
@@ -442,13 +455,18 @@ def test_attach_volume_accepts_a_declared_volume_by_its_id(conn, cloud, spec_of)
 
 
 def test_attach_volume_refuses_ambiguous_and_missing_volumes_and_servers(conn, cloud, spec_of):
-    with pytest.raises(ConfigError, match="no server made by ivc for 'app'.*create-instance"):
-        attach_volume(cloud, spec_of(), "app")
+    spec = spec_of()
+    with pytest.raises(ConfigError) as info:
+        attach_volume(cloud, spec, "app")
+    assert str(info.value) == (f"{spec.path}: servers.app: no server made by ivc for 'app' in "
+                               "environment 'test'; run `invoke create-instance --name app` first")
     make_existing_app(conn)
-    conn.add_volume("data")
-    conn.add_volume("data")
-    with pytest.raises(ConfigError, match="2 volumes are named 'data'"):
-        attach_volume(new_cloud(conn), spec_of(), "app")
+    one, two = conn.add_volume("data"), conn.add_volume("data")
+    with pytest.raises(ConfigError) as info:
+        attach_volume(new_cloud(conn), spec, "app")
+    assert str(info.value) == (f"{spec.path}: servers.app.volumes[0]: 2 volumes are named 'data' "
+                               f"(ids {one.id}, {two.id}); use the id of the one you mean, or "
+                               "rename the others")
     assert conn.mutations() == []
 
 
@@ -569,12 +587,27 @@ def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     assert sorted(c[0] for c in conn.calls) == ["compute.servers", "network.security_groups"]
 
 
+def test_a_steady_deploy_neither_waits_nor_polls(conn, spec_of):
+    """What made a steady deploy fast (integration test_steps used to bound its wall time):
+    nothing to wait for, so no sleep at all, not even a poll of 0 s, and listings only."""
+    conn.add_volume("data")
+    deploy(new_cloud(conn), spec_of())
+    conn.calls.clear()
+    slept = []
+    second = deploy(ticking_cloud(conn, "test", sleep=slept.append), spec_of())
+    assert not second.changed and slept == []
+    assert sorted(c[0] for c in conn.calls) == ["compute.servers", "network.security_groups"]
+
+
 def test_deploy_validates_everything_before_the_first_change(conn, cloud, spec_of):
     conn.add_volume("data")
     bad = SPEC.replace('[servers.edge]\nnetworks = ["public"]',
                        '[servers.edge]\nflavor = "m9.huge"\nnetworks = ["public"]')
-    with pytest.raises(ConfigError, match="servers.edge.flavor"):
-        deploy(cloud, spec_of(bad))
+    spec = spec_of(bad)
+    with pytest.raises(ConfigError) as info:
+        deploy(cloud, spec)
+    assert str(info.value) == (f"{spec.path}: servers.edge.flavor: no flavor named 'm9.huge' in "
+                               "the cloud; available: m1.small, m1.tiny")
     assert conn.mutations() == []  # not even the security group of the first server
 
 

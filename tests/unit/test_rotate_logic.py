@@ -9,8 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import tenacity
-from fakecloud import http_error
+from fakecloud import http_error, ticking_cloud
 from invoking import load_namespace, run
 
 from ivc_tasks.cloud import Cloud
@@ -224,8 +223,7 @@ class FakeKeypairs:
 
 
 def cloud_of(fake, run_id):
-    return Cloud(conn=fake, env="e", run_id=run_id, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()})
+    return ticking_cloud(fake, "e", run_id=run_id)
 
 
 def test_the_second_run_is_refused_naming_the_holder_and_the_first_releases():

@@ -10,18 +10,17 @@ ivc_fip:<id>, ivc_rollback).
 from __future__ import annotations
 
 import hashlib
-import textwrap
 
 import pytest
-from fakecloud import FakeConnection, http_error, ticking_cloud
+from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, Locked, RolledBack
 from ivc_tasks.steps.rotate import RotateOptions, rotate
-from ivc_tasks.spec import load_spec
 
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 MARKERS = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback")
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -37,32 +36,7 @@ metadata = { role = "web" }
 """
 
 
-# -- fixtures and helpers ----------------------------------------------------------------------
-@pytest.fixture
-def spec_of(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-
-    def make(text=SPEC):
-        path = tmp_path / "spec.toml"
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name=ENV)
-
-    return make
-
-
-@pytest.fixture
-def spec(spec_of):
-    return spec_of()
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
+# -- helpers (the fixtures spec_of, spec and conn are conftest's) ------------------------------
 def new_cloud(conn):
     return ticking_cloud(conn, ENV)
 

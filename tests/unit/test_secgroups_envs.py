@@ -3,10 +3,8 @@
 import textwrap
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection
+from fakecloud import FakeConnection, ticking_cloud
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.spec import load_spec
@@ -22,8 +20,7 @@ def run(conn, env, port, *, prune=False, extra="", dry_run=False, tmp_path):
     path = tmp_path / f"{env}.toml"
     path.write_text(textwrap.dedent(SHARED.replace("PORT", str(port)).replace("ENV", env)
                                     + extra))
-    cloud = Cloud(conn=conn, env=env, poll_interval=0, sleep=lambda s: None,
-                  retry_overrides={"wait": tenacity.wait_none()})
+    cloud = ticking_cloud(conn, env)
     return ensure_secgroups(cloud, load_spec(path, env_name=env), prune=prune, dry_run=dry_run)
 
 
@@ -85,10 +82,10 @@ def test_declared_egress_replaces_the_defaults_of_an_existing_group_on_prune(tmp
     spec = SHARED.split("rules")[0] + extra
     path = tmp_path / "x.toml"
     path.write_text(spec)
-    cloud = Cloud(conn=conn, env="a", poll_interval=0, sleep=lambda s: None)
+    cloud = ticking_cloud(conn, "a")
     kept = ensure_secgroups(cloud, load_spec(path, env_name="a"))
     assert len(kept.warnings) == 1 and "Neutron's default egress among them" in kept.warnings[0]
-    cloud = Cloud(conn=conn, env="a", poll_interval=0, sleep=lambda s: None)
+    cloud = ticking_cloud(conn, "a")
     pruned = ensure_secgroups(cloud, load_spec(path, env_name="a"), prune=True)
     assert [a.summary for a in pruned.actions] == ["egress IPv4 any", "egress IPv6 any"]
     assert [r[:2] for r in ports(conn.groups[0]) if r[0] == "egress"] == [("egress", 53)]
@@ -117,10 +114,12 @@ def test_a_description_too_long_with_the_marker_is_refused_before_any_change(tmp
     path = tmp_path / "long.toml"
     path.write_text('[secgroups.g]\nrules = [ { protocol = "tcp", ports = "22", description = "'
                     + "x" * 250 + '" } ]\n')
-    cloud = Cloud(conn=conn, env="envname", poll_interval=0, sleep=lambda s: None)
-    with pytest.raises(ConfigError, match=r"secgroups.g.rules\[0\].description: with ivc's "
-                                          r"marker 'ivc:envname' it is 262 characters"):
+    cloud = ticking_cloud(conn, "envname")
+    with pytest.raises(ConfigError) as info:
         ensure_secgroups(cloud, load_spec(path, env_name="envname"))
+    assert str(info.value) == (
+        f"{path}: secgroups.g.rules[0].description: with ivc's marker 'ivc:envname' it is 262 "
+        "characters, over Neutron's 255; shorten it to 243")
     assert conn.mutations() == []
 
 
@@ -134,5 +133,7 @@ def test_default_egress_is_read_from_the_declarations(tmp_path, value, expected)
 def test_default_egress_must_be_a_boolean(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[secgroups.g]\ndefault_egress = "no"\n')
-    with pytest.raises(ConfigError, match="secgroups.g.default_egress: expected true or false"):
+    with pytest.raises(ConfigError) as info:
         load_spec(path, env_name="a")
+    assert str(info.value) == (f"{path}: secgroups.g.default_egress: expected true or false, got "
+                               "a string 'no'; write true or false without quotes")

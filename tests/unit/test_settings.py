@@ -185,28 +185,27 @@ def test_settings_are_frozen(root):
         s.os_vars["OS_CLOUD"] = "x"
 
 
-# -- bad inputs: each raises ConfigError naming the file and the variable ----------------------
+# -- bad inputs: each raises ConfigError naming the file, the variable, the value and the fix ---
 BAD_VALUES = [
-    ("IVC_BOOT_TIMEOUT", "soon", "is not a number of seconds"),
-    ("IVC_BOOT_TIMEOUT", "5m", "is not a number of seconds"),
-    ("IVC_VOLUME_TIMEOUT", "0", "must be greater than 0"),
-    ("IVC_DELETE_TIMEOUT", "-1", "must be greater than 0"),
-    ("IVC_STOP_TIMEOUT", "inf", "must be greater than 0"),
-    ("IVC_POLL_INTERVAL", "nan", "must be greater than 0"),
-    ("IVC_RETRY_ATTEMPTS", "2.5", "is not a whole number"),
-    ("IVC_RETRY_ATTEMPTS", "many", "is not a whole number"),
-    ("IVC_RETRY_MAX_SECONDS", "1e", "is not a number of seconds"),
+    ("IVC_BOOT_TIMEOUT", "soon", "is not a number of seconds", "300"),
+    ("IVC_BOOT_TIMEOUT", "5m", "is not a number of seconds", "300"),
+    ("IVC_VOLUME_TIMEOUT", "0", "must be greater than 0", "120"),
+    ("IVC_DELETE_TIMEOUT", "-1", "must be greater than 0", "120"),
+    ("IVC_STOP_TIMEOUT", "inf", "must be greater than 0", "120"),
+    ("IVC_POLL_INTERVAL", "nan", "must be greater than 0", "0.5"),
+    ("IVC_RETRY_ATTEMPTS", "2.5", "is not a whole number", "6"),
+    ("IVC_RETRY_ATTEMPTS", "many", "is not a whole number", "6"),
+    ("IVC_RETRY_MAX_SECONDS", "1e", "is not a number of seconds", "120"),
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "problem"), BAD_VALUES)
-def test_bad_value_in_file(root, key, value, problem):
+@pytest.mark.parametrize(("key", "value", "problem", "example"), BAD_VALUES)
+def test_bad_value_in_file(root, key, value, problem, example):
     env_file = write_env(root, "local", f"{key}={value}\n")
     with pytest.raises(ConfigError) as info:
         load_settings(root=root, environ={})
-    message = str(info.value)
-    assert message.startswith(f"{env_file}: {key}: {value!r} {problem}; ")
-    assert "\n" not in message
+    assert str(info.value) == (f"{env_file}: {key}: {value!r} {problem}; set it to e.g. {example} "
+                               "or remove it")
 
 
 def test_bad_value_in_environment_says_so(root):
@@ -237,8 +236,11 @@ def test_bad_env_name(root, name):
     write_env(root, "local", "")
     with pytest.raises(ConfigError) as info:
         load_settings(root=root, environ={"IVC_ENV": name})
-    assert f": IVC_ENV: {name!r} is not an environment name; " in str(info.value)
-    assert "available: local" in str(info.value)
+    path = f"{root}/env/{name}.env"  # shown as its first 80 characters and its length
+    shown = path if len(path) <= 80 else f"{path[:80]}... ({len(path)} characters)"
+    assert str(info.value) == (
+        f"{shown}: IVC_ENV: {name!r} is not an environment name; use up to 64 "
+        "letters, digits, '.', '_' or '-' (available: local)")
 
 
 def test_exit_code_is_invalid_input(root):

@@ -203,139 +203,228 @@ def group(rule: str) -> str:
     return f"[secgroups.web]\nrules = [ {rule} ]\n"
 
 
-# (case id, toml text, entry the message must name, a fragment of the problem or fix)
+# (case id, toml text, the entry the message names, the rest of the message: what is wrong and
+# the fix; ``{folder}`` stands for the spec's folder). The whole message is asserted.
 BAD = [
-    ("malformed toml", "[servers.web1\nimage = 1", "toml", "invalid TOML"),
-    ("duplicate table", SERVER + SERVER, "toml", "invalid TOML"),
-    ("unknown top key", "[serverz.web1]\n", "serverz", "did you mean 'servers'?"),
+    ("malformed toml", "[servers.web1\nimage = 1", "toml",
+     ("invalid TOML: Expected ']' at the end of a table declaration (at line 1, column "
+      "14); fix the syntax")),
+    ("duplicate table", SERVER + SERVER, "toml",
+     ("invalid TOML: Cannot declare ('servers', 'web1') twice (at line 5, column 14); fix "
+      "the syntax")),
+    ("unknown top key", "[serverz.web1]\n", "serverz",
+     "unknown key; did you mean 'servers'?"),
     ("unknown server key", SERVER + 'netwroks = ["x"]\n', "servers.web1.netwroks",
-     "did you mean 'networks'?"),
-    ("unknown defaults key", '[defaults]\nimagee = "x"\n', "defaults.imagee", "did you mean 'image'?"),
-    ("unknown key, no close match", SERVER + "zzz = 1\n", "servers.web1.zzz", "valid keys: image"),
+     "unknown key; did you mean 'networks'?"),
+    ("unknown defaults key", '[defaults]\nimagee = "x"\n', "defaults.imagee",
+     "unknown key; did you mean 'image'?"),
+    ("unknown key, no close match", SERVER + "zzz = 1\n", "servers.web1.zzz",
+     ("unknown key; valid keys: image, flavor, keypair, security_groups, networks, "
+      "volumes, floating_ip, config_drive, userdata, userdata_vars, files, metadata, "
+      "keep_address")),
     ("unknown rule key", group('{ protocol = "tcp", port = "22" }'), "secgroups.web.rules[0].port",
-     "did you mean 'ports'?"),
-    ("unknown secgroup key", '[secgroups.web]\nrulez = []\n', "secgroups.web.rulez", "'rules'"),
+     "unknown key; did you mean 'ports'?"),
+    ("unknown secgroup key", '[secgroups.web]\nrulez = []\n', "secgroups.web.rulez",
+     "unknown key; did you mean 'rules'?"),
     ("unknown file key", SERVER + 'userdata = "templates/ok.j2"\n'
      'files = [ { path = "/a", source = "files/motd", mode = "0644" } ]\n',
-     "servers.web1.files[0].mode", "valid keys"),
+     "servers.web1.files[0].mode",
+     "unknown key; valid keys: path, source, permissions, owner"),
     ("bad cidr", group('{ remote_ip_prefix = "10.0.0.300/24" }'),
-     "secgroups.web.rules[0].remote_ip_prefix", "is not an IP address or CIDR"),
+     "secgroups.web.rules[0].remote_ip_prefix",
+     ('\'10.0.0.300/24\' is not an IP address or CIDR; write e.g. "203.0.113.0/24", '
+      '"198.51.100.7" or "2001:db8::/32"')),
     ("host bits set", group('{ remote_ip_prefix = "10.0.0.5/24" }'),
-     "secgroups.web.rules[0].remote_ip_prefix", 'use the network "10.0.0.0/24"'),
+     "secgroups.web.rules[0].remote_ip_prefix",
+     '\'10.0.0.5/24\' has host bits set; use the network "10.0.0.0/24"'),
     ("host bits set v6", group('{ remote_ip_prefix = "2001:db8::1/32" }'),
-     "secgroups.web.rules[0].remote_ip_prefix", 'use the network "2001:db8::/32"'),
+     "secgroups.web.rules[0].remote_ip_prefix",
+     '\'2001:db8::1/32\' has host bits set; use the network "2001:db8::/32"'),
     ("reversed port range", group('{ protocol = "tcp", ports = "90-80" }'),
-     "secgroups.web.rules[0].ports", 'write "80-90"'),
+     "secgroups.web.rules[0].ports",
+     '\'90-80\' starts above its end; write "80-90"'),
     ("port zero", group('{ protocol = "tcp", ports = "0" }'), "secgroups.web.rules[0].ports",
-     "outside 1-65535"),
+     "'0' is outside 1-65535; use ports from 1 to 65535"),
     ("port too high", group('{ protocol = "udp", ports = "1-70000" }'),
-     "secgroups.web.rules[0].ports", "outside 1-65535"),
+     "secgroups.web.rules[0].ports",
+     "'1-70000' is outside 1-65535; use ports from 1 to 65535"),
     ("port not a number", group('{ protocol = "tcp", ports = "http" }'),
-     "secgroups.web.rules[0].ports", "is not a port or a port range"),
+     "secgroups.web.rules[0].ports",
+     '\'http\' is not a port or a port range; write "22" or "8000-8100"'),
     ("ports on icmp", group('{ protocol = "icmp", ports = "8" }'), "secgroups.web.rules[0].ports",
-     "use icmp_type/icmp_code instead"),
+     "protocol icmp has no ports; use icmp_type/icmp_code instead"),
     ("ports without protocol", group('{ ports = "22" }'), "secgroups.web.rules[0].ports",
-     "protocol any has no ports"),
+     "protocol any has no ports; remove ports, or use tcp, udp, sctp, udplite or dccp"),
     ("ports on gre", group('{ protocol = "gre", ports = "22" }'), "secgroups.web.rules[0].ports",
-     "protocol gre has no ports"),
+     "protocol gre has no ports; remove ports, or use tcp, udp, sctp, udplite or dccp"),
     ("ports and icmp", group('{ protocol = "tcp", ports = "22", icmp_type = 8 }'),
-     "secgroups.web.rules[0]", "are both set"),
+     "secgroups.web.rules[0]",
+     ("ports and icmp_type/icmp_code are both set; keep ports for tcp/udp/sctp, "
+      "icmp_type/icmp_code for icmp")),
     ("icmp type on tcp", group('{ protocol = "tcp", icmp_type = 8 }'),
-     "secgroups.web.rules[0].icmp_type", "has no ICMP type"),
+     "secgroups.web.rules[0].icmp_type",
+     ('protocol tcp has no ICMP type or code; set protocol = "icmp" (or "ipv6-icmp") or '
+      "remove them")),
     ("icmp code without type", group('{ protocol = "icmp", icmp_code = 0 }'),
-     "secgroups.web.rules[0].icmp_code", "needs an icmp_type"),
+     "secgroups.web.rules[0].icmp_code",
+     "an ICMP code needs an icmp_type; add icmp_type"),
     ("icmp type too big", group('{ protocol = "icmp", icmp_type = 256 }'),
-     "secgroups.web.rules[0].icmp_type", "0 to 255"),
+     "secgroups.web.rules[0].icmp_type",
+     "256 is not an integer from 0 to 255; write e.g. icmp_type = 8 (echo request)"),
     ("unknown protocol", group('{ protocol = "tcpp" }'), "secgroups.web.rules[0].protocol",
-     "unknown protocol 'tcpp'"),
+     'unknown protocol \'tcpp\'; use a name such as "tcp", "udp", "icmp" or a number 0-255'),
     ("protocol number too big", group("{ protocol = 300 }"), "secgroups.web.rules[0].protocol",
-     "outside 0-255"),
+     ('protocol number 300 is outside 0-255; use a name such as "tcp", "udp", "icmp" or a '
+      "number 0-255")),
     ("bad direction", group('{ direction = "inbound" }'), "secgroups.web.rules[0].direction",
-     '"ingress" or "egress"'),
+     '\'inbound\' is not a direction; use "ingress" or "egress"'),
     ("bad ethertype", group('{ ethertype = "IPv5" }'), "secgroups.web.rules[0].ethertype",
-     '"IPv4" or "IPv6"'),
+     '\'IPv5\' is not an ethertype; use "IPv4" or "IPv6"'),
     ("ethertype contradicts prefix", group('{ ethertype = "IPv6", remote_ip_prefix = "10.0.0.0/8" }'),
-     "secgroups.web.rules[0].ethertype", "contradicts the IPv4 remote_ip_prefix"),
+     "secgroups.web.rules[0].ethertype",
+     'IPv6 contradicts the IPv4 remote_ip_prefix; set ethertype = "IPv4" or remove it'),
     ("ipv6 protocol on ipv4", group('{ protocol = "ipv6-icmp", ethertype = "IPv4" }'),
-     "secgroups.web.rules[0].ethertype", "is IPv6-only"),
+     "secgroups.web.rules[0].ethertype",
+     ('protocol \'ipv6-icmp\' is IPv6-only but the rule is IPv4; set ethertype = "IPv6" (and '
+      "an IPv6 remote_ip_prefix, if any)")),
     ("ipv6 protocol with v4 prefix", group('{ protocol = "icmpv6", remote_ip_prefix = "10.0.0.0/8" }'),
-     "secgroups.web.rules[0].ethertype", "is IPv6-only"),
+     "secgroups.web.rules[0].ethertype",
+     ('protocol \'icmpv6\' is IPv6-only but the rule is IPv4; set ethertype = "IPv6" (and an '
+      "IPv6 remote_ip_prefix, if any)")),
     ("undeclared remote group", group('{ protocol = "tcp", ports = "80", remote_group = "wbe" }'),
-     "secgroups.web.rules[0].remote_group", "did you mean 'web'?"),
+     "secgroups.web.rules[0].remote_group",
+     "'wbe' is not a declared security group; did you mean 'web'?"),
     ("both remote kinds", group('{ remote_group = "web", remote_ip_prefix = "10.0.0.0/8" }'),
-     "secgroups.web.rules[0]", "remote_ip_prefix and remote_group are both set"),
+     "secgroups.web.rules[0]",
+     ("remote_ip_prefix and remote_group are both set; keep one: a rule matches either "
+      "addresses or members of a group")),
     ("rules not a list", '[secgroups.web]\nrules = "ssh"\n', "secgroups.web.rules",
-     "expected a list of rules"),
-    ("rule not a table", group('"ssh"'), "secgroups.web.rules[0]", "expected a table"),
-    ("group named default", '[secgroups.default]\n', "secgroups.default", "other than 'default'"),
+     ("expected a list of rules, got a string; write rules = [ { ... }, ... ] or use "
+      "[[secgroups.NAME.rules]]")),
+    ("rule not a table", group('"ssh"'), "secgroups.web.rules[0]",
+     "expected a table, got a string; write it as { key = value }"),
+    ("group named default", '[secgroups.default]\n', "secgroups.default",
+     ("'default' is not a usable group name; pick a non-empty name of at most 255 "
+      "characters other than 'default'")),
     ("missing image", '[servers.web1]\nflavor = "f"\nnetworks = ["n"]\n', "servers.web1.image",
      "is missing; set image in [servers.web1] or in [defaults]"),
     ("missing flavor", '[servers.web1]\nimage = "i"\nnetworks = ["n"]\n', "servers.web1.flavor",
-     "is missing"),
+     "is missing; set flavor in [servers.web1] or in [defaults]"),
     ("empty networks", '[defaults]\nnetworks = ["n"]\n[servers.web1]\nimage = "i"\nflavor = "f"\n'
-     'networks = []\n', "servers.web1.networks", "is empty"),
+     'networks = []\n', "servers.web1.networks",
+     "is empty; set networks in [servers.web1] or in [defaults]"),
     ("missing networks", '[servers.web1]\nimage = "i"\nflavor = "f"\n', "servers.web1.networks",
-     "is missing"),
-    ("empty image string", SERVER.replace('"i"', '""'), "servers.web1.image", "got an empty string"),
-    ("image not a string", SERVER.replace('"i"', "7"), "servers.web1.image", "got an integer"),
-    ("bad server name", '[servers.Web_1]\nimage = "i"\n', "servers.Web_1", "not a valid server name"),
-    ("server name ends with dash", '[servers.web-]\n', "servers.web-", "not a valid server name"),
-    ("server not a table", 'servers.web1 = "x"\n', "servers.web1", "expected a table"),
+     "is missing; set networks in [servers.web1] or in [defaults]"),
+    ("empty image string", SERVER.replace('"i"', '""'), "servers.web1.image",
+     'expected a non-empty string, got an empty string; quote it: key = "value"'),
+    ("image not a string", SERVER.replace('"i"', "7"), "servers.web1.image",
+     'expected a non-empty string, got an integer; quote it: key = "value"'),
+    ("bad server name", '[servers.Web_1]\nimage = "i"\n', "servers.Web_1",
+     ("'Web_1' is not a valid server name; use 1-63 lower-case letters, digits and '-', "
+      "not starting or ending with '-'")),
+    ("server name ends with dash", '[servers.web-]\n', "servers.web-",
+     ("'web-' is not a valid server name; use 1-63 lower-case letters, digits and '-', not "
+      "starting or ending with '-'")),
+    ("server not a table", 'servers.web1 = "x"\n', "servers.web1",
+     "expected a table, got a string; write it as [servers.web1] or { key = value }"),
     ("reserved metadata key", SERVER + 'metadata = { ivc_owner = "me" }\n',
-     "servers.web1.metadata.ivc_owner", "reserved for ivc"),
+     "servers.web1.metadata.ivc_owner",
+     "keys starting with 'ivc_' are reserved for ivc; rename the key"),
     ("metadata not a string", SERVER + "metadata = { port = 80 }\n", "servers.web1.metadata.port",
-     'quote it: port = "80"'),
+     'expected a string, got an integer; quote it: port = "80"'),
     ("metadata too long", SERVER + f'metadata = {{ k = "{"x" * 256}" }}\n',
-     "servers.web1.metadata.k", "1-255 characters"),
+     "servers.web1.metadata.k",
+     ("the value is 256 characters; Nova takes keys of 1-255 characters and values of at "
+      "most 255; shorten it")),
     ("floating_ip not a bool", SERVER + 'floating_ip = "yes"\n', "servers.web1.floating_ip",
-     "expected true or false"),
+     "expected true or false, got a string 'yes'; write true or false without quotes"),
     ("networks not a list", SERVER.replace('["n"]', '"n"'), "servers.web1.networks",
-     "expected a list of names"),
+     'expected a list of names, got a string; write it as ["name1", "name2"]'),
     ("duplicate security group", SERVER + 'security_groups = ["a", "a"]\n',
-     "servers.web1.security_groups[1]", "listed twice"),
+     "servers.web1.security_groups[1]",
+     "'a' is listed twice; list it once"),
     ("volumes in defaults", '[defaults]\nvolumes = ["v"]\n', "defaults.volumes",
-     "declare volumes in each [servers.NAME]"),
+     "a volume attaches to one server; declare volumes in each [servers.NAME]"),
     ("volume on two servers", SERVER + 'volumes = ["v1"]\n' + SERVER.replace("web1", "web2")
-     + 'volumes = ["v1"]\n', "servers.web2.volumes", "also a volume of servers.web1"),
-    ("bad keypair name", SERVER + 'keypair = "a/b"\n', "servers.web1.keypair", "not a valid keypair"),
+     + 'volumes = ["v1"]\n', "servers.web2.volumes",
+     ("'v1' is also a volume of servers.web1; a volume attaches to one server: keep it on "
+      "one")),
+    ("bad keypair name", SERVER + 'keypair = "a/b"\n', "servers.web1.keypair",
+     ("'a/b' is not a valid keypair name; use 1-255 letters, digits, '_', '-' or inner "
+      "spaces")),
     ("reserved userdata var", SERVER + 'userdata_vars = { server = "x" }\n',
-     "servers.web1.userdata_vars.server", "reserved"),
+     "servers.web1.userdata_vars.server",
+     "is set by ivc for every template; rename it (server, env, metadata are reserved)"),
     ("userdata var not an identifier", SERVER + 'userdata_vars = { "my-var" = "x" }\n',
-     "servers.web1.userdata_vars.my-var", "not usable as a template variable"),
+     "servers.web1.userdata_vars.my-var",
+     ("is not usable as a template variable; use letters, digits and '_', not starting "
+      "with a digit")),
     ("missing template in defaults", '[defaults]\nuserdata = "templates/nope.j2"\n',
-     "defaults.userdata", "userdata template"),
+     "defaults.userdata",
+     ("userdata template {folder}/templates/nope.j2 does not exist; create it or fix the "
+      "path (relative to {folder})")),
     ("missing template in server", SERVER + 'userdata = "templates/nope.j2"\n',
-     "servers.web1.userdata", "does not exist"),
+     "servers.web1.userdata",
+     ("userdata template {folder}/templates/nope.j2 does not exist; create it or fix the "
+      "path (relative to {folder})")),
     ("missing template variable", SERVER + 'userdata = "templates/needs_var.j2"\n',
-     "servers.web1.userdata", "undefined variable 'missing_var'"),
+     "servers.web1.userdata",
+     ("template {folder}/templates/needs_var.j2 uses undefined variable 'missing_var'; add "
+      "it to servers.web1.userdata_vars or defaults.userdata_vars")),
     ("template syntax error", SERVER + 'userdata = "templates/broken.j2"\n',
-     "servers.web1.userdata", "line 2"),
+     "servers.web1.userdata",
+     ("template {folder}/templates/broken.j2 line 2: Expected an expression, got 'end of "
+      "statement block'; fix the Jinja syntax")),
     ("cloud-config not yaml", SERVER + 'userdata = "templates/bad_yaml.j2"\n',
-     "servers.web1.userdata", "not valid YAML"),
+     "servers.web1.userdata",
+     ("rendered #cloud-config is not valid YAML: while parsing a flow sequence in "
+      '"<unicode string>", line 2, column 4: x: [unclosed ^ expected \',\' or \']\', but got '
+      '\'<stream end>\' in "<unicode string>", line 3, column 1: ^; fix the template (quote '
+      "values with the tojson filter)")),
     ("files without cloud-config", SERVER + 'userdata = "templates/shell.j2"\n'
      'files = [ { path = "/etc/motd", source = "files/motd" } ]\n', "servers.web1.files",
-     "need #cloud-config"),
+     ("files need #cloud-config user_data but {folder}/templates/shell.j2 renders "
+      "something else; start the template with a '#cloud-config' line or drop 'files'")),
     ("userdata too large", SERVER + 'files = [ { path = "/big", source = "files/big.bin" } ]\n',
-     "servers.web1.userdata", "over Nova's limit of 65535"),
+     "servers.web1.userdata",
+     ("the embedded files (servers.web1.files) are over Nova's limit of 65535 bytes after "
+      "base64 already at /big (80052 bytes gzipped and base64-encoded; heaviest: "
+      "servers.web1.files[0] ({folder}/files/big.bin): 1 file(s), 80052 bytes); embed "
+      "fewer or smaller files, or fetch large ones at boot")),
     ("missing file source", SERVER + 'files = [ { path = "/etc/motd", source = "files/nope" } ]\n',
-     "servers.web1.files[0].source", "does not exist"),
+     "servers.web1.files[0].source",
+     ("source file {folder}/files/nope does not exist; create it or fix the path (relative "
+      "to {folder})")),
     ("file without path", SERVER + 'files = [ { source = "files/motd" } ]\n',
-     "servers.web1.files[0].path", "is missing"),
+     "servers.web1.files[0].path",
+     "is missing; set path for every file"),
     ("relative file path", SERVER + 'files = [ { path = "etc/motd", source = "files/motd" } ]\n',
-     "servers.web1.files[0].path", "not an absolute path"),
+     "servers.web1.files[0].path",
+     '\'etc/motd\' is not an absolute path; write e.g. "/etc/motd"'),
     ("permissions as a number", SERVER + 'files = [ { path = "/a", source = "files/motd", '
-     "permissions = 644 } ]\n", "servers.web1.files[0].permissions", 'quote it: permissions = "0644"'),
+     "permissions = 644 } ]\n", "servers.web1.files[0].permissions",
+     '644 is not an octal mode; quote it: permissions = "0644"'),
     ("same file path twice", SERVER + 'files = [ { path = "/a", source = "files/motd" }, '
-     '{ path = "/a", source = "files/motd" } ]\n', "servers.web1.files[1].path", "declared twice"),
+     '{ path = "/a", source = "files/motd" } ]\n', "servers.web1.files[1].path",
+     "'/a' is declared twice; declare each path once"),
     ("missing public key file", '[keypairs.k]\npublic_key_file = "keys/nope.pub"\n',
-     "keypairs.k.public_key_file", "does not exist"),
-    ("keypair without key file", "[keypairs.k]\n", "keypairs.k.public_key_file", "missing"),
+     "keypairs.k.public_key_file",
+     ("public key file {folder}/keys/nope.pub does not exist; create it or fix the path "
+      "(relative to {folder})")),
+    ("keypair without key file", "[keypairs.k]\n", "keypairs.k.public_key_file",
+     'is missing; set public_key_file = "keys/NAME.pub"'),
     ("private key as public key", '[keypairs.k]\npublic_key_file = "keys/id_ed25519"\n',
-     "keypairs.k.public_key_file", "PRIVATE key"),
+     "keypairs.k.public_key_file",
+     ("{folder}/keys/id_ed25519 holds a PRIVATE key; point it at the .pub file, and keep "
+      "the private key out of the repo")),
     ("not a public key", '[keypairs.k]\npublic_key_file = "keys/junk.pub"\n',
-     "keypairs.k.public_key_file", "not an OpenSSH public key"),
+     "keypairs.k.public_key_file",
+     ("{folder}/keys/junk.pub is not an OpenSSH public key; use the one-line .pub file "
+      "made by ssh-keygen")),
     ("bad declared keypair name", '[keypairs."a/b"]\npublic_key_file = "keys/good.pub"\n',
-     'keypairs.a/b', "not a valid keypair name"),
+     'keypairs.a/b',
+     ("'a/b' is not a valid keypair name; use 1-255 letters, digits, '_', '-' or inner "
+      "spaces")),
 ]
 
 
@@ -343,15 +432,15 @@ def test_the_corpus_is_big_enough():
     assert len({case[0] for case in BAD}) == len(BAD) >= 25
 
 
-@pytest.mark.parametrize(("text", "entry", "fragment"), [case[1:] for case in BAD],
+@pytest.mark.parametrize(("text", "entry", "rest"), [case[1:] for case in BAD],
                          ids=[case[0] for case in BAD])
-def test_bad_input(folder, text, entry, fragment):
+def test_bad_input(folder, text, entry, rest):
     path = write(folder, text)
     with pytest.raises(ConfigError) as info:
         load_spec(path, env_name="test")
+    assert info.value.exit_code == 2
     message = str(info.value)
-    assert message.startswith(f"{path}: {entry}: "), message
-    assert fragment in message
+    assert message == f"{path}: {entry}: {rest.replace('{folder}', str(folder))}"
     assert "\n" not in message
     assert "; " in message  # every message says how to fix it
 
@@ -361,3 +450,28 @@ def test_missing_spec_file(folder):
         load_spec(folder / "absent.toml", env_name="x")
     assert str(info.value) == (f"{folder}/absent.toml: spec: file not found; create it or point "
                                "IVC_SPEC at the declarations")
+
+
+# -- the "did you mean" hint -------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "choices", "hint"), [
+    ("wbe", ["web", "db"], "did you mean 'web'?"),
+    ("netwroks", ["networks", "volumes"], "did you mean 'networks'?"),
+    ("zzz", ["web", "db"], "declared: web, db"),
+    ("", ["web"], "declared: web, db"),
+    ("w" * 7, ["www"], "did you mean 'www'?"),  # 2 * 3 / 10 = 0.6: the cutoff, just
+    ("w" * 8, ["www"], "declared: web, db"),  # 2 * 3 / 11: under it
+    ("x" * 10_000_000, ["app", "x" * 10], "declared: web, db"),
+])
+def test_did_you_mean(name, choices, hint):
+    from ivc_tasks.hints import did_you_mean
+
+    assert did_you_mean(name, choices, otherwise="declared: web, db") == hint
+
+
+def test_did_you_mean_does_not_compare_a_name_too_long_to_be_close(monkeypatch):
+    from ivc_tasks import hints
+
+    monkeypatch.setattr(hints.difflib, "get_close_matches",
+                        lambda *args, **kwargs: pytest.fail("compared"))
+    assert hints.did_you_mean("x" * 10_000_000, ["app"], otherwise="declared: app") == \
+        "declared: app"

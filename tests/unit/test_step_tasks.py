@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tenacity
-from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.result import Action, StepResult
 
@@ -42,24 +39,14 @@ userdata_vars = { secret_word = "swordfish-7" }
 """
 
 
+TEMPLATE = "#cloud-config\nword: {{ secret_word }}\n"
+
+
 @pytest.fixture
-def conn(tmp_path, monkeypatch):
-    """Real settings and spec under tmp_path; a fake cloud behind ``connect``."""
-    (tmp_path / "env").mkdir()
-    (tmp_path / "env" / "unit.env").write_text("OS_CLOUD=fake\n")
-    (tmp_path / "env" / "unit.toml").write_text(SPEC)
-    (tmp_path / "env" / "t.j2").write_text("#cloud-config\nword: {{ secret_word }}\n")
-    monkeypatch.setenv("IVC_ROOT", str(tmp_path))
-    monkeypatch.setenv("IVC_ENV", "unit")
-    monkeypatch.delenv("IVC_SPEC", raising=False)
-    fake = FakeConnection()
-
-    def connect(settings):
-        return Cloud(conn=fake, env=settings.env, poll_interval=0, sleep=lambda s: None,
-                     retry_overrides={"wait": tenacity.wait_none()})
-
-    monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
-    return fake
+def conn(task_env):
+    """The fake cloud behind the tasks (conftest's task_env: settings, SPEC and TEMPLATE under
+    tmp_path)."""
+    return task_env
 
 
 def test_list_shows_every_step_with_a_one_line_summary(capsys):
@@ -143,29 +130,54 @@ def test_errors_map_to_exit_codes_and_json(conn, monkeypatch, capsys, error, cod
     assert str(error) in captured.err
 
 
-@pytest.mark.parametrize("argv", [
-    ["create-instance"], ["attach-volume"], ["create-instance", "--name", "app", "--timeout", "x"],
-    ["deploy", "--timeout", "-1"], ["create-instance", "--name", "nope"],
-    ["attach-volume", "--name", "app", "--volume", "other"], ["ensure-secgroups", "--name", "x"],
+@pytest.mark.parametrize(("argv", "message"), [
+    (["create-instance"], "--name is required: the declared server to create"),
+    (["attach-volume"], "--name is required: the declared server to attach volumes to"),
+    (["create-instance", "--name", "app", "--timeout", "x"],
+     "--timeout: 'x' is not a number of seconds"),
+    (["deploy", "--timeout", "-1"], "--timeout: '-1' must be greater than 0"),
+    (["create-instance", "--name", "nope"],
+     "create-instance: invalid input: {root}/env/unit.toml: --name 'nope': not a declared server "
+     "(servers.nope); declared: app"),
+    (["attach-volume", "--name", "app", "--volume", "other"],
+     "attach-volume: invalid input: {root}/env/unit.toml: --volume 'other': not a volume of "
+     "servers.app.volumes; declared: data, logs"),
+    (["ensure-secgroups", "--name", "x"],
+     "ensure-secgroups: invalid input: {root}/env/unit.toml: --name 'x': not a declared security "
+     "group (secgroups.x); declared: web, db"),
 ])
-def test_invalid_arguments_exit_2_and_touch_nothing(conn, argv, capsys):
+def test_invalid_arguments_exit_2_and_touch_nothing(conn, argv, message, capsys, tmp_path):
     assert run(*argv) == 2
-    assert capsys.readouterr().err.strip()
+    assert capsys.readouterr().err == message.replace("{root}", str(tmp_path)) + "\n"
     assert conn.mutations() == []
 
 
-def test_a_bad_env_file_exits_2(conn, monkeypatch, capsys):
+def test_a_bad_env_file_exits_2(conn, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("IVC_ENV", "missing")
     assert run("deploy") == 2
-    assert "no env file for environment 'missing'" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"deploy: invalid input: {tmp_path}/env/missing.env: IVC_ENV: no env file for environment "
+        "'missing'; create it or pick one of: unit\n")
 
 
 def test_json_is_one_object_with_the_agreed_keys(conn, capsys):
     assert run("ensure-secgroups", "--json") == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["changed"] is True and isinstance(data["actions"], list)
+    assert data["changed"] is True
     assert {"requests", "requests_by_method", "mutating_requests", "elapsed_seconds"} <= set(data)
-    assert all({"action", "kind", "name"} <= set(a) for a in data["actions"])
+    web, db = (g.id for g in conn.groups)  # the fake's ids count across tests
+    assert data["actions"] == [
+        {"action": "create", "kind": "security_group", "name": "web", "id": web},
+        {"action": "tag", "kind": "security_group", "name": "web", "id": web,
+         "summary": "ivc:unit"},
+        {"action": "create", "kind": "security_group", "name": "db", "id": db},
+        {"action": "tag", "kind": "security_group", "name": "db", "id": db,
+         "summary": "ivc:unit"},
+        {"action": "create", "kind": "security_group_rule", "name": "web",
+         "summary": "ingress IPv4 tcp 22"},
+        {"action": "create", "kind": "security_group_rule", "name": "db",
+         "summary": "ingress IPv4 tcp 5432"},
+    ]
 
 
 def test_human_output_goes_to_stdout_and_progress_to_stderr(conn, monkeypatch, capsys):

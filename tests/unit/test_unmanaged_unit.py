@@ -10,7 +10,7 @@ import hashlib
 import textwrap
 
 import pytest
-from fakecloud import FakeConnection, http_error, ticking_cloud
+from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
 from ivc_tasks.steps.deploy import deploy
@@ -24,7 +24,7 @@ from ivc_tasks.spec import load_spec
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 MARKERS = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback")
-PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb x@y"
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -57,35 +57,7 @@ floating_ip = false
 """
 
 
-# -- fixtures and helpers ----------------------------------------------------------------------
-@pytest.fixture
-def spec_of(tmp_path):
-    env = tmp_path / "env"
-    env.mkdir()
-    (env / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    (env / "key.pub").write_text(PUBLIC_KEY + "\n")
-
-    def make(text=SPEC, name="a.toml"):
-        path = env / name
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name=ENV)
-
-    return make
-
-
-@pytest.fixture
-def spec(spec_of):
-    return spec_of()
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
+# -- helpers (the fixtures spec_of, spec, conn and public_key are conftest's) -------------------
 def new_cloud(conn):
     return ticking_cloud(conn, ENV)
 
@@ -147,13 +119,14 @@ def assert_hand_made_serves(conn, old, fip):
 
 
 # -- keypairs ----------------------------------------------------------------------------------
-def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(conn, spec_of):
+def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(conn, spec_of,
+                                                                              public_key):
     result = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert conn.count("compute.create_keypair") == 1
     assert conn.count("compute.create_server") == 2
     assert [s.step for s in result.steps] == ["ensure-secgroups", "ensure-keypairs",
                                               "create-instance", "create-instance"]
-    assert [k.public_key for k in conn.keys if k.name == "shared"] == [PUBLIC_KEY]
+    assert [k.public_key for k in conn.keys if k.name == "shared"] == [public_key]
     conn.calls.clear()
     again = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert not again.changed and conn.mutations() == []
@@ -165,18 +138,22 @@ def test_the_deploy_dry_run_shows_the_keypair_once(conn, spec_of):
     assert [a.name for a in creates] == ["shared"] and conn.mutations() == []
 
 
-def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of):
-    conn.add_lock("shared", PUBLIC_KEY.rsplit(" ", 1)[0] + " another comment")
+def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of, public_key):
+    conn.add_lock("shared", public_key.rsplit(" ", 1)[0] + " another comment")
     deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
     assert conn.count("compute.create_keypair") == 0 and conn.count("compute.create_server") == 2
 
 
 def test_a_different_key_under_the_name_is_exit_2_before_any_change(conn, spec_of):
     conn.add_lock("shared", "ssh-ed25519 AAAAother x@y")
-    with pytest.raises(ConfigError, match="keypairs.shared: the cloud's keypair 'shared' holds "
-                                          "a different public key") as info:
-        deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
+    spec = spec_of(TWO_SHARING_A_KEY)
+    with pytest.raises(ConfigError) as info:
+        deploy(new_cloud(conn), spec)
     assert info.value.exit_code == 2 and conn.mutations() == []
+    assert str(info.value) == (
+        f"{spec.path}: keypairs.shared: the cloud's keypair 'shared' holds a different public key "
+        f"than {spec.path.parent}/key.pub; delete it in the cloud (openstack keypair delete) or "
+        "give the declared one another name")
 
 
 def test_a_keypair_made_meanwhile_with_the_same_key_counts_as_done(conn, spec_of):
@@ -194,20 +171,27 @@ def test_a_keypair_made_meanwhile_with_the_same_key_counts_as_done(conn, spec_of
 
 
 # -- servers ivc did not make ------------------------------------------------------------------
+def twin_refused(old_id):
+    """What create-instance, deploy and a plain rotate say of a hand-made server of that name."""
+    return (f"server web1: a server of that name that ivc did not make exists: {old_id} (ACTIVE); "
+            f"ivc will not boot a twin beside it: `invoke rotate --name web1 --adopt {old_id}` "
+            "replaces it by a managed server (its declared volumes and floating IP move over), "
+            f"or delete or rename it (openstack server delete {old_id})")
+
+
 def test_create_instance_refuses_a_twin_of_a_hand_made_server(conn, spec):
     old, _ = hand_made(conn)
     with pytest.raises(ConfigError) as info:
         create_instance(new_cloud(conn), spec, "web1")
-    message = str(info.value)
-    assert info.value.exit_code == 2 and old.id in message
-    assert f"invoke rotate --name web1 --adopt {old.id}" in message
+    assert info.value.exit_code == 2 and str(info.value) == twin_refused(old.id)
     assert conn.mutations() == []
 
 
 def test_deploy_refuses_a_twin_before_any_change(conn, spec):
-    hand_made(conn)
-    with pytest.raises(ConfigError, match="ivc did not make"):
+    old, _ = hand_made(conn)
+    with pytest.raises(ConfigError) as info:
         deploy(new_cloud(conn), spec)
+    assert info.value.exit_code == 2 and str(info.value) == twin_refused(old.id)
     assert conn.mutations() == []
 
 
@@ -220,9 +204,10 @@ def test_a_server_of_another_environment_is_not_a_twin(conn, spec):
 
 
 def test_plain_rotate_with_no_managed_server_refuses_the_twin(conn, spec):
-    hand_made(conn)
-    with pytest.raises(ConfigError, match="--adopt"):
+    old, _ = hand_made(conn)
+    with pytest.raises(ConfigError) as info:
         rotate(new_cloud(conn), spec, ["web1"])
+    assert info.value.exit_code == 2 and str(info.value) == twin_refused(old.id)
     assert conn.mutations() == []
 
 
@@ -232,7 +217,10 @@ def test_status_lists_a_hand_made_server_of_a_declared_name(conn, spec):
     items = [s.to_dict() for s in result.servers]
     assert [(i["id"], i["managed"]) for i in items] == [(None, True), (old.id, False)]
     assert result.to_dict()["rotate_due"] == ["web1"]  # no managed server yet
-    assert "NOT MADE BY IVC" in result.lines()[1] and f"--adopt {old.id}" in result.lines()[1]
+    assert result.lines() == [
+        "web1: no server (rotate or create-instance makes it)",
+        f"web1: {old.id} ACTIVE; 10.0.0.10, 203.0.113.10; NOT MADE BY IVC (`invoke rotate --name "
+        f"web1 --adopt {old.id}` takes it over)"]
     assert {v["name"] for v in items[1]["volumes"]} == {"web1-data", "web1-logs"}
 
 
@@ -274,13 +262,19 @@ def test_adopt_dry_run_changes_nothing(conn, spec):
     assert conn.mutations() == []
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unknown", "no server with that id or name"),
-    ("managed", "is ivc's server web1 already"),
-    ("other-env", "was made by ivc"),
-    ("two-names", "2 servers of that name"),
-    ("has-managed", "ivc has a server of this name already"),
-    ("two-names-flag", "adopt one server at a time"),
+@pytest.mark.parametrize("case, message", [  # {ref}: what --adopt names; {s0}, {s1}: the servers
+    ("unknown", "--adopt 'nope': no server with that id or name in the project; servers ivc did "
+                "not make: none"),
+    ("managed", "--adopt '{ref}': server {ref} is ivc's server web1 already; `invoke rotate --name "
+                "web1` (without --adopt) replaces it"),
+    ("other-env", "--adopt '{ref}': server {ref} was made by ivc (environment 'prod', server "
+                  "'web1'); ivc adopts only servers it did not make"),
+    ("two-names", "--adopt 'web1': 2 servers of that name ({s0} ACTIVE, {s1} ACTIVE); give the id "
+                  "of the one to adopt"),
+    ("has-managed", "server web1: --adopt {ref}: ivc has a server of this name already (without "
+                    "--adopt, rotate replaces that one): {s0} (ACTIVE, gen 1); to replace {ref} "
+                    "by it, delete one of them first"),
+    ("two-names-flag", "--adopt '{ref}': adopt one server at a time (one --name)"),
 ])
 def test_adopt_refusals_change_nothing(conn, spec_of, case, message):
     spec = spec_of()
@@ -301,8 +295,10 @@ def test_adopt_refusals_change_nothing(conn, spec_of, case, message):
     elif case == "two-names-flag":
         spec = spec_of(SPEC + '\n[servers.web2]\nnetworks = ["private"]\nfloating_ip = false\n')
         names, ref = ["web1", "web2"], hand_made(conn)[0].id
-    with pytest.raises(ConfigError, match=message) as info:
+    with pytest.raises(ConfigError) as info:
         rotate(new_cloud(conn), spec, names, options=RotateOptions(adopt=ref))
+    servers = {f"s{i}": s.id for i, s in enumerate(conn.servers)}
+    assert str(info.value) == message.format(ref=ref, **servers)
     assert info.value.exit_code == 2 and conn.mutations() == []
 
 
@@ -324,8 +320,9 @@ def test_an_adopt_whose_floating_ip_move_fails_rolls_back(conn, spec):
         rotate(new_cloud(conn), spec, ["web1"], options=RotateOptions(adopt=old.id))
     assert_hand_made_serves(conn, old, fip)
     # after the rollback, the twin rule holds again: plain rotate refuses, --adopt works
-    with pytest.raises(ConfigError, match="--adopt"):
+    with pytest.raises(ConfigError) as info:
         rotate(new_cloud(conn), spec, ["web1"])
+    assert str(info.value) == twin_refused(old.id)
     result = rotate(new_cloud(conn), spec, ["web1"], options=RotateOptions(adopt=old.id))
     assert_adopted(conn, old, fip, result.rotations[0].new_id)
 
@@ -433,14 +430,18 @@ def test_a_server_made_from_other_declarations_is_not_rotated_nor_recreated(conn
     a = spec_of()
     create_instance(new_cloud(conn), a, "web1")
     b = spec_of(name="b.toml")
+    (server,) = web1_managed(conn)
     conn.calls.clear()
-    with pytest.raises(ConfigError, match="made from other declarations \\('a.toml'\\)") as info:
-        rotate(new_cloud(conn), b, ["web1"])
-    assert info.value.exit_code == 2 and conn.mutations() == []
-    with pytest.raises(ConfigError, match="IVC_SPEC"):
-        create_instance(new_cloud(conn), b, "web1")
-    with pytest.raises(ConfigError, match="other declarations"):
-        deploy(new_cloud(conn), b)
+    refused = (f"{b.path}: server web1 ({server.id}) was made from other declarations ('a.toml'), "
+               "not from these ('b.toml'); ivc will not change or replace it from this file: run "
+               "with IVC_SPEC pointing at a.toml, or give these declarations their own IVC_ENV "
+               "(or another server name)")
+    for step in (lambda: rotate(new_cloud(conn), b, ["web1"]),
+                 lambda: create_instance(new_cloud(conn), b, "web1"),
+                 lambda: deploy(new_cloud(conn), b)):
+        with pytest.raises(ConfigError) as info:
+            step()
+        assert info.value.exit_code == 2 and str(info.value) == refused
     assert conn.mutations() == []
     rotate(new_cloud(conn), a, ["web1"])  # its own declarations rotate it
     assert web1_managed(conn)[0].metadata["ivc_spec"] == "a.toml"
@@ -463,11 +464,17 @@ def test_rotate_refuses_to_leave_an_undeclared_volume_detached(conn, spec_of):
     for volume in list(conn.volumes):
         conn._attach(volume.id, old.id)
     other = conn.add_volume("a-data", server_id=old.id)  # declared by another file
-    with pytest.raises(ConfigError, match="--detach-undeclared") as info:
+    with pytest.raises(ConfigError) as info:
         rotate(new_cloud(conn), spec, ["web1"])
-    assert "a-data" in str(info.value) and conn.mutations() == []
+    assert str(info.value) == (
+        f"{spec.path}: server web1 ({old.id}) holds volumes that servers.web1.volumes does not "
+        f"declare: 'a-data' ({other.id}); a rotate would leave them detached: declare them (they "
+        "move to the new server) or pass --detach-undeclared (they stay, available, detached)")
+    assert conn.mutations() == []
     result = rotate(new_cloud(conn), spec, ["web1"],
                     options=RotateOptions(detach_undeclared=True))
-    assert any("a-data" in w for w in result.rotations[0].warnings)
+    assert result.rotations[0].warnings == [
+        f"server web1: volumes 'a-data' ({other.id}) are attached to {old.id} but not declared: "
+        "they do not move; deleting the old server detaches them (they stay, available)"]
     conn.settle()
     assert conn.holders(other) == [] and other.status == "available"

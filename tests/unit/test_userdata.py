@@ -133,39 +133,57 @@ def test_size_limit_boundary(tmp_path, size, ok):
         "files at boot)")
 
 
-@pytest.mark.parametrize(("template", "files", "entry", "fragment"), [
+MAPPING = "rendered #cloud-config is not a YAML mapping; make the template a mapping of cloud-init "\
+    "modules"
+
+
+@pytest.mark.parametrize(("template", "files", "entry", "rest"), [  # the message after "<entry>: "
     ("#cloud-config\nx: {{ nope }}\n", False, "servers.web1.userdata",
-     "template {t} uses undefined variable 'nope'; add it to servers.web1.userdata_vars"),
+     "template {t} uses undefined variable 'nope'; add it to servers.web1.userdata_vars or "
+     "defaults.userdata_vars"),
     ("#cloud-config\nx: {{ metadata.nope }}\n", False, "servers.web1.userdata",
-     "template {t} uses undefined"),
+     "template {t} uses an undefined value ('dict object' has no attribute 'nope'); declare it "
+     "(servers.web1.userdata_vars, defaults.userdata_vars or metadata) or test it with "
+     "`is defined`"),
     ("#cloud-config\n{% include 'other.j2' %}\n", False, "servers.web1.userdata",
-     "cannot find 'other.j2'"),
-    ("{% for %}", False, "servers.web1.userdata", "template {t} line 1:"),
-    ("#!/bin/sh\n", True, "servers.web1.files", "files need #cloud-config user_data"),
-    ("#cloud-config\n- a\n- b\n", True, "servers.web1.userdata", "is not a YAML mapping"),
-    ("#cloud-config\n- a\n- b\n", False, "servers.web1.userdata", "is not a YAML mapping"),
-    ("#cloud-config\nwrite_files: nope\n", True, "servers.web1.userdata", "write_files is not a list"),
-    ("#cloud-config\nx: 'unterminated\n", False, "servers.web1.userdata", "not valid YAML"),
+     "template {t}: cannot find 'other.j2'; create the file or fix the path (relative to the "
+     "spec file's folder)"),
+    ("{% for %}", False, "servers.web1.userdata", "template {t} line 1: Expected an expression, "
+     "got 'end of statement block'; fix the Jinja syntax"),
+    ("#!/bin/sh\n", True, "servers.web1.files", "files need #cloud-config user_data but {t} "
+     "renders something else; start the template with a '#cloud-config' line or drop 'files'"),
+    ("#cloud-config\n- a\n- b\n", True, "servers.web1.userdata", MAPPING),
+    ("#cloud-config\n- a\n- b\n", False, "servers.web1.userdata", MAPPING),
+    ("#cloud-config\nwrite_files: nope\n", True, "servers.web1.userdata",
+     "the template's write_files is not a list; make write_files a list or drop it"),
+    ("#cloud-config\nx: 'unterminated\n", False, "servers.web1.userdata",
+     "rendered #cloud-config is not valid YAML: while scanning a quoted scalar in \"<unicode "
+     "string>\", line 2, column 4: x: 'unterminated ^ found unexpected end of stream in "
+     "\"<unicode string>\", line 3, column 1: ^; fix the template (quote values with the tojson "
+     "filter)"),
 ])
-def test_render_errors(tmp_path, template, files, entry, fragment):
+def test_render_errors(tmp_path, template, files, entry, rest):
     motd = source(tmp_path, "motd", b"m")
     spec, srv = make(tmp_path, template, files=[FileSpec("/etc/motd", motd)] if files else [])
     with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
-    message = str(info.value)
-    assert message.startswith(f"{spec.path}: {entry}: ")
-    assert fragment.format(t=srv.userdata_template) in message
-    assert "\n" not in message
+    assert str(info.value) == f"{spec.path}: {entry}: {rest.format(t=srv.userdata_template)}"
 
 
-@pytest.mark.parametrize(("template", "fragment"), [
-    ("#cloud-config\nx: {{ 1 // 0 }}\n", "template {t} line 2 raised ZeroDivisionError"),
-    ("{% for x in 5 %}{% endfor %}", "raised TypeError"),
-    ("{{ {}[('k' * 10 ** 7)] }}", "uses undefined"),
-    (b"#cloud-config\nx: \xff\n", "is not UTF-8 text"),
+@pytest.mark.parametrize(("template", "rest"), [  # the message after "<spec>: <entry>: "
+    ("#cloud-config\nx: {{ 1 // 0 }}\n", "template {t} line 2 raised ZeroDivisionError: integer "
+     "division or modulo by zero; fix the template"),
+    ("{% for x in 5 %}{% endfor %}", "template {t} line 1 raised TypeError: 'int' object is not "
+     "iterable; fix the template"),
+    ("{{ {}[('k' * 10 ** 7)] }}", "template {t} uses an undefined value ('dict object' has no "
+     "attribute '" + "k" * 48 + "... (10000033 characters)); declare it "
+     "(servers.web1.userdata_vars, defaults.userdata_vars or metadata) or test it with "
+     "`is defined`"),
+    (b"#cloud-config\nx: \xff\n", "template {t} is not UTF-8 text (invalid start byte at byte 17); "
+     "save it as UTF-8"),
 ], ids=["1 // 0", "iterates a number", "long value", "not UTF-8"])
 def test_a_template_failing_at_render_time_is_a_config_error_naming_it(tmp_path, template,
-                                                                       fragment):
+                                                                       rest):
     spec, srv = make(tmp_path, "")
     if isinstance(template, bytes):
         srv.userdata_template.write_bytes(template)
@@ -173,16 +191,16 @@ def test_a_template_failing_at_render_time_is_a_config_error_naming_it(tmp_path,
         srv.userdata_template.write_text(template)
     with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
-    message = str(info.value)
-    assert message.startswith(f"{spec.path}: servers.web1.userdata: ")
-    assert fragment.format(t=srv.userdata_template) in message
-    assert len(message) < 1000  # a 10 MB value in the error is cut
+    assert str(info.value) == (f"{spec.path}: servers.web1.userdata: "
+                               f"{rest.format(t=srv.userdata_template)}")  # a 10 MB value is cut
 
 
 def test_an_unreadable_embedded_file_names_it(tmp_path):
     spec, srv = make(tmp_path, None, files=[FileSpec("/etc/motd", tmp_path / "gone")])
-    with pytest.raises(ConfigError, match=f"{tmp_path}/gone: cannot read the file for /etc/motd"):
+    with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
+    assert str(info.value) == (f"{tmp_path}/gone: cannot read the file for /etc/motd: No such file "
+                               "or directory; fix the source path or the file's permissions")
 
 
 # -- write_files from a folder -----------------------------------------------------------------
@@ -253,8 +271,10 @@ def test_a_folder_declared_in_the_spec_keeps_modes_unless_permissions_are_given(
 def test_an_empty_folder_is_refused(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     spec, srv = make(tmp_path, None, files=[FileSpec("/opt", tmp_path / "empty", None)])
-    with pytest.raises(ConfigError, match="the folder for /opt holds no file"):
+    with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
+    assert str(info.value) == (f"{tmp_path}/empty: the folder for /opt holds no file; put the "
+                               "files in it or drop the declaration")
 
 
 def test_symlinks_to_files_are_read_to_folders_refused(tmp_path):
@@ -262,15 +282,19 @@ def test_symlinks_to_files_are_read_to_folders_refused(tmp_path):
     (root / "link.txt").symlink_to(root / "README")
     assert ("link.txt", root / "link.txt") in tree_files(root)
     (root / "loop").symlink_to(root)
-    with pytest.raises(ConfigError, match=r"loop: a symlink to a folder in the files tree"):
+    with pytest.raises(ConfigError) as info:
         tree_files(root)
+    assert str(info.value) == (f"{root}/loop: a symlink to a folder in the files tree {root}; ivc "
+                               "does not follow them: copy the folder or declare it apart")
 
 
 def test_a_broken_symlink_in_a_folder_is_named(tmp_path):
     root = tree(tmp_path)
     (root / "dangling").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"dangling: a broken symlink in the files tree"):
+    with pytest.raises(ConfigError) as info:
         tree_files(root)
+    assert str(info.value) == (f"{root}/dangling: a broken symlink in the files tree {root}; "
+                               "remove it or declare the files one by one")
 
 
 def test_a_path_written_twice_is_refused(tmp_path):
@@ -278,13 +302,18 @@ def test_a_path_written_twice_is_refused(tmp_path):
     readme = source(tmp_path, "readme", b"other\n")
     spec, srv = make(tmp_path, None, files=[FileSpec("/opt/app", root, None),
                                             FileSpec("/opt/app/README", readme)])
-    with pytest.raises(ConfigError, match=r"servers.web1.files\[1\]: .* writes /opt/app/README, "
-                                          r"which servers.web1.files\[0\] .* writes too"):
+    with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
+    assert str(info.value) == (f"{spec.path}: servers.web1.files[1]: {readme} writes "
+                               f"/opt/app/README, which servers.web1.files[0] ({root}) writes too; "
+                               "write each path once")
     spec, srv = make(tmp_path, "#cloud-config\nwrite_files:\n  - path: /opt/app/README\n"
                      "    content: mine\n", files=[FileSpec("/opt/app", root, None)])
-    with pytest.raises(ConfigError, match="the template's write_files writes too"):
+    with pytest.raises(ConfigError) as info:
         render_userdata(spec, srv)
+    assert str(info.value) == (f"{spec.path}: servers.web1.files[0]: {root} writes "
+                               "/opt/app/README, which the template's write_files writes too; "
+                               "write each path once")
 
 
 def test_a_tree_over_the_limit_is_refused_early_naming_the_heaviest(tmp_path):
