@@ -333,7 +333,7 @@ CASES = [
     ("settings", "root folder too long", lambda w: w.mp.setenv("IVC_ROOT", "/" + "r" * 5000),
      ["deploy"], 2,
      ("/" + "r" * 79
-      + "... (5014 characters): File name too long (from IVC_ROOT / IVC_ENV); use a shorter "
+      + "... (5005 characters): File name too long (from IVC_ROOT / IVC_ENV); use a shorter "
       "environment name or root folder")),
     # flags
     ("flags", "unknown flag", None, ["deploy", "--dryrun"], 2,
