@@ -136,6 +136,12 @@ def prepare(uuid, *, hostname, macs=(), seed=None, base=None):
     cfg = upper / "etc/cloud/cloud.cfg.d/90-ivc-devcloud.cfg"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(CLOUD_CFG)
+    # cloud-init 22.4 reads the datasource's network config (and fails on a NIC it cannot
+    # find) before it looks at `network: {config: disabled}`, unless this marker exists: the
+    # addresses are set from outside, so it has nothing to render anyway.
+    marker = upper / "var/lib/cloud/data/upgraded-network"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     init = upper / "usr/local/sbin/ivc-init"
     init.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(__file__).with_name("guest_init.py"), init)
@@ -246,6 +252,11 @@ def console(uuid, base=None, limit=CONSOLE_MAX):
 
 
 # -- volumes as disks ------------------------------------------------------------------------
+
+def volume_file(volume_id, base=None):
+    """The sparse file that backs a volume (made by the volume driver at create)."""
+    return Path(base or devcloud_dir()) / "data" / "volumes" / f"{volume_id}.img"
+
 
 def by_id_name(volume_id):
     """The name KVM's virtio gives a volume under /dev/disk/by-id/."""
