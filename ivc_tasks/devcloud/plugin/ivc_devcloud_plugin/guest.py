@@ -29,6 +29,9 @@ CLOUD_CFG = """\
 # Written by the ivc devcloud at each boot: the datasources a VM on this cloud has.
 datasource_list: [ ConfigDrive, OpenStack ]
 network: {config: disabled}
+# Debian's cloud.cfg runs the locale module; the root has no `locales` package (a user's
+# cloud-config may set another locale, and install it)
+locale: C.UTF-8
 datasource:
   OpenStack:
     max_wait: 10
