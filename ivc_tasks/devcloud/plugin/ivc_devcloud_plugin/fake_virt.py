@@ -135,6 +135,13 @@ class FakeDriver(fake.FakeDriver):
         if self._has_guest(instance):
             guest.destroy(instance.uuid)
 
+    # Volumes are virtio disks, as on KVM: the root is vda, attachments vdb, vdc, ...
+    def default_root_device_name(self, instance, image_meta, root_bdm):
+        return "/dev/vda"
+
+    def get_device_name_for_instance(self, instance, bdms, block_device_obj):
+        return guest.next_device([b.device_name for b in bdms])
+
     def get_console_output(self, context, instance):
         if self._has_guest(instance):
             return guest.console(instance.uuid)

@@ -53,17 +53,17 @@ class FakeVolumeDriver(fake_driver.FakeLoggingVolumeDriver):
         super().__init__(*args, **kwargs)
         latency.record_driver("cinder-volume")
 
-    def _create_volume(self, volume):
+    def _ivc_create_volume(self, volume):
         update = super().create_volume(volume)
         ensure_file(_field(volume, "id"), _field(volume, "size"))
         return update
 
-    def _delete_volume(self, volume):
+    def _ivc_delete_volume(self, volume):
         super().delete_volume(volume)
         if guest.devcloud_dir():
             guest.volume_file(_field(volume, "id")).unlink(missing_ok=True)
 
-    def _initialize_connection(self, volume, connector):
+    def _ivc_initialize_connection(self, volume, connector):
         info = super().initialize_connection(volume, connector)
         # a volume made before the files existed gets one now
         path = ensure_file(_field(volume, "id"), _field(volume, "size"))
@@ -76,8 +76,8 @@ class FakeVolumeDriver(fake_driver.FakeLoggingVolumeDriver):
         super().extend_volume(volume, new_size)
         ensure_file(_field(volume, "id"), new_size)
 
-    create_volume = _slowed("create_volume", _create_volume)
-    delete_volume = _slowed("delete_volume", _delete_volume)
-    initialize_connection = _slowed("initialize_connection", _initialize_connection)
+    create_volume = _slowed("create_volume", _ivc_create_volume)
+    delete_volume = _slowed("delete_volume", _ivc_delete_volume)
+    initialize_connection = _slowed("initialize_connection", _ivc_initialize_connection)
     terminate_connection = _slowed("terminate_connection",
                                    fake_driver.FakeLoggingVolumeDriver.terminate_connection)

@@ -261,6 +261,25 @@ def volume_file(volume_id, base=None):
     return Path(base or devcloud_dir()) / "data" / "volumes" / f"{volume_id}.img"
 
 
+def next_device(used):
+    """The next free virtio disk name (/dev/vdb first: vda is the root)."""
+    taken = {guest_device(name) for name in used if name}
+    for letter in "bcdefghijklmnopqrstuvwxyz":
+        if f"vd{letter}" not in taken:
+            return f"/dev/vd{letter}"
+    raise RuntimeError("no free disk name (vdb..vdz all used)")
+
+
+def guest_device(mountpoint):
+    """The name in the guest's /dev: always virtio's (a server made before the driver named
+    its disks vdX may have been given /dev/sdb)."""
+    name = os.path.basename(mountpoint)
+    for prefix in ("xvd", "sd", "hd"):
+        if name.startswith(prefix):
+            return "vd" + name[len(prefix):]
+    return name
+
+
 def by_id_name(volume_id):
     """The name KVM's virtio gives a volume under /dev/disk/by-id/."""
     return f"virtio-{volume_id[:20]}"
@@ -288,7 +307,7 @@ def _write_disks(uuid, entries, base=None):
 def attach_disk(uuid, volume_id, backing_file, device, base=None):
     """Make a loop device over the volume's file; show it in the guest as /dev/<device> and
     /dev/disk/by-id/virtio-<id[:20]> (now if it runs, at its next boot otherwise)."""
-    device = os.path.basename(device)
+    device = guest_device(device)
     current = [d for d in disks(uuid, base) if d["device"] != device]
     entry = _loop({"device": device, "by_id": by_id_name(volume_id), "loop": "-",
                    "file": str(backing_file)})
@@ -323,14 +342,15 @@ def refresh_disks(uuid, base=None):
 
 
 def detach_disk(uuid, device, base=None):
-    device = os.path.basename(device)
+    device = guest_device(device)
     entries = disks(uuid, base)
-    gone = [d for d in entries if d["device"] == device]
-    _write_disks(uuid, [d for d in entries if d["device"] != device], base)
+    gone = [d for d in entries if guest_device(d["device"]) == device]
+    _write_disks(uuid, [d for d in entries if d not in gone], base)
     pid = init_pid(uuid, base)
     for entry in gone:
         if pid is not None:
-            guest_exec(pid, ["sh", "-c", f"rm -f /dev/{device} /dev/disk/by-id/{entry['by_id']}"])
+            guest_exec(pid, ["sh", "-c", f"rm -f /dev/{entry['device']} "
+                             f"/dev/disk/by-id/{entry['by_id']}"])
         _run(["losetup", "-d", entry["loop"]], check=False)
     return gone
 
