@@ -19,7 +19,7 @@ a guest is whether its state folder exists, so that a restarted nova-compute kno
 import functools
 
 from nova.compute import power_state
-from nova.virt import fake
+from nova.virt import driver, fake
 from nova.virt import node
 
 from oslo_log import log as logging
@@ -103,6 +103,9 @@ class FakeDriver(fake.FakeDriver):
         seed = configdrive.tree(instance, network_info, injected_files, admin_password) \
             if configdrive.wanted(instance) else None
         guest.state_dir(instance.uuid).mkdir(parents=True, exist_ok=True)
+        # volumes given at boot (block device mappings) are disks from the start
+        for bdm in driver.block_device_info_get_mapping(block_device_info):
+            self._attach_disk(instance, bdm["connection_info"], bdm["mount_device"])
         if power_on:
             self._boot(instance, network_info, seed)
         else:
@@ -144,7 +147,8 @@ class FakeDriver(fake.FakeDriver):
 
     def get_console_output(self, context, instance):
         if self._has_guest(instance):
-            return guest.console(instance.uuid)
+            # no final newline: Nova's tail (`length`) counts an empty last line as one
+            return guest.console(instance.uuid).rstrip(b"\n")
         return super().get_console_output(context, instance)
 
     def _attach_volume(self, context, connection_info, instance, mountpoint, disk_bus=None,
@@ -152,10 +156,13 @@ class FakeDriver(fake.FakeDriver):
         fake.FakeDriver.attach_volume(self, context, connection_info, instance, mountpoint,
                                       disk_bus, device_type, encryption)
         if self._has_guest(instance):
-            volume_id = connection_info.get("serial") or \
-                connection_info.get("data", {}).get("volume_id")
-            guest.attach_disk(instance.uuid, volume_id, guest.volume_file(volume_id),
-                              mountpoint)
+            self._attach_disk(instance, connection_info, mountpoint)
+
+    @staticmethod
+    def _attach_disk(instance, connection_info, mountpoint):
+        volume_id = connection_info.get("serial") or \
+            connection_info.get("data", {}).get("volume_id")
+        guest.attach_disk(instance.uuid, volume_id, guest.volume_file(volume_id), mountpoint)
 
     def _detach_volume(self, context, connection_info, instance, mountpoint, encryption=None):
         fake.FakeDriver.detach_volume(self, context, connection_info, instance, mountpoint,
