@@ -92,14 +92,15 @@ def wait_booted(conn, server, boots=1, timeout=120):
         time.sleep(1)
 
 
-def leftovers(server_id):
+def leftovers(server_id, *extra_dirs):
     """What the guest of ``server_id`` would leave on the host if not cleaned."""
+    dirs = (DEVCLOUD, *extra_dirs)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     overlays = subprocess.run(["findmnt", "-t", "overlay", "-n", "-o", "TARGET"],
                               capture_output=True, text=True).stdout
     return {"netns": f"ivcg-{server_id}" in netns,
-            "state": (DEVCLOUD / "data" / "guests" / server_id).exists(),
+            "state": any((d / "data" / "guests" / server_id).exists() for d in dirs),
             "loop": any(server_id in line for line in loops.splitlines()),
             "overlay": server_id in overlays}
 
@@ -194,3 +195,38 @@ def test_no_config_drive_and_no_network_finds_no_datasource(conn):
     finally:
         conn.compute.delete_server(server, ignore_missing=True)
         conn.compute.wait_for_delete(server, interval=0.5, wait=60)
+
+
+def test_down_stops_every_guest_and_frees_its_namespace_and_loop_devices(tmp_path):
+    """What ``devcloud.down`` does for guests (``guests.stop_all``), on a guest of a folder of
+    this test's own (the shared cloud's guests are left alone)."""
+    from ivc_tasks.devcloud import guests
+    from ivc_tasks.devcloud.layout import Layout
+
+    guest = guests.plugin_module("guest")
+    base = tmp_path / "devcloud"
+    (base / "guest-root").mkdir(parents=True)
+    (base / "guest-root" / "bookworm").symlink_to(DEVCLOUD / "guest-root" / "bookworm")
+    uid = f"{GUEST_PREFIX}down-{uuid.uuid4().hex[:8]}"
+    guest.prepare(uid, hostname="g-down", seed={}, base=base)
+    volume = tmp_path / "vol.img"
+    volume.write_bytes(b"")
+    volume.chmod(0o600)
+    with open(volume, "r+b") as handle:
+        handle.truncate(64 * 1024 ** 2)
+    pid = guest.start(uid, base)
+    try:
+        guest.attach_disk(uid, "0123456789abcdef0123456789", volume, "/dev/vdb", base)
+        assert subprocess.run(guest.exec_argv(pid, ["test", "-b", "/dev/disk/by-id/virtio-"
+                                                    "0123456789abcdef0123"])).returncode == 0
+        said = []
+        assert guests.stop_all(Layout(base), said.append) == [uid]
+        assert said == ["guests: stopped 1; their namespaces and loop devices removed"]
+        assert not Path(f"/proc/{pid}").exists() or guest._zombie(pid)
+        assert subprocess.run(["losetup", "-j", str(volume)], capture_output=True,
+                              text=True).stdout == ""
+        assert leftovers(uid, base) == {"netns": False, "state": True, "loop": False,
+                                  "overlay": False}  # the disk stays for the next up
+    finally:
+        guest.destroy(uid, base)
+    assert leftovers(uid, base)["state"] is False
