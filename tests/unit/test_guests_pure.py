@@ -151,3 +151,35 @@ def test_guest_init_is_standalone():
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
     assert imports <= {"json", "os", "signal", "subprocess", "sys", "threading", "time"}
+
+
+def test_guest_task_passes_the_words_after_the_double_dash_and_exits_with_their_status(
+        monkeypatch):
+    import sys as system
+
+    from invoke import Context, Exit
+
+    from ivc_tasks.devcloud import seed
+    from ivc_tasks.devcloud.bootstrap import DevcloudError
+    from ivc_tasks.tasks import devcloud as tasks
+
+    calls = []
+    monkeypatch.setattr(seed, "admin_connection", lambda secrets: "conn")
+    monkeypatch.setattr("ivc_tasks.devcloud.layout.load_secrets", lambda layout: {})
+    monkeypatch.setattr(guests, "find_server_uuid",
+                        lambda conn, name, project: calls.append((name, project)) or "uuid-1")
+    monkeypatch.setattr(guests, "exec_in", lambda layout, uuid, argv: calls.append(argv) or 3)
+    monkeypatch.setattr(system, "argv", ["invoke", "devcloud.guest", "web1", "--", "sh", "-c",
+                                         "echo 'a b'; exit 3"])
+    with pytest.raises(Exit) as raised:
+        tasks.guest(Context(), "web1")
+    assert raised.value.code == 3
+    assert calls == [("web1", "ivc"), ["sh", "-c", "echo 'a b'; exit 3"]]
+
+    def missing(conn, name, project):
+        raise DevcloudError(f"no server {name!r} in project {project!r}")
+    monkeypatch.setattr(guests, "find_server_uuid", missing)
+    with pytest.raises(Exit) as raised:
+        tasks.guest(Context(), "nope", project="ivc-ovh")
+    assert raised.value.code == 2
+    assert "no server 'nope' in project 'ivc-ovh'" in str(raised.value.message)
