@@ -83,6 +83,8 @@ class FakeDriver(fake.FakeDriver):
 
     @staticmethod
     def _boot(instance, network_info=None, seed=None):
+        if guest.running(instance.uuid):
+            return
         macs = [vif["address"] for vif in network_info or []]
         if not macs:  # power on / adoption: keep the MACs the spawn recorded
             try:
