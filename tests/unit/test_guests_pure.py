@@ -183,3 +183,22 @@ def test_guest_task_passes_the_words_after_the_double_dash_and_exits_with_their_
         tasks.guest(Context(), "nope", project="ivc-ovh")
     assert raised.value.code == 2
     assert "no server 'nope' in project 'ivc-ovh'" in str(raised.value.message)
+
+
+def test_up_says_in_one_line_that_a_machine_without_namespaces_gets_no_guests(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(guests.os, "geteuid", lambda: 1000)
+    said = []
+    assert guests.ensure_root(Layout(tmp_path), said.append) is False
+    assert said == ["guests: off, this machine cannot make them (not root, so no namespaces); "
+                    "servers boot without a guest"]
+    assert not (tmp_path / "guest-root").exists()
+    monkeypatch.setattr(guest.os, "geteuid", lambda: 1000)
+    assert guest.available(tmp_path) == "not root: cannot make namespaces"
+
+
+def test_the_driver_needs_the_root_filesystem(tmp_path):
+    assert "no guest root filesystem" in guest.available(tmp_path)
+    (tmp_path / "guest-root/bookworm/usr/bin").mkdir(parents=True)
+    (tmp_path / "guest-root/bookworm/usr/bin/cloud-init").touch()
+    assert guest.available(tmp_path) is None
