@@ -152,6 +152,23 @@ def find_server_uuid(conn, name: str, project: str) -> str:
     return servers[0].id
 
 
+def volume_disk_path(volume: str, project: str = "ivc", layout: Layout | None = None) -> str:
+    """Where a guest sees the volume called ``volume`` of ``project``: its by-id path.
+
+    :raises DevcloudError: no such volume.
+    """
+    from .layout import default_layout, load_secrets
+    from .seed import admin_connection
+    conn = admin_connection(load_secrets(layout or default_layout()))
+    found = conn.identity.find_project(project)
+    matches = [v for v in conn.block_storage.volumes(all_projects=True, name=volume,
+                                                     project_id=found.id if found else None)
+               if v.name == volume]
+    if not matches:
+        raise DevcloudError(f"no volume {volume!r} in project {project!r}")
+    return f"/dev/disk/by-id/{plugin_module('guest').by_id_name(matches[0].id)}"
+
+
 def exec_in(layout: Layout, uuid: str, argv: list[str]) -> int:
     """Run ``argv`` inside the running guest ``uuid`` (stdin/stdout/stderr passed through);
     return its exit status.

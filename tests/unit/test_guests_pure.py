@@ -202,3 +202,13 @@ def test_the_driver_needs_the_root_filesystem(tmp_path):
     (tmp_path / "guest-root/bookworm/usr/bin").mkdir(parents=True)
     (tmp_path / "guest-root/bookworm/usr/bin/cloud-init").touch()
     assert guest.available(tmp_path) is None
+
+
+def test_demo_reads_the_data_volume_by_its_by_id_path_before_and_after_the_rotate():
+    from ivc_tasks.tasks import demo
+    steps = demo.steps("/dev/disk/by-id/virtio-0123")
+    notes = [i for i, s in enumerate(steps) if "d=/dev/disk/by-id/virtio-0123;" in s]
+    rotate = steps.index("rotate --name web1")
+    assert len(notes) == 2 and notes[0] < rotate < notes[1]
+    assert "devcloud.guest web1 -- cat /etc/ivc-greeting" in steps
+    assert steps[:2] == ["deploy", "deploy"] and steps[-1] == "status"
