@@ -150,7 +150,8 @@ def test_guest_init_is_standalone():
     source = (Path(guests.PLUGIN_DIR) / "ivc_devcloud_plugin" / "guest_init.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
-    assert imports <= {"json", "os", "signal", "subprocess", "sys", "threading", "time"}
+    assert imports <= {"json", "os", "signal", "socket", "subprocess", "sys", "threading",
+                       "time"}
 
 
 def test_guest_task_passes_the_words_after_the_double_dash_and_exits_with_their_status(

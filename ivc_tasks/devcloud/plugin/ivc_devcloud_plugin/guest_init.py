@@ -9,6 +9,7 @@ does for cloud-init, no more:
   systemd runs its units: ``init --local``; a wait (20 s at most) for the instance's NICs to
   have their MAC and IPv4 address (the network is plugged from outside); ``init``; sshd (its
   host keys exist by then); ``modules --mode config``; ``modules --mode final``;
+* serves /dev/log into /var/log/syslog;
 * reaps every orphan, and stays, so that what cloud-init started keeps running until the
   server stops (stopping kills this process, and the kernel kills the rest of the namespace).
 
@@ -18,6 +19,7 @@ Standalone on purpose: no import of the plugin, which lives outside the guest.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +48,21 @@ def relay_console():
         data = os.read(fd, 65536)
         if data:
             os.write(CONSOLE_FD, data)
+
+
+def syslog():
+    """/dev/log for the guest's programs (logger, sshd): appended to /var/log/syslog, as a
+    VM's syslog daemon would (none of it goes to the console)."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind("/dev/log")
+    except OSError as exc:
+        say(f"no /dev/log: {exc}")
+        return
+    with open("/var/log/syslog", "ab", buffering=0) as log:
+        while True:
+            data = sock.recv(65536)
+            log.write(time.strftime("%b %d %H:%M:%S ").encode() + data.rstrip(b"\n\0") + b"\n")
 
 
 def addresses():
@@ -126,6 +143,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     reaper = Reaper()
     threading.Thread(target=relay_console, daemon=True).start()
+    threading.Thread(target=syslog, daemon=True).start()
     say(f"booting {os.uname().nodename}")
     t0 = time.monotonic()
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
