@@ -109,6 +109,17 @@ def ensure_root(layout: Layout, say: Say) -> bool:
     return True
 
 
+def ensure_root_or_say(layout: Layout, say: Say) -> bool:
+    """``ensure_root`` for ``up``: a root that cannot be built (no mirror reachable) leaves the
+    servers without guests, said in one line, rather than the cloud down."""
+    try:
+        return ensure_root(layout, say)
+    except DevcloudError as exc:
+        say(f"guests: off, the Debian root could not be built ({str(exc)[:300]}); servers boot "
+            "without a guest; the next `up` tries again")
+        return False
+
+
 # -- the switch --------------------------------------------------------------------------------
 
 def set_mode(mode: str, only: str | None = None, layout: Layout | None = None) -> dict:

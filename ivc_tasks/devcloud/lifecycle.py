@@ -291,13 +291,13 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
             seed.write_clouds_yaml(layout, secrets)
             result.reused = [s.name for s in services]
             result.databases = "reused"
-            guests.ensure_root(layout, say)  # once, on a cloud that predates the guests
+            guests.ensure_root_or_say(layout, say)  # once, on a cloud predating guests
             say(f"all {len(services)} services already running and answering; nothing to do")
             result.seconds = time.monotonic() - t0
             return result
         bootstrap.ensure_debian_packages(say)
         with ThreadPoolExecutor(1) as pool:  # the guests' root builds while pip installs
-            root = pool.submit(guests.ensure_root, layout, say)
+            root = pool.submit(guests.ensure_root_or_say, layout, say)
             result.installed = bootstrap.ensure_venv(layout, say)
             root.result()
         secrets = load_secrets(layout)

@@ -213,3 +213,16 @@ def test_demo_reads_the_data_volume_by_its_by_id_path_before_and_after_the_rotat
     assert len(notes) == 2 and notes[0] < rotate < notes[1]
     assert "devcloud.guest web1 -- cat /etc/ivc-greeting" in steps
     assert steps[:2] == ["deploy", "deploy"] and steps[-1] == "status"
+
+
+def test_a_root_that_cannot_be_built_leaves_the_cloud_up_without_guests(tmp_path, monkeypatch):
+    from ivc_tasks.devcloud.bootstrap import DevcloudError
+
+    def fails(layout, say):
+        raise DevcloudError("`debootstrap --variant=minbase` failed (exit 1)")
+    monkeypatch.setattr(guests, "ensure_root", fails)
+    said = []
+    assert guests.ensure_root_or_say(Layout(tmp_path), said.append) is False
+    assert said == ["guests: off, the Debian root could not be built (`debootstrap "
+                    "--variant=minbase` failed (exit 1)); servers boot without a guest; the next "
+                    "`up` tries again"]
