@@ -54,11 +54,12 @@ def run(argv: list[str], *, log: Path | None = None, env: dict | None = None,
 
 
 def ensure_debian_packages(say: Say) -> None:
-    """apt-get install MariaDB and RabbitMQ when they are missing."""
-    if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd"):
+    """apt-get install MariaDB, RabbitMQ and debootstrap when they are missing."""
+    if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd") \
+            and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")):
         return
     if os.geteuid() != 0:
-        raise DevcloudError("mariadb-server and rabbitmq-server are missing; install them: "
+        raise DevcloudError("mariadb-server, rabbitmq-server or debootstrap is missing; install: "
                             f"sudo apt-get install -y {' '.join(DEBIAN_PACKAGES)}")
     say(f"installing Debian packages: {' '.join(DEBIAN_PACKAGES)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

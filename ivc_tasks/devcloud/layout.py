@@ -28,7 +28,8 @@ CLOUD_REQUIREMENTS = [
     "gunicorn",
     "python-openstackclient",
 ]
-DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server"]
+# debootstrap builds the guests' shared Debian root (guests.py)
+DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "debootstrap"]
 
 HOST = "127.0.0.1"
 REGION = "RegionOne"

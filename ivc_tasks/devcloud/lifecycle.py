@@ -17,12 +17,13 @@ import secrets as pysecrets
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bootstrap, configs, procs, seed
+from . import bootstrap, configs, guests, procs, seed
 from .bootstrap import DevcloudError
 from .layout import PLUGIN_DIR, Layout, default_layout, load_secrets
 from .services import Service, all_services, process_env
@@ -290,11 +291,15 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
             seed.write_clouds_yaml(layout, secrets)
             result.reused = [s.name for s in services]
             result.databases = "reused"
+            guests.ensure_root_or_say(layout, say)  # once, on a cloud predating guests
             say(f"all {len(services)} services already running and answering; nothing to do")
             result.seconds = time.monotonic() - t0
             return result
         bootstrap.ensure_debian_packages(say)
-        result.installed = bootstrap.ensure_venv(layout, say)
+        with ThreadPoolExecutor(1) as pool:  # the guests' root builds while pip installs
+            root = pool.submit(guests.ensure_root_or_say, layout, say)
+            result.installed = bootstrap.ensure_venv(layout, say)
+            root.result()
         secrets = load_secrets(layout)
         configs.write_all(layout, secrets)
         result.stopped_foreign = _stop_foreign(layout, say)
@@ -355,6 +360,7 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
                 stopped.append(service.name)
         for service in all_services(layout):
             layout.pidfile(service.name).unlink(missing_ok=True)
+        stopped += [f"guest {uuid}" for uuid in guests.stop_all(layout, say)]
         # Anything still marked with this cache folder escaped its process group: stop it too.
         strays = {pid: name for pid, (root, name) in procs.marked_processes().items()
                   if root == str(layout.root) and pid != os.getpid()}
@@ -497,6 +503,7 @@ def reset(layout: Layout | None = None, say=None) -> UpResult:
         say(f"stopped {len(running)} OpenStack processes")
         for name in ("databases", "seeded"):
             layout.stamp(name).unlink(missing_ok=True)
+        guests.remove_disks(layout, say)
         shutil.rmtree(layout.data, ignore_errors=True)
         say("wiped the cloud's data; the install and configs are kept")
     return up(layout, say)

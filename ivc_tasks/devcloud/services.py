@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from .configs import PORTS
-from .layout import HOST, MARK, Layout
+from .layout import HOST, MARK, PLUGIN_DIR, Layout
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,15 @@ def all_services(layout: Layout) -> list[Service]:
 
 
 def process_env(layout: Layout, service: Service) -> dict[str, str]:
-    """The environment a service runs with: marked with the cache folder, venv first on PATH."""
+    """The environment a service runs with: marked with the cache folder, venv first on PATH,
+    this checkout's plugin first on the import path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "VIRTUAL_ENV",
                                                                      "PYTHON"))}
     if service.role != "infra":
         env["PATH"] = f"{layout.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         env["VIRTUAL_ENV"] = str(layout.venv)
+        # the plugin of the checkout that starts the service, whichever one installed it
+        env["PYTHONPATH"] = str(PLUGIN_DIR)
     env.update(service.env)
     env[MARK] = str(layout.root)
     env["IVC_DEVCLOUD_SERVICE"] = service.name

@@ -82,3 +82,42 @@ def reset(c):
         lifecycle.reset()
     except lifecycle.DevcloudError as exc:
         raise Exit(f"devcloud.reset failed: {exc}", code=1)
+
+
+@task(help={"mode": "on or off (default: show the switch).",
+            "only": "Apply MODE only to servers whose names start with this prefix (the rule "
+                    "for the longest matching prefix wins; without --only, MODE becomes the "
+                    "default and the prefix rules go)."})
+def guests(c, mode=None, only=None):
+    """Show or switch the servers' guests (read at each boot: no restart)."""
+    from ivc_tasks.devcloud import guests as lib
+    from ivc_tasks.devcloud.layout import default_layout
+    layout = default_layout()
+    if mode is not None:
+        try:
+            lib.set_mode(mode, only, layout)
+        except ValueError as exc:
+            raise Exit(f"devcloud.guests: {exc}", code=2)
+    print(lib.describe_mode(lib.mode(layout)))
+
+
+@task(help={"name": "The server's name.",
+            "project": "Its project (default ivc, the demo's)."})
+def guest(c, name, project="ivc"):
+    """Run a command in a server's guest: devcloud.guest NAME -- CMD...; exits with its status."""
+    import shlex
+    import sys
+    from ivc_tasks.devcloud import guests as lib
+    from ivc_tasks.devcloud import seed
+    from ivc_tasks.devcloud.bootstrap import DevcloudError
+    from ivc_tasks.devcloud.layout import default_layout, load_secrets
+    # the words after `--` as typed (invoke's remainder is one string, its quoting lost)
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
+    layout = default_layout()
+    try:
+        uuid = lib.find_server_uuid(seed.admin_connection(load_secrets(layout)), name, project)
+        code = lib.exec_in(layout, uuid, argv)
+    except DevcloudError as exc:
+        raise Exit(f"devcloud.guest: {exc}", code=2)
+    if code:
+        raise Exit(code=code)

@@ -30,6 +30,21 @@ def _connect(cloud: str):
     return connection(cloud)
 
 
+# Servers of the tests that never look inside them boot without a guest (a guest costs a
+# second or two of CPU on a 2-core machine); test_guests.py names its servers g-... (on).
+NO_GUEST_PREFIXES = ("t-",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def guests_only_where_looked_at():
+    from ivc_tasks.devcloud import guests
+    from ivc_tasks.devcloud.layout import Layout
+    if os.environ.get("IVC_TEST_GUESTS", "") == "all":  # every server gets one (measuring)
+        return
+    for prefix in NO_GUEST_PREFIXES:
+        guests.set_mode("off", prefix, Layout(CLOUDS_YAML.parent))
+
+
 @pytest.fixture(scope="session")
 def conn():
     """The demo user (member role in project ivc), as ivc's users are."""
