@@ -74,7 +74,11 @@ def test_ruleset_secured_port_default_deny_stateful_and_unsecured_port_open():
         f"-A {chain} -p tcp -m tcp --dport 8080 -j RETURN",
         f"-A {chain} -j DROP"]
     assert "-A ivc-ingress -d 10.0.0.5/32 -o ivcb-net1 -j ivc-i-p1" in lines
-    assert "-A ivc-egress -s 10.0.0.5/32 -m physdev --physdev-in ivct-p1 -j ivc-o-p1" in lines
+    assert [l for l in lines if l.startswith("-A ivc-egress")] == [
+        "-A ivc-egress -m physdev --physdev-in ivct-p1 -j ivc-s-p1",
+        "-A ivc-egress -m physdev --physdev-in ivct-p1 -j ivc-o-p1"]
+    assert [l for l in lines if l.startswith("-A ivc-s-p1")] == [
+        "-A ivc-s-p1 -s 10.0.0.5/32 -j RETURN", "-A ivc-s-p1 -j DROP"]
     assert "-A ivc-o-p1 -j RETURN" in lines                   # egress: any, as declared
     assert not [l for l in lines if "p2" in l]                 # port security off: no filter
     # the router joins net1 and ext; floating IP NAT both ways; SNAT of the rest to the gateway

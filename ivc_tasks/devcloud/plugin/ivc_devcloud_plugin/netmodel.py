@@ -226,12 +226,15 @@ def ruleset(state: NetState, plugged: list[Port], marks: dict[str, int],
         filt += decl
         tap, bridge = tap_name(port.id), bridge_name(port.network_id)
         chain = short(port.id, 12)
+        filt.append(f":ivc-s-{chain} - [0:0]")             # the port's own source addresses
+        body.append(f"-A ivc-egress -m physdev --physdev-in {tap} -j ivc-s-{chain}")
+        body.append(f"-A ivc-egress -m physdev --physdev-in {tap} -j ivc-o-{chain}")
         for ip, _ in port.ips:
             if ipaddress.ip_address(ip).version != 4:
                 continue
-            body.append(f"-A ivc-egress -s {ip}/32 -m physdev --physdev-in {tap} -j ivc-o-{chain}")
+            chains.append(f"-A ivc-s-{chain} -s {ip}/32 -j RETURN")
             body.append(f"-A ivc-ingress -d {ip}/32 -o {bridge} -j ivc-i-{chain}")
-        body.append(f"-A ivc-egress -m physdev --physdev-in {tap} -j DROP")  # spoofed source
+        chains.append(f"-A ivc-s-{chain} -j DROP")          # a spoofed source address
         body += chains
     body += ["-A ivc-isolate -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
              f"-A ivc-isolate -i {CLOUD_DEV} -j ACCEPT", f"-A ivc-isolate -o {CLOUD_DEV} -j ACCEPT"]

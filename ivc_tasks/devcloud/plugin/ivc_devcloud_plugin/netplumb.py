@@ -49,58 +49,61 @@ def addresses(dev: str, ns: str | None = None) -> set[str]:
     return {f"{a['local']}/{a['prefixlen']}" for link in out for a in link.get("addr_info", [])}
 
 
-def ensure_base() -> list[str]:
-    """The cloud namespace and the veth pair that joins it to the host; return what it made."""
+def ensure_base(ns: str = CLOUD_NS, host_dev: str = HOST_DEV, cloud_dev: str = CLOUD_DEV,
+                host_addr: str = HOST_ADDR, cloud_addr: str = CLOUD_ADDR) -> list[str]:
+    """The cloud namespace and the veth pair that joins it to the host; return what it made.
+    (The names are parameters so that a test can make and remove a namespace of its own.)"""
     made = []
-    if CLOUD_NS not in namespaces():
-        ip("netns", "add", CLOUD_NS)
-        made.append(f"namespace {CLOUD_NS}")
+    if ns not in namespaces():
+        ip("netns", "add", ns)
+        made.append(f"namespace {ns}")
     for key, value in CLOUD_SYSCTLS.items():
-        run("ip", "netns", "exec", CLOUD_NS, "sysctl", "-q", "-w", f"{key}={value}")
-    ip("link", "set", "lo", "up", ns=CLOUD_NS)
-    if f"{METADATA_ADDR}/32" not in addresses("lo", CLOUD_NS):
-        ip("addr", "add", f"{METADATA_ADDR}/32", "dev", "lo", ns=CLOUD_NS)
-    if HOST_DEV not in links():
-        ip("link", "del", CLOUD_DEV, ns=CLOUD_NS, check=False)
-        ip("link", "add", HOST_DEV, "type", "veth", "peer", "name", CLOUD_DEV, "netns", CLOUD_NS)
-        made.append(f"veth {HOST_DEV} <-> {CLOUD_NS}/{CLOUD_DEV}")
-    if f"{HOST_ADDR}/{LINK_PREFIX}" not in addresses(HOST_DEV):
-        ip("addr", "add", f"{HOST_ADDR}/{LINK_PREFIX}", "dev", HOST_DEV)
-    if f"{CLOUD_ADDR}/{LINK_PREFIX}" not in addresses(CLOUD_DEV, CLOUD_NS):
-        ip("addr", "add", f"{CLOUD_ADDR}/{LINK_PREFIX}", "dev", CLOUD_DEV, ns=CLOUD_NS)
-    ip("link", "set", HOST_DEV, "up")
-    ip("link", "set", CLOUD_DEV, "up", ns=CLOUD_NS)
+        run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
+    ip("link", "set", "lo", "up", ns=ns)
+    if f"{METADATA_ADDR}/32" not in addresses("lo", ns):
+        ip("addr", "add", f"{METADATA_ADDR}/32", "dev", "lo", ns=ns)
+    if host_dev not in links():
+        ip("link", "del", cloud_dev, ns=ns, check=False)
+        ip("link", "add", host_dev, "type", "veth", "peer", "name", cloud_dev, "netns", ns)
+        made.append(f"veth {host_dev} <-> {ns}/{cloud_dev}")
+    if f"{host_addr}/{LINK_PREFIX}" not in addresses(host_dev):
+        ip("addr", "add", f"{host_addr}/{LINK_PREFIX}", "dev", host_dev)
+    if f"{cloud_addr}/{LINK_PREFIX}" not in addresses(cloud_dev, ns):
+        ip("addr", "add", f"{cloud_addr}/{LINK_PREFIX}", "dev", cloud_dev, ns=ns)
+    ip("link", "set", host_dev, "up")
+    ip("link", "set", cloud_dev, "up", ns=ns)
     return made
 
 
-def sync_bridges(wanted: dict[str, list[str]]) -> None:
+def sync_bridges(wanted: dict[str, list[str]], ns: str = CLOUD_NS) -> None:
     """network id -> the gateway addresses (ip/prefix) its bridge holds; bridges of networks
     no longer wanted go."""
-    have = {name for name in links(CLOUD_NS) if name.startswith("ivcb-")}
+    have = {name for name in links(ns) if name.startswith("ivcb-")}
     names = {bridge_name(net): addrs for net, addrs in wanted.items()}
     for name in have - set(names):
-        ip("link", "del", name, ns=CLOUD_NS, check=False)
+        ip("link", "del", name, ns=ns, check=False)
     for name, addrs in names.items():
         if name not in have:
-            ip("link", "add", name, "type", "bridge", ns=CLOUD_NS)
-            ip("link", "set", name, "up", ns=CLOUD_NS)
-        current = addresses(name, CLOUD_NS)
+            ip("link", "add", name, "type", "bridge", ns=ns)
+            ip("link", "set", name, "up", ns=ns)
+        current = addresses(name, ns)
         for addr in set(addrs) - current:
-            ip("addr", "add", addr, "dev", name, ns=CLOUD_NS)
+            ip("addr", "add", addr, "dev", name, ns=ns)
         for addr in current - set(addrs):
-            ip("addr", "del", addr, "dev", name, ns=CLOUD_NS, check=False)
+            ip("addr", "del", addr, "dev", name, ns=ns, check=False)
 
 
 def plugged_taps() -> set[str]:
     return {name for name in links(CLOUD_NS) if name.startswith("ivct-")}
 
 
-def plug(port, netns: str, addrs: list[str], gateway: str | None, metadata_via: str | None) -> str:
+def plug(port, netns: str, addrs: list[str], gateway: str | None, metadata_via: str | None,
+         ns: str = CLOUD_NS) -> str:
     """A veth for ``port``: the guest end in ``netns`` with the port's MAC and addresses (named
     eth0, eth1, ... in plug order), the other end on its network's bridge. Return the name."""
     tap, peer = tap_name(port.id), peer_name(port.id)
-    ip("link", "del", tap, ns=CLOUD_NS, check=False)
-    ip("link", "add", tap, "type", "veth", "peer", "name", peer, "netns", netns, ns=CLOUD_NS)
+    ip("link", "del", tap, ns=ns, check=False)
+    ip("link", "add", tap, "type", "veth", "peer", "name", peer, "netns", netns, ns=ns)
     taken = set(links(netns))
     ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in taken)
     ip("link", "set", peer, "name", ifname, "address", port.mac, ns=netns)
@@ -108,7 +111,7 @@ def plug(port, netns: str, addrs: list[str], gateway: str | None, metadata_via: 
         ip("addr", "add", addr, "dev", ifname, ns=netns)
     ip("link", "set", ifname, "up", ns=netns)
     ip("link", "set", "lo", "up", ns=netns)
-    ip("link", "set", tap, "master", bridge_name(port.network_id), "up", ns=CLOUD_NS)
+    ip("link", "set", tap, "master", bridge_name(port.network_id), "up", ns=ns)
     if gateway:
         ip("route", "add", "default", "via", gateway, "dev", ifname, ns=netns, check=False)
     if metadata_via:
@@ -116,8 +119,8 @@ def plug(port, netns: str, addrs: list[str], gateway: str | None, metadata_via: 
     return ifname
 
 
-def unplug(tap: str) -> None:
-    ip("link", "del", tap, ns=CLOUD_NS, check=False)
+def unplug(tap: str, ns: str = CLOUD_NS) -> None:
+    ip("link", "del", tap, ns=ns, check=False)
 
 
 def host_routes() -> list[tuple[str, str]]:
@@ -138,14 +141,14 @@ def apply_rules(text: str) -> None:
     run("ip", "netns", "exec", CLOUD_NS, "iptables-restore", input=text)
 
 
-def teardown() -> list[str]:
+def teardown(ns: str = CLOUD_NS, host_dev: str = HOST_DEV) -> list[str]:
     """Remove the cloud namespace (its bridges, veths, rules and the guests' links go with it)
     and the host's end; the host routes through it go with the device."""
     gone = []
-    if CLOUD_NS in namespaces():
-        ip("netns", "del", CLOUD_NS, check=False)
-        gone.append(f"namespace {CLOUD_NS}")
-    if HOST_DEV in links():
-        ip("link", "del", HOST_DEV, check=False)
-        gone.append(f"veth {HOST_DEV}")
+    if ns in namespaces():
+        ip("netns", "del", ns, check=False)
+        gone.append(f"namespace {ns}")
+    if host_dev in links():
+        ip("link", "del", host_dev, check=False)
+        gone.append(f"veth {host_dev}")
     return gone
