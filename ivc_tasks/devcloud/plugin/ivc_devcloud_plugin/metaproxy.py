@@ -104,7 +104,10 @@ def make_handler(lookup: Lookup, secret: str, nova: tuple[str, int]):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except OSError:   # the guest gave up waiting
+                    pass
 
         do_GET = do_HEAD = _relay
 
