@@ -54,8 +54,10 @@ def run(argv: list[str], *, log: Path | None = None, env: dict | None = None,
 
 
 def ensure_debian_packages(say: Say) -> None:
-    """apt-get install MariaDB and RabbitMQ when they are missing."""
-    if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd"):
+    """apt-get install MariaDB, RabbitMQ (and, as root, iptables for the guests' network)
+    when they are missing."""
+    if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd") \
+            and (shutil.which("iptables-restore") or os.geteuid() != 0):  # the guests' network
         return
     if os.geteuid() != 0:
         raise DevcloudError("mariadb-server and rabbitmq-server are missing; install them: "

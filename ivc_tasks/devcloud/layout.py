@@ -28,7 +28,7 @@ CLOUD_REQUIREMENTS = [
     "gunicorn",
     "python-openstackclient",
 ]
-DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server"]
+DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "iptables"]
 
 HOST = "127.0.0.1"
 REGION = "RegionOne"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bootstrap, configs, procs, seed
+from . import bootstrap, configs, guestnet, procs, seed
 from .bootstrap import DevcloudError
 from .layout import PLUGIN_DIR, Layout, default_layout, load_secrets
 from .services import Service, all_services, process_env
@@ -361,6 +361,8 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
         procs.stop(*(procs.Proc(pid, procs.start_time(pid) or "0") for pid in strays))
         for pid, name in strays.items():
             say(f"{name}: stopped a stray process (pid {pid})")
+        for what in guestnet.teardown():   # the guests' network, once its agent has stopped
+            say(f"network: removed {what}")
     if not stopped:
         say("nothing of this checkout's devcloud was running")
     return stopped

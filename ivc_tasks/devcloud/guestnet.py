@@ -1,0 +1,31 @@
+"""The host side of the guests' network, as ``down`` removes it.
+
+The network agent (plugin netagent.py) makes the cloud's namespace and the veth pair that joins
+it to the host; everything else it makes lives inside that namespace (bridges, the guests'
+veths, iptables rules, sysctls) or hangs off the host's end of the pair (the routes into the
+cloud). Deleting the two removes it all. The names are the agent's (plugin netmodel.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+CLOUD_NS, HOST_DEV = "ivc-cloud", "ivc-host"
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+def teardown() -> list[str]:
+    """Remove the cloud namespace and the host's veth; return what was there."""
+    gone = []
+    if os.geteuid() != 0:
+        return gone
+    if os.path.exists(f"/run/netns/{CLOUD_NS}") and _ip("netns", "del", CLOUD_NS).returncode == 0:
+        gone.append(f"namespace {CLOUD_NS}")
+    if _ip("link", "show", HOST_DEV).returncode == 0 and \
+            _ip("link", "del", HOST_DEV).returncode == 0:
+        gone.append(f"veth {HOST_DEV} and the host routes through it")
+    return gone
