@@ -108,7 +108,7 @@ def _move(net, network, subnet, users, cidr, why, say, **create):
             net.remove_interface_from_router(router, subnet_id=subnet.id)
     net.delete_subnet(subnet)
     new = net.create_subnet(name=subnet.name, network_id=network.id, ip_version=4, cidr=cidr,
-                            enable_dhcp=subnet.is_dhcp_enabled, **create)
+                            **{"enable_dhcp": subnet.is_dhcp_enabled, **create})
     for router in interfaces:
         net.add_interface_to_router(router, subnet_id=new.id)
     for router, info in gateways:

@@ -198,6 +198,8 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
         router = net.create_router(name="ivc-router", project_id=demo_project.id,
                                    external_gateway_info={"network_id": public.id})
         net.add_interface_to_router(router, subnet_id=subnet.id)
+    elif not router.external_gateway_info:
+        net.update_router(router, external_gateway_info={"network_id": public.id})
     demo = demo_connection(secrets)
     if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
@@ -276,6 +278,8 @@ def seed_ovh(layout: Layout, secrets: dict, say: Say) -> None:
         router = net.create_router(name=OVH_ROUTER, project_id=ovh.id,
                                    external_gateway_info={"network_id": ext.id})
         net.add_interface_to_router(router, subnet_id=subnet.id)
+    elif not router.external_gateway_info:   # lost while its subnet moved (ranges.py)
+        net.update_router(router, external_gateway_info={"network_id": ext.id})
     user = openstack_connection(OVH_USER, OVH_PROJECT, secrets["demo"])
     if not user.compute.find_keypair(KEYPAIR, ignore_missing=True):
         user.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
