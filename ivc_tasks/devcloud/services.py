@@ -96,6 +96,9 @@ def all_services(layout: Layout) -> list[Service]:
     ]
 
 
+ISOLATED_METADATA = "ext-net"     # seed.EXT_NET: the networks without a router given metadata
+
+
 def _network_agent(layout: Layout) -> list[Service]:
     """The guests' network (plugin netagent.py): namespaces, veths, routes and iptables need
     root; without it there is no agent and servers have no network, as before."""
@@ -105,7 +108,9 @@ def _network_agent(layout: Layout) -> list[Service]:
     # PYTHONPATH: this checkout's plugin, whatever checkout installed the venv's editable copy
     return [Service("netagent", "worker", [layout.bin("python"), "-m",
                     "ivc_devcloud_plugin.netagent", "--neutron-config",
-                    str(etc / "neutron/neutron.conf"), "--nova-config", str(etc / "nova/nova.conf")],
+                    str(etc / "neutron/neutron.conf"), "--nova-config", str(etc / "nova/nova.conf"),
+                    # as OVHcloud's Ext-Net: its servers read the metadata service directly
+                    "--isolated-metadata", ISOLATED_METADATA],
                     env={"PYTHONPATH": str(PLUGIN_DIR)})]
 
 

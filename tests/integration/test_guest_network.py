@@ -221,6 +221,26 @@ def test_metadata_behind_a_router_and_none_without(guests, conn):
     assert fetch(f"{base}/meta_data.json", ns=alone_ns, timeout=2) is None
 
 
+def test_ovh_shape_a_server_on_ext_net_is_reached_and_reads_metadata(admin_conn, tmp_path,
+                                                                     unique):
+    """ext-net (isolated metadata enabled, as on OVHcloud's Ext-Net): the server's public
+    address is its port's; the host reaches it, and it reads the metadata service."""
+    from .rotateworld import connection
+    ovh = connection("ivc-local-ovh")
+    guests = Guests(ovh, admin_conn, tmp_path, unique)
+    try:
+        sg = open_group(guests)
+        server, _, addr = guests.boot("ovh", [sg], network=guests.network("ext-net"))
+        guests.listen(server)
+        assert eventually(lambda: fetch(f"http://{addr}:8080/name"), server.name, 5)[0] \
+            == server.name
+        meta = fetch("http://169.254.169.254/openstack/latest/meta_data.json",
+                     ns=netmodel.guest_ns(server.id), timeout=3)
+        assert meta is not None and json.loads(meta)["uuid"] == server.id
+    finally:
+        guests.close()
+
+
 def free_test_cidr(conn) -> str:
     """A /24 inside 198.19.0.0/16 that no subnet and no host route uses."""
     taken = [ipaddress.ip_network(s.cidr) for s in conn.network.subnets() if s.ip_version == 4]

@@ -104,6 +104,8 @@ def test_metadata_networks_only_behind_a_router_unless_isolated_enabled():
     state = _state()
     assert netmodel.metadata_networks(state) == {"net1"}
     assert netmodel.metadata_networks(state, frozenset({"ext", "nope"})) == {"net1", "ext"}
+    state.names = {"ext": "ext-net"}
+    assert netmodel.metadata_networks(state, frozenset({"ext-net"})) == {"net1", "ext"}
 
 
 def test_guest_ports_need_the_guest_namespace():
@@ -144,3 +146,8 @@ def test_device_names_fit_the_kernel_limit():
     for name in (netmodel.tap_name(port), netmodel.peer_name(port), netmodel.bridge_name(port)):
         assert len(name) <= 15
     assert netmodel.tap_name(port) == "ivct-0123abcd45"
+
+
+def test_isolated_metadata_names_the_seeded_ext_net():
+    from ivc_tasks.devcloud import seed, services
+    assert services.ISOLATED_METADATA == seed.EXT_NET

@@ -131,7 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--neutron-config", required=True)
     parser.add_argument("--nova-config", required=True)
     parser.add_argument("--isolated-metadata", default="",
-                        help="network ids (comma-separated) without a router served metadata")
+                        help="networks (names or ids, comma-separated) served metadata without "
+                        "a router (Neutron's enable_isolated_metadata)")
     args = parser.parse_args(argv)
     made = netplumb.ensure_base()
     say(f"cloud namespace {CLOUD_NS} ready{': made ' + ', '.join(made) if made else ''}")

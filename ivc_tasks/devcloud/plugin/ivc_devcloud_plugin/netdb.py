@@ -31,6 +31,7 @@ QUERIES = {
     "fips": "SELECT id, floating_ip_address, fixed_port_id, fixed_ip_address, router_id "
             "FROM floatingips",
     "external": "SELECT network_id FROM externalnetworks",
+    "networks": "SELECT id, name FROM networks",
 }
 
 
@@ -67,4 +68,5 @@ def read_state(db) -> NetState:
         router_ports=[tuple(r) for r in rows["router_ports"]],
         fips=[FloatingIp(i, a, p, f, r) for i, a, p, f, r in rows["fips"]],
         external={r[0] for r in rows["external"]},
+        names={i: n for i, n in rows["networks"]},
     )

@@ -80,6 +80,7 @@ class NetState:
     router_ports: list = field(default_factory=list)     # ((router_id, port_id, port_type), ...)
     fips: list = field(default_factory=list)
     external: set = field(default_factory=set)            # external network ids
+    names: dict = field(default_factory=dict)             # network id -> name
 
 
 def short(ident: str, n: int = 10) -> str:
@@ -140,8 +141,11 @@ def interface_networks(state: NetState) -> set[str]:
 
 
 def metadata_networks(state: NetState, isolated: frozenset = frozenset()) -> set[str]:
-    """Where 169.254.169.254 answers: behind a router, or where isolated metadata is enabled."""
-    return interface_networks(state) | (set(isolated) & {s.network_id for s in state.subnets})
+    """Where 169.254.169.254 answers: behind a router, or on a network (named by id or name in
+    ``isolated``) where isolated metadata is enabled, as Neutron's DHCP agent serves it."""
+    nets = {s.network_id for s in state.subnets}
+    return interface_networks(state) | {n for n in nets
+                                        if n in isolated or state.names.get(n) in isolated}
 
 
 def group_members(state: NetState) -> dict[str, list[str]]:
