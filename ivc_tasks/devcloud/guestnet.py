@@ -18,14 +18,15 @@ def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True)
 
 
-def teardown() -> list[str]:
-    """Remove the cloud namespace and the host's veth; return what was there."""
+def teardown(ns: str = CLOUD_NS, host_dev: str = HOST_DEV) -> list[str]:
+    """Remove the cloud namespace and the host's veth; return what was there. (Names are
+    parameters so that a test can remove a namespace of its own.)"""
     gone = []
     if os.geteuid() != 0:
         return gone
-    if os.path.exists(f"/run/netns/{CLOUD_NS}") and _ip("netns", "del", CLOUD_NS).returncode == 0:
-        gone.append(f"namespace {CLOUD_NS}")
-    if _ip("link", "show", HOST_DEV).returncode == 0 and \
-            _ip("link", "del", HOST_DEV).returncode == 0:
-        gone.append(f"veth {HOST_DEV} and the host routes through it")
+    if os.path.exists(f"/run/netns/{ns}") and _ip("netns", "del", ns).returncode == 0:
+        gone.append(f"namespace {ns}")
+    if _ip("link", "show", host_dev).returncode == 0 and \
+            _ip("link", "del", host_dev).returncode == 0:
+        gone.append(f"veth {host_dev} and the host routes through it")
     return gone

@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from ivc_tasks.devcloud import guestnet
 from ivc_tasks.devcloud.layout import PLUGIN_DIR
 
 sys.path.insert(0, str(PLUGIN_DIR))
@@ -263,8 +264,9 @@ def test_no_host_route_into_the_cloud_overlaps_a_route_the_host_had():
 
 
 def test_teardown_leaves_nothing(tmp_path):
-    """The clean-up ``down`` runs, on a cloud namespace of the test's own (same code, names
-    given): namespace, bridge, a plugged guest port, host veth and routes all go."""
+    """The clean-up ``down`` runs, on a cloud namespace of the test's own made by the agent's
+    own code (names given): namespace, bridge, a plugged guest port, host veth and routes,
+    iptables rules all go."""
     tag = uuid.uuid4().hex[:6]
     ns, host_dev, cloud_dev, guest = f"ivc-t{tag}", f"ivch{tag}", f"ivcc{tag}", f"ivcg-t{tag}"
     before_routes = netplumb.host_routes()
@@ -289,11 +291,15 @@ def test_teardown_leaves_nothing(tmp_path):
             web.wait()
         assert ns_run(guest, "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3] == \
             "198.19.99.5/24"
-        assert netplumb.teardown(ns, host_dev) == [f"namespace {ns}", f"veth {host_dev}"]
+        netplumb.run("ip", "netns", "exec", ns, "iptables-restore", input=netmodel.ruleset(
+            netmodel.NetState(ports=[port]), [port], {}, set(), {"net-" + tag}))
+        assert "-A ivc-i-port" in ns_run(ns, "iptables", "-S").stdout
+        assert guestnet.teardown(ns, host_dev) == [       # what `devcloud.down` runs
+            f"namespace {ns}", f"veth {host_dev} and the host routes through it"]
         assert ns not in netplumb.namespaces()
         assert host_dev not in netplumb.links()
         assert netplumb.host_routes() == before_routes
         assert [n for n in netplumb.links(guest) if n != "lo"] == []   # the guest's end went too
     finally:
         subprocess.run(["ip", "netns", "del", guest], check=False)
-        netplumb.teardown(ns, host_dev)
+        guestnet.teardown(ns, host_dev)

@@ -151,3 +151,8 @@ def test_device_names_fit_the_kernel_limit():
 def test_isolated_metadata_names_the_seeded_ext_net():
     from ivc_tasks.devcloud import seed, services
     assert services.ISOLATED_METADATA == seed.EXT_NET
+
+
+def test_down_removes_what_the_agent_makes():
+    from ivc_tasks.devcloud import guestnet
+    assert (guestnet.CLOUD_NS, guestnet.HOST_DEV) == (netmodel.CLOUD_NS, netmodel.HOST_DEV)

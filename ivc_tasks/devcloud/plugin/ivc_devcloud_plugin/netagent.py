@@ -34,6 +34,7 @@ class Agent:
         self.fingerprint = None
         self.read_at = 0.0
         self.rules = None
+        self.bridges = None
         self.skipped: dict = {}
 
     def read(self) -> netmodel.NetState:
@@ -48,7 +49,7 @@ class Agent:
         spaces = netplumb.namespaces()
         if CLOUD_NS not in spaces:
             say(f"made {', '.join(netplumb.ensure_base())}")
-            self.plugged, self.rules = {}, None
+            self.plugged, self.rules, self.bridges = {}, None, None
         state = self.read()
         subnets = netmodel.v4_subnets(state)
         bridges: dict[str, list[str]] = {}
@@ -56,7 +57,9 @@ class Agent:
             addrs = bridges.setdefault(subnet.network_id, [])
             if subnet.gateway_ip:
                 addrs.append(netmodel.prefixed(subnet.gateway_ip, subnet))
-        netplumb.sync_bridges(bridges)
+        if bridges != self.bridges:      # a few `ip` calls per bridge: only on a change
+            netplumb.sync_bridges(bridges)
+            self.bridges = bridges
         for net in sorted(bridges):
             self.marks.setdefault(net, len(self.marks) + 1)
         meta = netmodel.metadata_networks(state, self.isolated)

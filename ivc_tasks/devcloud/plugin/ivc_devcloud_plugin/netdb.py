@@ -17,19 +17,19 @@ from .netmodel import FloatingIp, NetState, Port, Router, Rule, Subnet
 
 FINGERPRINT = sa.text("SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(revision_number), 0) "
                       "FROM standardattributes")
-QUERIES = {
+QUERIES = {   # ordered, so that the same state always gives the same ruleset text
     "ports": "SELECT p.id, p.network_id, p.mac_address, p.device_id, p.device_owner, "
              "p.project_id, COALESCE(s.port_security_enabled, 1) FROM ports p "
-             "LEFT JOIN portsecuritybindings s ON s.port_id = p.id",
+             "LEFT JOIN portsecuritybindings s ON s.port_id = p.id ORDER BY p.id",
     "ips": "SELECT port_id, ip_address, subnet_id FROM ipallocations",
     "groups": "SELECT port_id, security_group_id FROM securitygroupportbindings",
-    "subnets": "SELECT id, network_id, cidr, gateway_ip, ip_version FROM subnets",
+    "subnets": "SELECT id, network_id, cidr, gateway_ip, ip_version FROM subnets ORDER BY id",
     "rules": "SELECT id, security_group_id, direction, ethertype, protocol, port_range_min, "
-             "port_range_max, remote_ip_prefix, remote_group_id FROM securitygrouprules",
+             "port_range_max, remote_ip_prefix, remote_group_id FROM securitygrouprules ORDER BY id",
     "routers": "SELECT id, gw_port_id, enable_snat FROM routers",
-    "router_ports": "SELECT router_id, port_id, port_type FROM routerports",
+    "router_ports": "SELECT router_id, port_id, port_type FROM routerports ORDER BY port_id",
     "fips": "SELECT id, floating_ip_address, fixed_port_id, fixed_ip_address, router_id "
-            "FROM floatingips",
+            "FROM floatingips ORDER BY id",
     "external": "SELECT network_id FROM externalnetworks",
     "networks": "SELECT id, name FROM networks",
 }
