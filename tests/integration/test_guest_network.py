@@ -81,12 +81,15 @@ class Guests:
         return self.conn.network.create_security_group_rule(
             security_group_id=sg.id, direction="ingress", ethertype="IPv4", **rule)
 
-    def boot(self, suffix, groups, network=None, **extra):
-        net = network or self.network()
+    def boot(self, suffix, groups, network=None, port=None, **extra):
+        """A server (on ``network``, or on the existing ``port``) with its guest namespace,
+        once the agent has plugged its port: (server, port, fixed address)."""
+        nic = {"port": port.id} if port else {"uuid": (network or self.network()).id}
+        if groups:
+            extra["security_groups"] = [{"name": g.name} for g in groups]
         server = self.conn.compute.create_server(
             name=f"{self.prefix}-{suffix}", image_id=self.image.id, flavor_id=self.flavor.id,
-            networks=[{"uuid": net.id}], security_groups=[{"name": g.name} for g in groups],
-            **extra)
+            networks=[nic], **extra)
         self.servers.append(server)
         server = self.conn.compute.wait_for_server(server, interval=0.5, wait=120)
         ns = netmodel.guest_ns(server.id)
@@ -156,6 +159,26 @@ def test_fixed_and_floating_address_answer_and_the_floating_ip_follows_a_move(gu
     conn.network.update_ip(fip, port_id=port_b.id)         # what a rotate does: one PUT
     got, seconds = eventually(lambda: fetch(url), b.name, 5)
     assert got == b.name, f"after the move: {got!r} after {seconds:.1f}s"
+
+
+def test_a_kept_port_moves_with_its_address_to_the_next_server(guests, conn):
+    """keep_address: a port detached from one server and given to the next at boot."""
+    sg = open_group(guests)
+    port = conn.network.create_port(network_id=guests.network().id, security_groups=[sg.id],
+                                    name=f"{guests.prefix}-kept")
+    guests.cleanups.append(lambda: conn.network.delete_port(port, ignore_missing=True))
+    old, _, addr = guests.boot("old", [], port=port)
+    guests.listen(old)
+    assert eventually(lambda: fetch(f"http://{addr}:8080/name"), old.name, 5)[0] == old.name
+    conn.compute.delete_server_interface(port.id, server=old)
+    old_ns = netmodel.guest_ns(old.id)
+    gone, seconds = eventually(lambda: addr in ns_run(old_ns, "ip", "-4", "-o", "addr").stdout,
+                               False, 30)
+    assert gone is False, f"still in the old server's namespace after {seconds:.0f}s"
+    new, _, addr_new = guests.boot("new", [], port=port)
+    assert addr_new == addr
+    guests.listen(new)
+    assert eventually(lambda: fetch(f"http://{addr}:8080/name"), new.name, 5)[0] == new.name
 
 
 def test_security_group_rule_opens_and_closes_a_port_within_5_s(guests, conn):
