@@ -159,6 +159,7 @@ def test_fixed_and_floating_address_answer_and_the_floating_ip_follows_a_move(gu
     conn.network.update_ip(fip, port_id=port_b.id)         # what a rotate does: one PUT
     got, seconds = eventually(lambda: fetch(url), b.name, 5)
     assert got == b.name, f"after the move: {got!r} after {seconds:.1f}s"
+    print(f"floating IP moved: the new server answered after {seconds:.1f}s")
 
 
 def test_a_kept_port_moves_with_its_address_to_the_next_server(guests, conn):
@@ -192,9 +193,11 @@ def test_security_group_rule_opens_and_closes_a_port_within_5_s(guests, conn):
     rule = guests.rule(sg, protocol="tcp", port_range_min=8081, port_range_max=8081)
     got, seconds = eventually(lambda: fetch(url, timeout=1), server.name, RULE_DEADLINE)
     assert got == server.name, f"opened: no answer after {seconds:.1f}s"
+    print(f"rule added: port open after {seconds:.1f}s")
     conn.network.delete_security_group_rule(rule)
     got, seconds = eventually(lambda: fetch(url, timeout=1), None, RULE_DEADLINE)
     assert got is None, f"closed: still answering after {seconds:.1f}s"
+    print(f"rule deleted: port closed after {seconds:.1f}s")
 
 
 def test_remote_group_rule_admits_only_the_members(guests):
