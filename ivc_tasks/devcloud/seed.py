@@ -207,7 +207,8 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     _demo_volumes(admin, demo, say)
     public_cidr = next(s.cidr for s in net.subnets(network_id=public.id))
     say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public "
-        f"({public_cidr}) + private ({subnet.cidr}), router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")
+        f"({public_cidr}) + private ({subnet.cidr}), router ivc-router, keypair {KEYPAIR}, "
+        f"volumes {', '.join(DEMO_VOLUMES)}")
 
 
 def _demo_volumes(admin: Any, demo: Any, say: Say) -> None:

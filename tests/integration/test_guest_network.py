@@ -72,7 +72,8 @@ class Guests:
 
     def group(self, suffix, rules=()):
         sg = self.conn.network.create_security_group(name=f"{self.prefix}-{suffix}")
-        self.cleanups.append(lambda: self.conn.network.delete_security_group(sg, ignore_missing=True))
+        self.cleanups.append(
+            lambda: self.conn.network.delete_security_group(sg, ignore_missing=True))
         for rule in rules:
             self.rule(sg, **rule)
         return sg

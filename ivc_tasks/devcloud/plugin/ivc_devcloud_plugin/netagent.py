@@ -106,8 +106,9 @@ class Agent:
             pairs = [(ip, subnets[sid]) for ip, sid in port.ips if sid in subnets]
             gateway = next((s.gateway_ip for _, s in pairs if s.gateway_ip), None)
             try:
-                ifname = netplumb.plug(port, record[0], [netmodel.prefixed(ip, s) for ip, s in pairs],
-                                       gateway, gateway if port.network_id in meta else None)
+                addrs = [netmodel.prefixed(ip, s) for ip, s in pairs]
+                ifname = netplumb.plug(port, record[0], addrs, gateway,
+                                       gateway if port.network_id in meta else None)
             except netplumb.PlumbError as exc:   # the guest namespace went meanwhile
                 say(f"port {port_id}: not plugged: {exc}")
                 continue

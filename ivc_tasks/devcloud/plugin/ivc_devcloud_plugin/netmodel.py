@@ -258,7 +258,6 @@ def ruleset(state: NetState, plugged: list[Port], marks: dict[str, int],
         if fip.port_id and fip.fixed_ip and fip.port_id in by_id:
             nat_body.append(f"-A PREROUTING -d {fip.address}/32 -j DNAT "
                             f"--to-destination {fip.fixed_ip}")
-            nat_body.append(f"-A OUTPUT -d {fip.address}/32 -j DNAT --to-destination {fip.fixed_ip}")
             inside = bridge_name(by_id[fip.port_id].network_id)
             nat_body.append(f"-A POSTROUTING -s {fip.fixed_ip}/32 ! -o {inside} -j SNAT "
                             f"--to-source {fip.address}")

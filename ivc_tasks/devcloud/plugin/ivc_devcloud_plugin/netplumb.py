@@ -5,6 +5,7 @@ Every function is idempotent and asks the kernel what is there before it changes
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -124,12 +125,14 @@ def unplug(tap: str, ns: str = CLOUD_NS) -> None:
 
 
 def host_routes() -> list[tuple[str, str]]:
-    return [(r["dst"], r.get("dev", "")) for r in json.loads(ip("-j", "-4", "route", "show") or "[]")]
+    routes = json.loads(ip("-j", "-4", "route", "show") or "[]")
+    return [(r["dst"], r.get("dev", "")) for r in routes]
 
 
 def sync_host_routes(cidrs: list[str]) -> None:
     """Exactly ``cidrs`` routed from the host into the cloud namespace (already checked free)."""
-    have = {dst for dst, dev in host_routes() if dev == HOST_DEV and dst != f"169.254.77.0/{LINK_PREFIX}"}
+    link = str(ipaddress.ip_network(f"{HOST_ADDR}/{LINK_PREFIX}", strict=False))
+    have = {dst for dst, dev in host_routes() if dev == HOST_DEV and dst != link}
     for cidr in set(cidrs) - have:
         ip("route", "replace", cidr, "via", CLOUD_ADDR, "dev", HOST_DEV)
     for cidr in have - set(cidrs):
