@@ -80,8 +80,12 @@ def _answers(service: Service) -> bool:
 
 
 def _stop_foreign(layout: Layout, say) -> list[str]:
-    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded."""
-    ours = {p.pid for s in all_services(layout) if (p := _recorded(layout, s))}
+    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded.
+
+    Recorded means in any PID file of this cache folder, not only those of this checkout's
+    services: a checkout that predates a service (netagent, say) must not stop it."""
+    ours = {p.pid for f in layout.run.glob("*.pid")
+            if (p := procs.read_pidfile(f)) and procs.alive(p)}
     groups: dict[int, tuple[str, str]] = {}
     for pid, (root, name) in procs.marked_processes().items():
         if name in ("mariadb", "epmd", "rabbitmq") or pid == os.getpid():
