@@ -201,6 +201,18 @@ def test_security_group_rule_opens_and_closes_a_port_within_5_s(guests, conn):
     print(f"rule deleted: port closed after {seconds:.1f}s")
 
 
+def test_a_port_without_port_security_is_not_filtered(guests, conn):
+    port = conn.network.create_port(network_id=guests.network().id, security_groups=[],
+                                    port_security_enabled=False, name=f"{guests.prefix}-open")
+    guests.cleanups.append(lambda: conn.network.delete_port(port, ignore_missing=True))
+    server, _, addr = guests.boot("open", [], port=port)
+    guests.listen(server, 8099)
+    assert eventually(lambda: fetch(f"http://{addr}:8099/name"), server.name, 5)[0] \
+        == server.name
+    rules = ns_run(netmodel.CLOUD_NS, "iptables", "-S").stdout
+    assert netmodel.short(port.id, 12) not in rules
+
+
 def test_remote_group_rule_admits_only_the_members(guests):
     clients = guests.group("clients")
     others = guests.group("others")
