@@ -54,9 +54,11 @@ def run(argv: list[str], *, log: Path | None = None, env: dict | None = None,
 
 
 def ensure_debian_packages(say: Say) -> None:
-    """apt-get install MariaDB, RabbitMQ and debootstrap when they are missing."""
+    """apt-get install MariaDB, RabbitMQ, debootstrap (the guests' root) and, as root, iptables
+    (the guests' network) when they are missing."""
     if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd") \
-            and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")):
+            and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")) \
+            and (shutil.which("iptables-restore") or os.geteuid() != 0):  # the guests' network
         return
     if os.geteuid() != 0:
         raise DevcloudError("mariadb-server, rabbitmq-server or debootstrap is missing; install: "

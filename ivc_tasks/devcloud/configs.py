@@ -8,12 +8,14 @@ volume driver; glance's file store; one worker per service; every listener on 12
 from __future__ import annotations
 
 import configparser
+import hashlib
+import hmac
 import shutil
 from pathlib import Path
 
 from .layout import HOST, REGION, Layout
 
-PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova-api": 8774,
+PORTS = {"keystone": 5000, "glance": 9292, "placement": 8778, "nova-api": 8774, "nova-metadata": 8775,
          "neutron-api": 9696, "cinder-api": 8776}
 KEYSTONE_URL = f"http://{HOST}:{PORTS['keystone']}"
 
@@ -36,6 +38,13 @@ def _auth(secrets: dict, user: str) -> dict:
 def _authtoken(secrets: dict, user: str) -> dict:
     return {"www_authenticate_uri": KEYSTONE_URL, "service_token_roles_required": "true",
             **_auth(secrets, user)}
+
+
+def metadata_secret(secrets: dict) -> str:
+    """The secret Nova's metadata API and the metadata proxy share (derived: no new secret to
+    store, and a cloud made before it existed gets it too)."""
+    return hmac.new(secrets["service"].encode(), b"ivc-devcloud metadata proxy",
+                    hashlib.sha256).hexdigest()
 
 
 def _write(path: Path, sections: dict[str, dict]) -> None:
@@ -106,6 +115,7 @@ def write_all(layout: Layout, secrets: dict) -> None:
                     "instances_path": str(data / "nova/instances"),
                     "vif_plugging_is_fatal": "false", "vif_plugging_timeout": "0",
                     "osapi_compute_workers": "1", "metadata_workers": "1",
+                    "metadata_listen": HOST, "metadata_listen_port": str(PORTS["nova-metadata"]),
                     "update_resources_interval": "20", "heal_instance_info_cache_interval": "0"},
         "api": {"auth_strategy": "keystone"},
         "wsgi": {"api_paste_config": str(etc / "nova/api-paste.ini")},
@@ -114,7 +124,10 @@ def write_all(layout: Layout, secrets: dict) -> None:
         "keystone_authtoken": _authtoken(secrets, "nova"),
         "service_user": {"send_service_user_token": "true", **_auth(secrets, "nova")},
         "placement": _auth(secrets, "nova"),
-        "neutron": _auth(secrets, "nova"),
+        # Nova's metadata API behind the devcloud's metadata proxy (netagent), which signs the
+        # instance id as Neutron's proxy does
+        "neutron": {**_auth(secrets, "nova"), "service_metadata_proxy": "true",
+                    "metadata_proxy_shared_secret": metadata_secret(secrets)},
         "cinder": {"os_region_name": REGION, **_auth(secrets, "nova")},
         "glance": {"region_name": REGION},
         "scheduler": {"discover_hosts_in_cells_interval": "5", "workers": "1"},

@@ -28,8 +28,8 @@ CLOUD_REQUIREMENTS = [
     "gunicorn",
     "python-openstackclient",
 ]
-# debootstrap builds the guests' shared Debian root (guests.py)
-DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "debootstrap"]
+# debootstrap builds the guests' shared Debian root (guests.py); iptables: their network
+DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "debootstrap", "iptables"]
 
 HOST = "127.0.0.1"
 REGION = "RegionOne"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bootstrap, configs, guests, procs, seed
+from . import bootstrap, configs, guestnet, guests, procs, seed
 from .bootstrap import DevcloudError
 from .layout import PLUGIN_DIR, Layout, default_layout, load_secrets
 from .services import Service, all_services, process_env
@@ -81,8 +81,12 @@ def _answers(service: Service) -> bool:
 
 
 def _stop_foreign(layout: Layout, say) -> list[str]:
-    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded."""
-    ours = {p.pid for s in all_services(layout) if (p := _recorded(layout, s))}
+    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded.
+
+    Recorded means in any PID file of this cache folder, not only those of this checkout's
+    services: a checkout that predates a service (netagent, say) must not stop it."""
+    ours = {p.pid for f in layout.run.glob("*.pid")
+            if (p := procs.read_pidfile(f)) and procs.alive(p)}
     groups: dict[int, tuple[str, str]] = {}
     for pid, (root, name) in procs.marked_processes().items():
         if name in ("mariadb", "epmd", "rabbitmq") or pid == os.getpid():
@@ -367,6 +371,8 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
         procs.stop(*(procs.Proc(pid, procs.start_time(pid) or "0") for pid in strays))
         for pid, name in strays.items():
             say(f"{name}: stopped a stray process (pid {pid})")
+        for what in guestnet.teardown():   # the guests' network, once its agent has stopped
+            say(f"network: removed {what}")
     if not stopped:
         say("nothing of this checkout's devcloud was running")
     return stopped

@@ -3,8 +3,9 @@
 Runs in ivc's own Python with openstacksdk (one process: the ``openstack`` CLI costs ~2.5 s a
 call). Every step finds before it creates, so a rerun changes nothing.
 
-The networks' addresses are RFC 5737 documentation ranges. They exist only as Neutron database
-records: the cloud has no agents, namespaces or guests, so no packet is ever sent to them.
+The networks' addresses: RFC 5737 documentation ranges where they are free on this machine, else
+blocks of 198.18.0.0/15 (ranges.py: no range may overlap a route the host already has, since the
+network agent routes every subnet from the host into the cloud's namespace).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import ranges
 from .configs import KEYSTONE_URL, PORTS
 from .layout import (
     ADMIN_CLOUD_NAME, CLOUD_NAME, DEMO_PROJECT, DEMO_USER, HOST, OVH_CLOUD_NAME, OVH_PROJECT,
@@ -47,7 +49,7 @@ OVH_ROUTER = "ovh-router"
 # What the "seeded" stamp holds once everything below is in the cloud. Raise it when the seed
 # gains something: ``up`` then seeds again (every step finds before it creates) on a cloud that
 # is already running.
-SEED_VERSION = "2: ext-net"
+SEED_VERSION = "3: ranges free of host routes"
 
 
 def cloud_entries(secrets: dict) -> dict:
@@ -186,26 +188,27 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     public = net.find_network("public", ignore_missing=True) or net.create_network(
         name="public", is_router_external=True, provider_network_type="flat",
         provider_physical_network="public")
-    if not net.find_subnet("public-subnet", ignore_missing=True):
-        net.create_subnet(name="public-subnet", network_id=public.id, ip_version=4,
-                          cidr=PUBLIC_CIDR, enable_dhcp=False)
+    ranges.ensure_subnet(net, public, "public-subnet", PUBLIC_CIDR, say, enable_dhcp=False)
     private = (net.find_network("private", project_id=demo_project.id, ignore_missing=True)
                or net.create_network(name="private", project_id=demo_project.id))
-    subnet = (net.find_subnet("private-subnet", project_id=demo_project.id, ignore_missing=True)
-              or net.create_subnet(name="private-subnet", network_id=private.id, ip_version=4,
-                                   cidr=PRIVATE_CIDR, project_id=demo_project.id))
+    subnet = ranges.ensure_subnet(net, private, "private-subnet", PRIVATE_CIDR, say,
+                                  project_id=demo_project.id)
     router = net.find_router("ivc-router", project_id=demo_project.id, ignore_missing=True)
     if router is None:
         router = net.create_router(name="ivc-router", project_id=demo_project.id,
                                    external_gateway_info={"network_id": public.id})
         net.add_interface_to_router(router, subnet_id=subnet.id)
+    elif not router.external_gateway_info:
+        net.update_router(router, external_gateway_info={"network_id": public.id})
     demo = demo_connection(secrets)
     if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
     seed_ovh(layout, secrets, say)
     _demo_volumes(admin, demo, say)
-    say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public + "
-        f"private, router ivc-router, keypair {KEYPAIR}, volumes {', '.join(DEMO_VOLUMES)}")
+    public_cidr = next(s.cidr for s in net.subnets(network_id=public.id))
+    say(f"demo: image {IMAGE}, flavors {', '.join(f[0] for f in FLAVORS)}, networks public "
+        f"({public_cidr}) + private ({subnet.cidr}), router ivc-router, keypair {KEYPAIR}, "
+        f"volumes {', '.join(DEMO_VOLUMES)}")
 
 
 def _demo_volumes(admin: Any, demo: Any, say: Say) -> None:
@@ -265,24 +268,25 @@ def seed_ovh(layout: Layout, secrets: dict, say: Say) -> None:
         description="ivc devcloud: OVH-style shared external network (project ivc-ovh)")
     for action in ("access_as_external", "access_as_shared"):
         _rbac(net, ext, action, ovh.id)
-    if not net.find_subnet(f"{EXT_NET}-subnet", ignore_missing=True):
-        net.create_subnet(name=f"{EXT_NET}-subnet", network_id=ext.id, ip_version=4,
-                          cidr=EXT_CIDR, enable_dhcp=False)
+    ext_subnet = ranges.ensure_subnet(net, ext, f"{EXT_NET}-subnet", EXT_CIDR, say,
+                                      enable_dhcp=False)
     private = (net.find_network(OVH_PRIVATE, project_id=ovh.id, ignore_missing=True)
                or net.create_network(name=OVH_PRIVATE, project_id=ovh.id))
-    subnet = (net.find_subnet(f"{OVH_PRIVATE}-subnet", project_id=ovh.id, ignore_missing=True)
-              or net.create_subnet(name=f"{OVH_PRIVATE}-subnet", network_id=private.id,
-                                   ip_version=4, cidr=OVH_PRIVATE_CIDR, project_id=ovh.id))
+    subnet = ranges.ensure_subnet(net, private, f"{OVH_PRIVATE}-subnet", OVH_PRIVATE_CIDR, say,
+                                  project_id=ovh.id)
     router = net.find_router(OVH_ROUTER, project_id=ovh.id, ignore_missing=True)
     if router is None:
         router = net.create_router(name=OVH_ROUTER, project_id=ovh.id,
                                    external_gateway_info={"network_id": ext.id})
         net.add_interface_to_router(router, subnet_id=subnet.id)
+    elif not router.external_gateway_info:   # lost while its subnet moved (ranges.py)
+        net.update_router(router, external_gateway_info={"network_id": ext.id})
     user = openstack_connection(OVH_USER, OVH_PROJECT, secrets["demo"])
     if not user.compute.find_keypair(KEYPAIR, ignore_missing=True):
         user.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
-    say(f"ovh shape: project/user {OVH_PROJECT}, network {EXT_NET} ({EXT_CIDR}, external and "
-        f"shared for {OVH_PROJECT} only), {OVH_PRIVATE} behind {OVH_ROUTER}, keypair {KEYPAIR}")
+    say(f"ovh shape: project/user {OVH_PROJECT}, network {EXT_NET} ({ext_subnet.cidr}, external "
+        f"and shared for {OVH_PROJECT} only), {OVH_PRIVATE} ({subnet.cidr}) behind {OVH_ROUTER}, "
+        f"keypair {KEYPAIR}")
 
 
 def openstack_connection(username: str, project: str, password: str):

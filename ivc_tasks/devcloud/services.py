@@ -80,6 +80,9 @@ def all_services(layout: Layout) -> list[Service]:
         Service("nova-api", "api", _gunicorn(layout, "nova-api"),
                 port=PORTS["nova-api"], probe=f"{url}:{PORTS['nova-api']}/",
                 env=_wsgi("nova.wsgi.osapi_compute", OS_NOVA_CONFIG_DIR=str(etc / "nova"))),
+        Service("nova-metadata", "api", _gunicorn(layout, "nova-metadata"),
+                port=PORTS["nova-metadata"], probe=f"{url}:{PORTS['nova-metadata']}/",
+                env=_wsgi("nova.wsgi.metadata", OS_NOVA_CONFIG_DIR=str(etc / "nova"))),
         Service("nova-conductor", "worker", [layout.bin("nova-conductor"), *nova]),
         Service("nova-scheduler", "worker", [layout.bin("nova-scheduler"), *nova]),
         Service("nova-compute", "worker", [layout.bin("python"), "-m",
@@ -89,7 +92,26 @@ def all_services(layout: Layout) -> list[Service]:
                 env=_wsgi("cinder.wsgi.api", f"--config-file {etc / 'cinder/cinder.conf'}")),
         Service("cinder-scheduler", "worker", [layout.bin("cinder-scheduler"), *cinder]),
         Service("cinder-volume", "worker", [layout.bin("cinder-volume"), *cinder]),
+        *_network_agent(layout),
     ]
+
+
+ISOLATED_METADATA = "ext-net"     # seed.EXT_NET: the networks without a router given metadata
+
+
+def _network_agent(layout: Layout) -> list[Service]:
+    """The guests' network (plugin netagent.py): namespaces, veths, routes and iptables need
+    root; without it there is no agent and servers have no network, as before."""
+    if os.geteuid() != 0:
+        return []
+    etc = layout.etc
+    # PYTHONPATH: this checkout's plugin, whatever checkout installed the venv's editable copy
+    return [Service("netagent", "worker", [layout.bin("python"), "-m",
+                    "ivc_devcloud_plugin.netagent", "--neutron-config",
+                    str(etc / "neutron/neutron.conf"), "--nova-config", str(etc / "nova/nova.conf"),
+                    # as OVHcloud's Ext-Net: its servers read the metadata service directly
+                    "--isolated-metadata", ISOLATED_METADATA],
+                    env={"PYTHONPATH": str(PLUGIN_DIR)})]
 
 
 def process_env(layout: Layout, service: Service) -> dict[str, str]:
