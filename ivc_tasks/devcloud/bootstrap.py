@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from .configs import db_url
-from .layout import (CLOUD_REQUIREMENTS, DATABASES, DEBIAN_PACKAGES, HOST, META_DATABASE, PLUGIN_DIR,
-                     Layout)
+from .layout import (
+    CLOUD_REQUIREMENTS,
+    DATABASES,
+    DEBIAN_PACKAGES,
+    HOST,
+    META_DATABASE,
+    PLUGIN_DIR,
+    Layout,
+)
 
 Say = Callable[[str], None]
 

@@ -11,7 +11,6 @@ starting anything, so it never half-starts a second cloud.
 from __future__ import annotations
 
 import fcntl
-import json as jsonlib
 import os
 import secrets as pysecrets
 import shutil
@@ -20,16 +19,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bootstrap, configs, guestnet, guests, procs, seed
+from . import bootstrap, configs, guestnet, guests, procs, readiness, seed
 from .bootstrap import DevcloudError
-from .layout import PLUGIN_DIR, Layout, default_layout, load_secrets
+from .latency import LATENCY_ENV, LATENCY_SERVICES, latency, set_latency
+from .layout import Layout, default_layout, load_secrets
 from .services import Service, all_services, process_env
 
 LOCK_FILE = Path("/tmp/ivc-devcloud.lock")
-START_TIMEOUT = float(os.environ.get("DEVCLOUD_START_TIMEOUT", "240"))
+from .readiness import START_TIMEOUT
 
 
 class Progress:
@@ -199,61 +198,6 @@ def _databases_ours(layout: Layout) -> tuple[bool, str]:
     return True, ""
 
 
-def reported_since(records: list, started: float) -> bool:
-    """Whether a service record is up and was written after ``started`` (epoch seconds).
-
-    A service that was just restarted still looks "up" for a minute from its predecessor's
-    last heartbeat; only a record written since the start shows that this process got through
-    its own start-up (nova-compute sets to ERROR any instance scheduled to it before that).
-    The database keeps whole seconds, hence the floor.
-    """
-    for record in records:
-        stamp = record.updated_at
-        if record.state != "up" or not stamp:
-            continue
-        written = datetime.fromisoformat(str(stamp).rstrip("Z")).replace(tzinfo=timezone.utc)
-        if written.timestamp() >= int(started):
-            return True
-    return False
-
-
-def _reported_since_start(records: list, layout: Layout, name: str) -> bool:
-    pidfile = layout.pidfile(name)
-    if not procs.alive(procs.read_pidfile(pidfile)):
-        return False
-    return reported_since(records, pidfile.stat().st_mtime)
-
-
-def _wait_cloud_ready(secrets: dict, say, rebuilt: bool, layout: Layout) -> None:
-    """Wait for nova-compute and cinder-volume to report up (and the volume backend to be known
-    to cinder-scheduler); map the compute host on rebuild."""
-    conn = seed.admin_connection(secrets)
-    deadline = time.monotonic() + START_TIMEOUT
-    t0 = time.monotonic()
-    mapped = not rebuilt
-    while True:
-        compute = [s for s in conn.compute.services() if s.binary == "nova-compute"]
-        volume = [s for s in conn.block_storage.services() if s.binary == "cinder-volume"]
-        compute_up = _reported_since_start(compute, layout, "nova-compute")
-        # and cinder-scheduler has its capabilities (sent a moment after the heartbeat): a
-        # volume made before would go to error, "no weighed backend"
-        volume_up = _reported_since_start(volume, layout, "cinder-volume") and \
-            bool(list(conn.block_storage.backend_pools()))
-        if compute_up and not mapped:
-            bootstrap.run([layout.bin("nova-manage"), "--config-file",
-                           str(layout.etc / "nova/nova.conf"), "cell_v2", "discover_hosts"],
-                          log=layout.log("db-sync"))
-            mapped = True
-        if compute_up and volume_up and mapped:
-            say(f"nova-compute and cinder-volume report up ({time.monotonic() - t0:.1f}s)")
-            return
-        if time.monotonic() > deadline:
-            name = "nova-compute" if not compute_up else "cinder-volume"
-            raise DevcloudError(f"{name} did not report up within {START_TIMEOUT:.0f}s; last "
-                                f"lines of {layout.log(name)}:\n{procs.tail(layout.log(name))}")
-        time.sleep(0.5)
-
-
 def ready(layout: Layout | None = None, services: list[Service] | None = None) -> bool:
     """Whether the cloud is up as ``up`` would leave it: every service this checkout started
     runs and answers, and the demo is seeded. The check a second ``up`` makes (well under a
@@ -329,7 +273,7 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
         bootstrap.ensure_compute_id(layout)
         _ensure_running(layout, rest, say, result)
         if result.started:
-            _wait_cloud_ready(secrets, say, not ours, layout)
+            readiness.wait_cloud_ready(secrets, say, not ours, layout)
         if not _seeded(layout):
             try:
                 seed.seed_demo(layout, secrets, say)
@@ -376,83 +320,6 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
     if not stopped:
         say("nothing of this checkout's devcloud was running")
     return stopped
-
-
-# -- simulated latency (the fake drivers read state/latency at each operation; see
-# plugin/ivc_devcloud_plugin/latency.py) -------------------------------------------------------
-LATENCY_SERVICES = ("nova-compute", "cinder-volume")
-LATENCY_ENV = "DEVCLOUD_LATENCY"
-
-
-def parse_latency(value: str) -> dict:
-    """``off``, ``real``, or a factor of the real figures (``0.2``) -> the mode file's JSON.
-
-    :raises DevcloudError: anything else.
-    """
-    text = str(value).strip().lower()
-    if text in ("", "off", "0", "none"):
-        return {"mode": "off"}
-    if text in ("real", "1"):
-        return {"mode": "real"}
-    try:
-        factor = float(text)
-    except ValueError:
-        factor = -1.0
-    if not 0 < factor < 100:
-        raise DevcloudError(f"{LATENCY_ENV}={value!r}: use off, real, or a factor of the real "
-                            "figures such as 0.2")
-    return {"mode": "scale", "factor": factor}
-
-
-def set_latency(value: str, *, minutes: float | None = None, only: str | None = None,
-                layout: Layout | None = None) -> dict:
-    """Write the latency mode (no restart: the drivers read it at each operation).
-
-    :param minutes: a slow mode switches itself off after this long (None: never).
-    :param only: slow only the servers and volumes whose name starts with this prefix (a
-        benchmark's own, while others test on the same cloud).
-    """
-    layout = layout or default_layout()
-    config = parse_latency(value)
-    if config["mode"] != "off" and minutes:
-        config["until"] = round(time.time() + 60 * float(minutes), 1)
-    if config["mode"] != "off" and only:
-        config["only"] = only
-    path = layout.stamp("latency")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(jsonlib.dumps(config))
-    tmp.replace(path)
-    return config
-
-
-def latency(layout: Layout | None = None) -> dict:
-    """The latency mode in force: ``mode`` (off, real, x<factor>), ``until`` and, per driver
-    service, whether the running process honours the mode (started from a plugin that has it)."""
-    layout = layout or default_layout()
-    try:
-        config = jsonlib.loads(layout.stamp("latency").read_text() or "{}")
-    except (OSError, ValueError):
-        config = {}
-    mode = config.get("mode", "off")
-    until = config.get("until")
-    if mode != "off" and until is not None and time.time() > float(until):
-        mode = "off"
-    label = {"off": "off", "real": "real"}.get(mode, f"x{config.get('factor')}")
-    if mode != "off" and config.get("only"):
-        label += f" (only names starting {config['only']})"
-    code = max(p.stat().st_mtime_ns for p in (PLUGIN_DIR / "ivc_devcloud_plugin").glob("*.py"))
-    honours = {}
-    for name in LATENCY_SERVICES:
-        proc = procs.read_pidfile(layout.pidfile(name))
-        marker = layout.state / "latency-drivers" / name
-        try:
-            pgid, _, stamp = marker.read_text().strip().partition(" ")
-            honours[name] = bool(proc) and procs.alive(proc) and int(pgid) == proc.pid \
-                and int(stamp or 0) >= code  # loaded the plugin's current code
-        except (OSError, ValueError):
-            honours[name] = False
-    return {"mode": label, "until": until if mode != "off" else None, "honoured_by": honours}
 
 
 def _apply_latency_env(layout: Layout, say) -> None:

@@ -20,8 +20,16 @@ import yaml
 from . import ranges
 from .configs import KEYSTONE_URL, PORTS
 from .layout import (
-    ADMIN_CLOUD_NAME, CLOUD_NAME, DEMO_PROJECT, DEMO_USER, HOST, OVH_CLOUD_NAME, OVH_PROJECT,
-    OVH_USER, REGION, Layout,
+    ADMIN_CLOUD_NAME,
+    CLOUD_NAME,
+    DEMO_PROJECT,
+    DEMO_USER,
+    HOST,
+    OVH_CLOUD_NAME,
+    OVH_PROJECT,
+    OVH_USER,
+    REGION,
+    Layout,
 )
 
 Say = Callable[[str], None]

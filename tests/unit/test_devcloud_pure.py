@@ -127,7 +127,7 @@ def _record(state, updated_at):
 def test_a_service_counts_as_started_only_once_it_reported_since_its_start():
     from datetime import datetime, timezone
 
-    from ivc_tasks.devcloud.lifecycle import reported_since
+    from ivc_tasks.devcloud.readiness import reported_since
 
     started = datetime(2026, 11, 25, 13, 1, 25, 600000, tzinfo=timezone.utc).timestamp()
     # the predecessor's heartbeat, still "up" for a minute: not this process

@@ -19,9 +19,7 @@ a guest is whether its state folder exists, so that a restarted nova-compute kno
 import functools
 
 from nova.compute import power_state
-from nova.virt import driver, fake
-from nova.virt import node
-
+from nova.virt import driver, fake, node
 from oslo_log import log as logging
 
 from ivc_devcloud_plugin import configdrive, guest, guest_mode, latency

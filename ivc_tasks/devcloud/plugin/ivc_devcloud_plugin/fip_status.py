@@ -11,13 +11,13 @@ import sys
 import time
 
 import oslo_messaging
+import sqlalchemy as sa
 from neutron.common import config as common_config
+from neutron_lib import context as n_context
+from neutron_lib import rpc as n_rpc
 from oslo_config import cfg
 from oslo_db import options as db_options
 from oslo_db.sqlalchemy import engines
-from neutron_lib import context as n_context
-from neutron_lib import rpc as n_rpc
-import sqlalchemy as sa
 
 QUERY = sa.text(
     "SELECT id, router_id, fixed_port_id, status FROM floatingips")

@@ -4,8 +4,8 @@ The local cloud has no Open vSwitch and no agents; Nova's fake virt driver plugs
 driver stands in for the agent-based drivers so that ports bind on any host and servers go ACTIVE.
 """
 
-from neutron_lib.api.definitions import portbindings
 from neutron_lib import constants
+from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins.ml2 import api
 
 

@@ -10,8 +10,18 @@ import json
 import os
 import subprocess
 
-from .netmodel import (CLOUD_ADDR, CLOUD_DEV, CLOUD_NS, HOST_ADDR, HOST_DEV, LINK_PREFIX,
-                       METADATA_ADDR, bridge_name, peer_name, tap_name)
+from .netmodel import (
+    CLOUD_ADDR,
+    CLOUD_DEV,
+    CLOUD_NS,
+    HOST_ADDR,
+    HOST_DEV,
+    LINK_PREFIX,
+    METADATA_ADDR,
+    bridge_name,
+    peer_name,
+    tap_name,
+)
 
 NETNS_DIR = "/run/netns"
 CLOUD_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1",

@@ -6,8 +6,8 @@ the module importable there, then runs nova-compute's own main (arguments as usu
 
 import sys
 
-from nova.cmd import compute  # first: nova.cmd sets up the process as nova-compute expects
 import nova.virt
+from nova.cmd import compute  # first: nova.cmd sets up the process as nova-compute expects
 
 from ivc_devcloud_plugin import fake_virt
 
