@@ -15,7 +15,9 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.resolve import forget, list_floating_ips, list_networks, pick
+from ivc_tasks.resources.resolve import (
+    forget, list_floating_ips, list_networks, pick, server_ports,
+)
 from ivc_tasks.result import Action
 from ivc_tasks.resources.waits import delete_or_gone
 from ivc_tasks.spec import Server, Spec
@@ -26,13 +28,6 @@ log = logging.getLogger("ivc")
 def floating_marker(env: str, name: str) -> str:
     """The description that marks a floating IP as ivc's, for server ``name``."""
     return f"ivc:{env}:{name}"
-
-
-def server_ports(cloud: Cloud, server_id: str) -> list[Any]:
-    """The server's ports (one request)."""
-    conn = cloud.conn
-    return cloud.call(f"list ports of server {server_id}",
-                      lambda: list(conn.network.ports(device_id=server_id)))
 
 
 def server_floating_ip(cloud: Cloud, server: Any) -> tuple[list[Any], Any | None]:

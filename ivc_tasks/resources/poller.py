@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud, PollVerdict
+from ivc_tasks.resources.servers import GONE_STATUSES as GONE_SERVER_STATUSES
 
 T = TypeVar("T")
 SERVERS, VOLUMES = "servers", "volumes"
-GONE_SERVER_STATUSES = ("DELETED", "SOFT_DELETED")
 LIST_SPACING = 2.0  # a list waits this many times its last duration after the previous one
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")  # safe inside Nova's name regex
 _NOTHING = object()

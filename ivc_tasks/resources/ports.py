@@ -25,13 +25,12 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import floating_marker, is_public
 from ivc_tasks.result import Action
-from ivc_tasks.spec import Server, Spec
+from ivc_tasks.spec import NEUTRON_NAME_MAX, Server, Spec
 
 log = logging.getLogger("ivc")
 
 TAG_ROTATION, TAG_FROM, TAG_WAS = "ivc-rotation:", "ivc-from:", "ivc-was:"
 PORT_KEY_PREFIX = "ivc_port:"  # new server metadata: ivc_port:<port id> = <network id>
-NEUTRON_NAME_MAX = 255
 
 
 def kept_port_name(env: str, name: str, network_name: str) -> str:

@@ -127,6 +127,20 @@ def list_floating_ips(cloud: Cloud, *, refresh: bool = False) -> list[Any]:
         lambda: list(conn.network.ips(project_id=conn.current_project_id))), refresh)
 
 
+def list_ports(cloud: Cloud) -> list[Any]:
+    """Return every port of the project (one request; cached for the run)."""
+    conn = cloud.conn
+    return _cached(cloud, "ports", lambda: cloud.call(
+        "list ports", lambda: list(conn.network.ports(project_id=conn.current_project_id))), False)
+
+
+def server_ports(cloud: Cloud, server_id: str) -> list[Any]:
+    """Return the server's ports as Neutron has them now (one request, never cached)."""
+    conn = cloud.conn
+    return cloud.call(f"list ports of server {server_id}",
+                      lambda: list(conn.network.ports(device_id=server_id)))
+
+
 def list_images(cloud: Cloud) -> list[Any]:
     """Every image the project can see (one listing, paged by the SDK if long)."""
     return _cached(cloud, "images", lambda: cloud.call(

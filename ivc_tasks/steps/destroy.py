@@ -22,9 +22,9 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.attachments import send_detach, wait_detached
-from ivc_tasks.resources.floating_ips import associate, floating_marker, release, server_ports
+from ivc_tasks.resources.floating_ips import associate, floating_marker, release
 from ivc_tasks.resources.lock import ServerLock
-from ivc_tasks.resources.resolve import forget, list_floating_ips, list_volumes
+from ivc_tasks.resources.resolve import forget, list_floating_ips, list_volumes, server_ports
 from ivc_tasks.result import Action, StepResult
 from ivc_tasks.resources.servers import attached_ids, managed_servers
 from ivc_tasks.resources.waits import delete_server_and_wait

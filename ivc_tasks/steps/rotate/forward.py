@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from ivc_tasks.errors import CloudError
 from ivc_tasks.resources.attachments import move_volume
 from ivc_tasks.resources.floating_ips import ensure_floating_ip, move_floating_ips as move_fips
-from ivc_tasks.resources.floating_ips import is_public, server_ports
+from ivc_tasks.resources.floating_ips import is_public
 from ivc_tasks.steps.instances import apply_instance, create_request, redacted_request
 from ivc_tasks.steps.parallel import run_side_by_side
 from ivc_tasks.resources.ports import (
     PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, address_changes, addresses_of_port, detach_port,
     ensure_kept_ports, get_port, port_tags, public_addresses, set_move_tags,
 )
-from ivc_tasks.resources.resolve import forget, list_floating_ips
+from ivc_tasks.resources.resolve import forget, list_floating_ips, server_ports
 from ivc_tasks.result import Action
 from ivc_tasks.steps.rotate.decide import CREATE
 from ivc_tasks.steps.rotate.markers import clear_markers, new_server_markers

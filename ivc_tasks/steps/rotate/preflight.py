@@ -30,7 +30,7 @@ from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.resources.servers import (
     META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
     attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
-    server_label, unmanaged_twins,
+    present, server_label, unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 
@@ -98,7 +98,7 @@ def adopted_server(cloud: Cloud, spec: Spec, name: str, ref: str) -> Any:
 
     :raises ConfigError: none, several, or one ivc made.
     """
-    listing = [s for s in list_servers(cloud) if s.status not in ("DELETED", "SOFT_DELETED")]
+    listing = present(list_servers(cloud))
     found = [s for s in listing if s.id == ref] or [s for s in listing if s.name == ref]
     if not found:
         names = sorted({s.name for s in listing if (s.metadata or {}).get(META_MANAGED) != "1"})
