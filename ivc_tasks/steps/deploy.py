@@ -24,7 +24,7 @@ from ivc_tasks.errors import IvcError
 from ivc_tasks.steps.instances import (
     apply_instance, describe_instance, plan_instance,
 )
-from ivc_tasks.steps.keypairs import apply_keypairs, take_keypairs
+from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs, take_keypairs
 from ivc_tasks.steps.parallel import run_jobs
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
@@ -135,7 +135,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
         if keypairs:
-            result.steps.append(apply_keypairs(cloud, keypairs, dry_run=True))
+            result.steps.append(describe_keypairs(keypairs))
         for plan in instance_plans:
             result.steps.append(describe_instance(cloud, plan, group_ids=sg_plan.ids))
             if plan.name in attach_plans:
