@@ -44,6 +44,9 @@ EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
 LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (resources.poller)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# keystoneauth's own retries of a connection failure, for the requests ivc's calls do not send
+# through a service proxy: version discovery and the token request (see ``open_connection``)
+DISCOVERY_CONNECT_RETRIES = 3
 
 
 class CloudCallError(CloudError):
@@ -297,13 +300,35 @@ def open_connection(settings: Settings, counter: RequestCounter, *,
     with _environment(settings.os_vars):
         creds = resolve_credentials(settings, prompt=prompt, password_origin=origin)
         try:
+            creds.region.config["connect_retries"] = 0  # the service proxies: ivc's policy only
             conn = openstack.connection.Connection(config=creds.region)
         except Exception as exc:  # noqa: BLE001 (anything the SDK raises on a bad entry)
             raise ConfigError(f"{creds.where}: {clip(str(exc))}; fix the cloud entry") from None
     log.info("cloud: %s; credentials: %s", creds.where, creds.source)
+    retry_discovery(conn.session)
     conn.session.session.hooks.setdefault("response", []).append(counter.hook)
     conn.ivc_credentials = creds
     return conn
+
+
+def retry_discovery(session: Any) -> None:
+    """Let keystoneauth retry a connection failure (``DISCOVERY_CONNECT_RETRIES`` times, after
+    0.5, 1, 2 s) of the requests it sends on its own: version discovery and the token request.
+
+    keystoneauth swallows what fails during a service's version discovery, and openstacksdk
+    then raises ``NotSupported`` ("exists but does not have any supported versions") with no
+    cause to classify; retried here, a reset connection never gets that far. ivc's own calls go
+    through the service proxies, whose ``connect_retries`` is 0 (set in ``open_connection``):
+    keystoneauth never re-sends them (a create must not be re-sent blindly, see
+    ``Cloud.call``'s ``done_already``). keystoneauth reads the session-wide default from
+    ``Session._connect_retries`` (its constructor's ``connect_retries``, which openstacksdk
+    does not pass).
+    """
+    if not hasattr(session, "_connect_retries"):  # pragma: no cover - a keystoneauth change
+        log.warning("keystoneauth's Session has no _connect_retries: version discovery is not "
+                    "retried on a connection failure")
+        return
+    session._connect_retries = DISCOVERY_CONNECT_RETRIES
 
 
 def connect(settings: Settings, **overrides: Any) -> Cloud:
