@@ -26,7 +26,13 @@ from typing import Any
 
 from ivc_tasks.errors import ConfigError, clip_message
 
-NEUTRON_NAME_MAX = 255  # security group names and descriptions, rule descriptions
+# The longest name each service takes, as read in its own code (the versions the local cloud
+# runs): a declared reference longer than that names nothing, so it is refused before any
+# request (a 10 MB image name used to reach Glance and come back as HTTP 414).
+GLANCE_NAME_MAX = 255  # glance/api/v2/images.py: the image schema's name, maxLength 255
+NOVA_NAME_MAX = 255  # nova/api/validation/parameter_types.py `name` (flavors), maxLength 255
+NEUTRON_NAME_MAX = 255  # neutron_lib/db/constants.py NAME_FIELD_SIZE: names and descriptions
+CINDER_NAME_MAX = 255  # cinder/api/validation/validators.py: a volume's name, max_length 255
 
 
 @dataclass(frozen=True)

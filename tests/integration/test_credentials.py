@@ -180,6 +180,24 @@ def test_faults_during_the_image_services_version_discovery_are_retried(ivc, tmp
         assert "list images failed (attempt 1 of" in result.err, result.err
 
 
+@pytest.mark.parametrize("key,value", [("image", "x" * 10_000_000),
+                                       ("networks", ["private", "n" * 256])],
+                         ids=["image of 10 MB", "network of 256 characters"])
+def test_a_name_longer_than_the_cloud_takes_is_exit_2_with_zero_requests(ivc, conn, key, value):
+    """A 10 MB image name used to reach Glance and come back as HTTP 414 (exit 1)."""
+    toml_value = '"' + value + '"' if isinstance(value, str) else \
+        "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    declared = 'image = "ivc-tiny"' if key == "image" else 'networks = ["private"]'
+    ivc.write_spec(SERVER.replace(declared, f"{key} = {toml_value}"))
+    before = cloud_state(conn, ivc.prefix)
+    result = run(ivc, "deploy")
+    assert result.code == 2, result
+    assert result.data["requests"] == 0 and result.data["mutating_requests"] == 0, result.data
+    service = "Glance" if key == "image" else "Neutron"
+    assert f"longer than the 255 characters {service} takes" in result.data["error"]
+    assert cloud_state(conn, ivc.prefix) == before
+
+
 BROKEN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBroken\n"  # type matches, data truncated
 
 
