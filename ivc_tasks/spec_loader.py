@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
-from ivc_tasks.spec import (
+from ivc_tasks.spec_model import (
     CINDER_NAME_MAX, GLANCE_NAME_MAX, NEUTRON_NAME_MAX, NOVA_NAME_MAX, FileSpec, Keypair, Server,
     Spec,
 )

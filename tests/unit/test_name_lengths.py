@@ -9,7 +9,7 @@ import json
 
 import pytest
 from invoking import run
-from test_bad_inputs import SECRET, World
+from test_bad_inputs import SECRET, World, ivc_logger  # noqa: F401 (autouse: the ivc logger)
 
 from ivc_tasks.spec import CINDER_NAME_MAX, GLANCE_NAME_MAX, NEUTRON_NAME_MAX, NOVA_NAME_MAX
 
