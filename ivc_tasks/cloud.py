@@ -25,17 +25,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ivc_tasks.credentials import (
     MISSING_SECRET_FIX, Credentials, _environment, resolve_credentials,
 )
 from ivc_tasks.errors import CloudError, ConfigError, clip
 from ivc_tasks.retry import Throttle, cloud_retrying, describe_cloud_error, status_code
-from ivc_tasks.settings import DEFAULTS
-
-if TYPE_CHECKING:
-    from ivc_tasks.settings import Settings
+from ivc_tasks.settings import Settings
 
 log = logging.getLogger("ivc")
 T = TypeVar("T")
@@ -100,42 +97,98 @@ class RequestCounter:
                 "auth_requests": self.auth, "mutating_requests": self.mutating}
 
 
+class Listings:
+    """What one view of a run has listed, by kind: ``"servers"``, ``"volumes"``,
+    ``"images:<ref>"``, ``"server:<name>"``... (``resources.resolve`` fills and reads them).
+
+    Each worker of a run has its own (``Cloud.worker_view``), so that one worker's listing,
+    stale after its own change, never hides another's.
+    """
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        self._items: dict[str, Any] = dict(items or {})
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> Any | None:
+        return self._items.get(key)
+
+    def put(self, key: str, value: Any) -> Any:
+        """Keep ``value`` for ``key``; return it."""
+        self._items[key] = value
+        return value
+
+    def forget(self, *keys: str) -> None:
+        """Drop listings made stale by a change."""
+        for key in keys:
+            self._items.pop(key, None)
+
+    def copy(self, **replaced: Any) -> Listings:
+        """A copy for another view, with ``replaced`` listings (``servers=[...]``) instead."""
+        return Listings({**self._items, **replaced})
+
+    def take_from(self, other: Listings, *, skip: tuple[str, ...] = ()) -> None:
+        """Keep what ``other`` (a view of the same run) listed, except ``skip``."""
+        self._items.update({k: v for k, v in other._items.items() if k not in skip})
+
+
+@dataclass
+class RunShared:
+    """What every view of one run shares, whichever worker holds it.
+
+    :param throttle: the rate-limit pause: a 429's Retry-After pauses every worker.
+    :param poller: ``resources.poller.Poller`` while one is installed (``shared_poller``);
+        typed ``Any`` because that module imports this one.
+    """
+
+    throttle: Throttle = field(default_factory=Throttle)
+    poller: Any = None
+
+
 @dataclass
 class Cloud:
-    """One run's connection, its limits, and what it has already listed.
+    """One run: the connection, the Settings it runs with, and its state.
 
     :param conn: the openstacksdk Connection (or a stand-in with the same proxies in tests).
-    :param env: the environment's name (``ivc_env`` metadata).
+    :param settings: the run's Settings (environment, timings, retries, floating network,
+        parallel workers), read from there and never copied (``settings.make_settings`` builds
+        them in code).
     :param run_id: this run's id (``ivc_run`` metadata), to recognise what this run created.
-    The timings (``poll_interval``, ``*_timeout``, ``lock_ttl``, ``retry_*``) are the run's
-    Settings, with the same defaults (``settings.DEFAULTS``, defined once).
-    :param floating_network: the external network to take floating IPs from, by name or id
-        (``IVC_FLOATING_NETWORK``; default: the only external network).
     :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
-    :param cache: lists already fetched in this run (see ``ivc_tasks.resources.resolve``).
+    :param sleep: ``time.sleep``, and ``clock`` ``time.monotonic``, unless a test injects others.
+    :param listings: what this view has listed (``resources.resolve``).
+    :param shared: what every view of the run shares (the throttle, the shared poller).
     """
 
     conn: Any
-    env: str
+    settings: Settings
     counter: RequestCounter = field(default_factory=RequestCounter)
     run_id: str = field(default_factory=lambda: new_run_id())
-    poll_interval: float = DEFAULTS["poll_interval"]
-    boot_timeout: float = DEFAULTS["boot_timeout"]
-    volume_timeout: float = DEFAULTS["volume_timeout"]
-    stop_timeout: float = DEFAULTS["stop_timeout"]
-    delete_timeout: float = DEFAULTS["delete_timeout"]
-    lock_ttl: float = DEFAULTS["lock_ttl"]
-    retry_attempts: int = int(DEFAULTS["retry_attempts"])
-    retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
-    floating_network: str | None = None
     retry_overrides: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    cache: dict[str, Any] = field(default_factory=dict)
-    # what every view of this run shares (``dataclasses.replace`` carries it over): the shared
-    # poller (``resources.poller``), the rate-limit pause (``retry.Throttle``)
-    shared: dict[str, Any] = field(default_factory=dict)
-    parallel: int = int(DEFAULTS["parallel"])  # IVC_PARALLEL: deploy/rotate workers
+    listings: Listings = field(default_factory=Listings)
+    shared: RunShared = field(default_factory=RunShared)
+
+    @property
+    def env(self) -> str:
+        """The environment's name (``ivc_env`` metadata): ``settings.env``."""
+        return self.settings.env
+
+    @property
+    def poll_interval(self) -> float:
+        """``settings.poll_interval``, which ``poll`` and the shared poller start from."""
+        return self.settings.poll_interval
+
+    def worker_view(self, **listed: list[Any]) -> Cloud:
+        """This run as one worker sees it: the same connection, Settings, counter, run id and
+        shared state, its own copy of the listings; ``listed`` replaces some of them (rotate's
+        preflight plans a new server against a server listing without the one it replaces).
+        """
+        return Cloud(conn=self.conn, settings=self.settings, counter=self.counter,
+                     run_id=self.run_id, retry_overrides=self.retry_overrides, sleep=self.sleep,
+                     clock=self.clock, listings=self.listings.copy(**listed), shared=self.shared)
 
     def call(
         self,
@@ -160,9 +213,10 @@ class Cloud:
         :raises CloudCallError: the call failed for good.
         """
         retrying = cloud_retrying(operation=operation, conflict_is_transient=conflict_is_transient,
-                                  attempts=self.retry_attempts, max_seconds=self.retry_max_seconds,
+                                  attempts=self.settings.retry_attempts,
+                                  max_seconds=self.settings.retry_max_seconds,
                                   **self.retry_overrides)
-        throttle = self.shared.setdefault("throttle", Throttle())
+        throttle = self.shared.throttle
         try:
             for attempt in retrying:
                 with attempt:
@@ -337,7 +391,7 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
     Authentication (identity version discovery and the token request) runs under the same
     retry policy as every other call; a refusal (401/403) fails at once.
 
-    :param overrides: Cloud fields to override (tests pass ``retry_overrides``);
+    :param overrides: Cloud fields (tests pass ``retry_overrides``);
         ``authenticate=False`` skips the token request (it then happens at the first call).
     :raises ConfigError: see ``open_connection``; the credentials were refused.
     :raises CloudCallError: the identity service could not be reached, after retries.
@@ -345,15 +399,7 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
     do_auth = overrides.pop("authenticate", True)
     counter = RequestCounter()
     conn = open_connection(settings, counter)
-    fields = dict(
-        conn=conn, env=settings.env, counter=counter, poll_interval=settings.poll_interval,
-        boot_timeout=settings.boot_timeout, volume_timeout=settings.volume_timeout,
-        stop_timeout=settings.stop_timeout, delete_timeout=settings.delete_timeout,
-        lock_ttl=settings.lock_ttl, parallel=settings.parallel,
-        retry_attempts=settings.retry_attempts, retry_max_seconds=settings.retry_max_seconds,
-        floating_network=settings.floating_network,
-    )
-    cloud = Cloud(**(fields | overrides))
+    cloud = Cloud(conn=conn, settings=settings, counter=counter, **overrides)
     if do_auth:
         authenticate(cloud, conn.ivc_credentials)
     return cloud

@@ -135,8 +135,8 @@ def plan_floating(cloud: Cloud, spec: Spec, declared: Server, networks: list[Any
                           f"({', '.join(n.name for n in networks)}), where it has a public "
                           "address already; set floating_ip = false")
     external = [n for n in list_networks(cloud) if n.is_router_external]
-    if cloud.floating_network:
-        chosen = pick(external, cloud.floating_network, kind="external network",
+    if cloud.settings.floating_network:
+        chosen = pick(external, cloud.settings.floating_network, kind="external network",
                       spec_path=spec.path, entry=f"{entry} (IVC_FLOATING_NETWORK)")
         return FloatingPlan(network=chosen, internal_network_ids=internal,
                             why="IVC_FLOATING_NETWORK")

@@ -190,7 +190,7 @@ def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T
          failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
     """Wait for one server or volume: through the run's shared poller when one is installed
     (``shared_poller``), else ``Cloud.poll`` with ``fetch`` (one GET per look)."""
-    poller = cloud.shared.get("poller")
+    poller = cloud.shared.poller
     if poller is None:
         return cloud.poll(what, fetch, state, done=done, failed=failed, timeout=timeout,
                           eager=eager)
@@ -200,14 +200,14 @@ def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T
 
 @contextlib.contextmanager
 def shared_poller(cloud: Cloud, *, active: bool = True) -> Iterator[Poller | None]:
-    """Install a Poller on ``cloud`` (and every view of it: ``cloud.shared`` is carried over by
-    ``dataclasses.replace``) for the block; ``active=False`` (one worker) installs none."""
-    if not active or cloud.shared.get("poller") is not None:
-        yield cloud.shared.get("poller")
+    """Install a Poller on ``cloud`` (and every view of it: ``Cloud.worker_view`` shares
+    ``cloud.shared``) for the block; ``active=False`` (one worker) installs none."""
+    if not active or cloud.shared.poller is not None:
+        yield cloud.shared.poller
         return
     poller = Poller(cloud)
-    cloud.shared["poller"] = poller
+    cloud.shared.poller = poller
     try:
         yield poller
     finally:
-        cloud.shared.pop("poller", None)
+        cloud.shared.poller = None

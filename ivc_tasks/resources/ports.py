@@ -173,7 +173,7 @@ def _wait_port(cloud: Cloud, port_id: str, what: str, done: Callable[[Any], bool
                       lambda p: "gone" if p is None else f"on {p.device_id or 'no server'}",
                       done=lambda p: p is not None and done(p),
                       failed=lambda p: f"port {port_id} is gone" if p is None else None,
-                      timeout=cloud.volume_timeout, eager=True)
+                      timeout=cloud.settings.volume_timeout, eager=True)
 
 
 def detach_port(cloud: Cloud, server_id: str, port: Any, what: str) -> bool:

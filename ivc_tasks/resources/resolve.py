@@ -23,15 +23,14 @@ UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
 def _cached(cloud: Cloud, key: str, fetch: Callable[[], list[Any]], refresh: bool) -> list[Any]:
-    if refresh or key not in cloud.cache:
-        cloud.cache[key] = fetch()
-    return cloud.cache[key]
+    if refresh or key not in cloud.listings:
+        return cloud.listings.put(key, fetch())
+    return cloud.listings.get(key)
 
 
 def forget(cloud: Cloud, *keys: str) -> None:
     """Drop cached listings (after a change that makes them stale)."""
-    for key in keys:
-        cloud.cache.pop(key, None)
+    cloud.listings.forget(*keys)
 
 
 def prefetch(cloud: Cloud, *listings: Callable[[Cloud], Any]) -> None:
@@ -150,17 +149,15 @@ def list_images(cloud: Cloud) -> list[Any]:
 def find_images(cloud: Cloud, ref: str) -> list[Any]:
     """Return the images whose id or name is ``ref`` (one request; cached per ref)."""
     key = f"images:{ref}"
-    if key in cloud.cache:
-        return cloud.cache[key]
+    if key in cloud.listings:
+        return cloud.listings.get(key)
     conn = cloud.conn
     if UUID.match(ref):
         image = get_or_none(cloud, f"get image {ref}", lambda: conn.image.get_image(ref))
         if image is not None:
-            cloud.cache[key] = [image]
-            return cloud.cache[key]
-    found = cloud.call(f"find image {ref}", lambda: list(conn.image.images(name=ref)))
-    cloud.cache[key] = found
-    return found
+            return cloud.listings.put(key, [image])
+    return cloud.listings.put(
+        key, cloud.call(f"find image {ref}", lambda: list(conn.image.images(name=ref))))
 
 
 def pick(items: Iterable[Any], ref: str, *, kind: str, spec_path: Path | str, entry: str,

@@ -156,12 +156,12 @@ def apply_destroy(cloud: Cloud, plan: DestroyPlan) -> StepResult:
             for volume_id, label in td.volumes:
                 send_detach(cloud, volume_id, label, td.server.id, plan.name)
             for volume_id, _ in td.volumes:
-                wait_detached(cloud, volume_id, volume_id, td.server.id, cloud.volume_timeout)
-        delete_server_and_wait(cloud, td.server.id, f"server {plan.name}", cloud.delete_timeout)
+                wait_detached(cloud, volume_id, volume_id, td.server.id, cloud.settings.volume_timeout)
+        delete_server_and_wait(cloud, td.server.id, f"server {plan.name}", cloud.settings.delete_timeout)
         log.info("deleted server %s (%s)", plan.name, td.server.id)
         if td.in_error:
             for volume_id, _ in td.volumes:
-                wait_detached(cloud, volume_id, volume_id, td.server.id, cloud.volume_timeout)
+                wait_detached(cloud, volume_id, volume_id, td.server.id, cloud.settings.volume_timeout)
     for move in plan.spare:
         _move_floating(cloud, move, plan.name)
     return plan.result(dry_run=False)

@@ -696,8 +696,9 @@ def ticking_cloud(conn: FakeConnection, env: str, **fields: Any):
     import tenacity  # noqa: PLC0415
 
     from ivc_tasks.cloud import Cloud  # noqa: PLC0415
+    from ivc_tasks.settings import make_settings  # noqa: PLC0415
 
     ticks = itertools.count()
-    return Cloud(conn=conn, env=env, poll_interval=0, sleep=lambda s: None,
-                 clock=lambda: next(ticks) * 0.5,
-                 retry_overrides={"wait": tenacity.wait_none()}, **fields)
+    return Cloud(conn=conn, settings=make_settings(env, poll_interval=0), sleep=lambda s: None,
+                 clock=lambda: next(ticks) * 0.5, retry_overrides={"wait": tenacity.wait_none()},
+                 **fields)

@@ -24,7 +24,7 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.settings import load_settings
+from ivc_tasks.settings import load_settings, make_settings
 
 SECRET = "swordfish-7-do-not-print"  # a template variable, never printed
 PASSWORD = "hunter2-never-printed"  # a password in clouds.yaml, never printed
@@ -75,7 +75,7 @@ class World:
                 monkeypatch.delenv(key)
 
         def connect(settings):
-            return Cloud(conn=self.fake, env=settings.env, poll_interval=0,
+            return Cloud(conn=self.fake, settings=make_settings(settings.env, poll_interval=0),
                          sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
 
         monkeypatch.setattr("ivc_tasks.cloud.connect", connect)

@@ -15,7 +15,7 @@ from openstack import exceptions as sdk
 
 from ivc_tasks.cloud import DISCOVERY_CONNECT_RETRIES, Cloud, CloudCallError, connect, retry_discovery
 from ivc_tasks.retry import is_transient
-from ivc_tasks.settings import load_settings
+from ivc_tasks.settings import load_settings, make_settings
 
 NO_VERSIONS = sdk.NotSupported(
     "The image service for ivc-local:RegionOne exists but does not have any supported versions.")
@@ -96,8 +96,8 @@ def test_no_versions_is_transient_and_other_not_supported_is_not():
 
 
 def make_cloud(**kw):
-    return Cloud(conn=None, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()}, **kw)
+    return Cloud(conn=None, settings=make_settings("test", poll_interval=0, **kw),
+                 sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
 
 
 def test_a_call_whose_discovery_failed_is_sent_again():

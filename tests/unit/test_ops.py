@@ -10,6 +10,7 @@ import tenacity
 from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.steps.instances import create_instance
@@ -71,10 +72,10 @@ def cloud(conn):
     return new_cloud(conn)
 
 
-def new_cloud(conn):
+def new_cloud(conn, **settings):
     """A fresh run (new run id, empty cache) on the same fake cloud."""
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()})
+    return Cloud(conn=conn, settings=make_settings("test", poll_interval=0, **settings),
+                 sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
 
 
 # -- ensure-secgroups ------------------------------------------------------------------------
@@ -380,8 +381,7 @@ def test_floating_ip_needs_one_external_network(conn, cloud, spec_of):
                                                 is_router_external=True))
     with pytest.raises(ConfigError, match="several external networks.*IVC_FLOATING_NETWORK"):
         create_instance(cloud, spec_of(text), "edge")
-    cloud2 = new_cloud(conn)
-    cloud2.floating_network = "public2"
+    cloud2 = new_cloud(conn, floating_network="public2")
     create_instance(cloud2, spec_of(text), "edge")
     assert conn.fips[0].floating_network_id == "net-pub2"
 

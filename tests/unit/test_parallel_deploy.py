@@ -10,6 +10,7 @@ import tenacity
 from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.spec import load_spec
 
@@ -50,7 +51,7 @@ def spec(tmp_path):
 
 def new_cloud(conn, parallel=1):
     """Real time, short intervals: the servers' waits all start before the first look."""
-    return Cloud(conn=conn, env="test", poll_interval=0.05, parallel=parallel,
+    return Cloud(conn=conn, settings=make_settings("test", poll_interval=0.05, parallel=parallel),
                  retry_overrides={"wait": tenacity.wait_none()})
 
 

@@ -8,6 +8,7 @@ import tenacity
 from fakecloud import FakeConnection, Resource
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import is_public, plan_floating
 from ivc_tasks.resources.ports import address_changes, kept_port_name, port_tags, public_addresses
@@ -39,9 +40,9 @@ def spec(tmp_path):
 
 
 def cloud_of(conn, floating_network=None):
-    return Cloud(conn=conn, env="test", poll_interval=0, sleep=lambda s: None,
-                 retry_overrides={"wait": tenacity.wait_none()},
-                 floating_network=floating_network)
+    return Cloud(conn=conn,
+                 settings=make_settings("test", poll_interval=0, floating_network=floating_network),
+                 sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
 
 
 @pytest.mark.parametrize("external, shared, public", [

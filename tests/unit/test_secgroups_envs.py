@@ -7,6 +7,7 @@ import tenacity
 from fakecloud import FakeConnection
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.spec import load_spec
@@ -22,7 +23,7 @@ def run(conn, env, port, *, prune=False, extra="", dry_run=False, tmp_path):
     path = tmp_path / f"{env}.toml"
     path.write_text(textwrap.dedent(SHARED.replace("PORT", str(port)).replace("ENV", env)
                                     + extra))
-    cloud = Cloud(conn=conn, env=env, poll_interval=0, sleep=lambda s: None,
+    cloud = Cloud(conn=conn, settings=make_settings(env, poll_interval=0), sleep=lambda s: None,
                   retry_overrides={"wait": tenacity.wait_none()})
     return ensure_secgroups(cloud, load_spec(path, env_name=env), prune=prune, dry_run=dry_run)
 
@@ -85,10 +86,10 @@ def test_declared_egress_replaces_the_defaults_of_an_existing_group_on_prune(tmp
     spec = SHARED.split("rules")[0] + extra
     path = tmp_path / "x.toml"
     path.write_text(spec)
-    cloud = Cloud(conn=conn, env="a", poll_interval=0, sleep=lambda s: None)
+    cloud = Cloud(conn=conn, settings=make_settings("a", poll_interval=0), sleep=lambda s: None)
     kept = ensure_secgroups(cloud, load_spec(path, env_name="a"))
     assert len(kept.warnings) == 1 and "Neutron's default egress among them" in kept.warnings[0]
-    cloud = Cloud(conn=conn, env="a", poll_interval=0, sleep=lambda s: None)
+    cloud = Cloud(conn=conn, settings=make_settings("a", poll_interval=0), sleep=lambda s: None)
     pruned = ensure_secgroups(cloud, load_spec(path, env_name="a"), prune=True)
     assert [a.summary for a in pruned.actions] == ["egress IPv4 any", "egress IPv6 any"]
     assert [r[:2] for r in ports(conn.groups[0]) if r[0] == "egress"] == [("egress", 53)]
@@ -117,7 +118,8 @@ def test_a_description_too_long_with_the_marker_is_refused_before_any_change(tmp
     path = tmp_path / "long.toml"
     path.write_text('[secgroups.g]\nrules = [ { protocol = "tcp", ports = "22", description = "'
                     + "x" * 250 + '" } ]\n')
-    cloud = Cloud(conn=conn, env="envname", poll_interval=0, sleep=lambda s: None)
+    cloud = Cloud(conn=conn, settings=make_settings("envname", poll_interval=0),
+                  sleep=lambda s: None)
     with pytest.raises(ConfigError, match=r"secgroups.g.rules\[0\].description: with ivc's "
                                           r"marker 'ivc:envname' it is 262 characters"):
         ensure_secgroups(cloud, load_spec(path, env_name="envname"))

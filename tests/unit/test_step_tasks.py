@@ -16,6 +16,7 @@ from fakecloud import FakeConnection
 from invoking import run
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.result import Action, StepResult
 
@@ -55,8 +56,8 @@ def conn(tmp_path, monkeypatch):
     fake = FakeConnection()
 
     def connect(settings):
-        return Cloud(conn=fake, env=settings.env, poll_interval=0, sleep=lambda s: None,
-                     retry_overrides={"wait": tenacity.wait_none()})
+        return Cloud(conn=fake, settings=make_settings(settings.env, poll_interval=0),
+                     sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
 
     monkeypatch.setattr("ivc_tasks.cloud.connect", connect)
     return fake

@@ -13,7 +13,6 @@ is the explicit request: its undeclared volumes are named in a warning and stay,
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -40,7 +39,7 @@ class RotateOptions:
     """What the flags say; every other timing is the run's Settings, on the Cloud."""
 
     stop: bool = True
-    boot_timeout: float | None = None  # default cloud.boot_timeout
+    boot_timeout: float | None = None  # default cloud.settings.boot_timeout
     parallel: int = 1
     adopt: str | None = None  # a server ivc did not make (id or name), to take over
     detach_undeclared: bool = False  # let undeclared volumes of the old server stay detached
@@ -71,12 +70,12 @@ def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterab
     ``plan_instance`` resolves only when it finds no server, so it is given a view of the cloud
     whose server listing leaves this name's servers out (the other listings are shared).
     """
-    view = dataclasses.replace(cloud, cache=dict(cloud.cache))
-    view.cache["servers"] = [s for s in list_servers(cloud) if not is_managed(s, cloud.env, name)
-                             and s not in unmanaged_twins(cloud, name)]
+    view = cloud.worker_view(servers=[s for s in list_servers(cloud)
+                                      if not is_managed(s, cloud.env, name)
+                                      and s not in unmanaged_twins(cloud, name)])
     plan = plan_instance(view, spec, name, pending_groups=set(pending_groups),
                          boot_volumes=False, replacing=set(replacing))
-    cloud.cache.update({k: v for k, v in view.cache.items() if k != "servers"})
+    cloud.listings.take_from(view.listings, skip=("servers",))
     return plan
 
 
