@@ -31,7 +31,8 @@ from ivc_tasks.credentials import (
     MISSING_SECRET_FIX, Credentials, _environment, resolve_credentials,
 )
 from ivc_tasks.errors import CloudError, ConfigError, clip
-from ivc_tasks.retry import Throttle, cloud_retrying, describe_cloud_error, status_code
+from ivc_tasks.retry import cloud_retrying, describe_cloud_error, status_code
+from ivc_tasks.run_state import Listings, RunShared
 from ivc_tasks.settings import Settings
 
 log = logging.getLogger("ivc")
@@ -95,55 +96,6 @@ class RequestCounter:
         ``requests_by_method``, ``auth_requests`` and ``mutating_requests``."""
         return {"requests": self.total, "requests_by_method": dict(sorted(self.by_method.items())),
                 "auth_requests": self.auth, "mutating_requests": self.mutating}
-
-
-class Listings:
-    """What one view of a run has listed, by kind: ``"servers"``, ``"volumes"``,
-    ``"images:<ref>"``, ``"server:<name>"``... (``resources.resolve`` fills and reads them).
-
-    Each worker of a run has its own (``Cloud.worker_view``), so that one worker's listing,
-    stale after its own change, never hides another's.
-    """
-
-    def __init__(self, items: Mapping[str, Any] | None = None):
-        self._items: dict[str, Any] = dict(items or {})
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    def get(self, key: str) -> Any | None:
-        return self._items.get(key)
-
-    def put(self, key: str, value: Any) -> Any:
-        """Keep ``value`` for ``key``; return it."""
-        self._items[key] = value
-        return value
-
-    def forget(self, *keys: str) -> None:
-        """Drop listings made stale by a change."""
-        for key in keys:
-            self._items.pop(key, None)
-
-    def copy(self, **replaced: Any) -> Listings:
-        """A copy for another view, with ``replaced`` listings (``servers=[...]``) instead."""
-        return Listings({**self._items, **replaced})
-
-    def take_from(self, other: Listings, *, skip: tuple[str, ...] = ()) -> None:
-        """Keep what ``other`` (a view of the same run) listed, except ``skip``."""
-        self._items.update({k: v for k, v in other._items.items() if k not in skip})
-
-
-@dataclass
-class RunShared:
-    """What every view of one run shares, whichever worker holds it.
-
-    :param throttle: the rate-limit pause: a 429's Retry-After pauses every worker.
-    :param poller: ``resources.poller.Poller`` while one is installed (``shared_poller``);
-        typed ``Any`` because that module imports this one.
-    """
-
-    throttle: Throttle = field(default_factory=Throttle)
-    poller: Any = None
 
 
 @dataclass

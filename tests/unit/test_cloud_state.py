@@ -9,8 +9,9 @@ import pytest
 import tenacity
 from fakecloud import FakeConnection
 
-from ivc_tasks.cloud import Cloud, Listings, RunShared
+from ivc_tasks.cloud import Cloud
 from ivc_tasks.resources.resolve import forget, list_servers
+from ivc_tasks.run_state import Listings, RunShared
 from ivc_tasks.settings import Settings, make_settings
 
 
