@@ -3,7 +3,13 @@
 ``connect(settings)`` opens an openstacksdk connection for ``settings.os_cloud`` with the env
 file's ``OS_*`` variables applied (only while the configuration is read), never prompting for
 anything, and hooks a counter on the underlying requests session before the first request, so
-that authentication and version discovery are counted too.
+that authentication and version discovery are counted too. keystoneauth retries a connection
+failure of discovery and of the token request itself (``retry_discovery``); ivc's own calls
+are retried by ivc alone.
+
+``Cloud`` is one run: the connection, its ``Settings`` (read from ``cloud.settings``, never
+copied) and its state (``run_state``: each worker view's listings, the state every view
+shares).
 
 ``Cloud.call`` is the one way ops talk to the cloud: it runs a call under
 ``retry.cloud_retrying`` (with the run's attempt and time limits) and turns what still fails
