@@ -65,7 +65,7 @@ def pss_gib(pids) -> tuple[float, float]:
 def boot_and_attach(runs: int = 3) -> tuple[list[float], list[float]]:
     import openstack
     conn = openstack.connect(cloud="ivc-local")
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    (image,) = list(conn.image.images(name="ivc-tiny"))  # not find_image: deprecated inside
     flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
     net = conn.network.find_network("private", ignore_missing=False)
     boots, attaches = [], []

@@ -184,7 +184,8 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     for name, ram, vcpus, disk in FLAVORS:
         if not _find(admin.compute.find_flavor, name):
             admin.compute.create_flavor(name=name, ram=ram, vcpus=vcpus, disk=disk)
-    if not _find(admin.image.find_image, IMAGE):
+    if not list(admin.image.images(name=IMAGE)):  # not find_image: it passes the deprecated
+        # ignore_missing=True itself (openstacksdk 4.x)
         admin.image.create_image(name=IMAGE, data=b"\0" * 1024 * 1024, disk_format="raw",
                                  container_format="bare", visibility="public",
                                  allow_duplicates=True)

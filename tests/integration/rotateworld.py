@@ -39,6 +39,13 @@ def find_or_none(find, name_or_id: str, **attrs):
         return None
 
 
+def image_named(conn, name: str):
+    """The one image called ``name``. Not ``find_image``: openstacksdk's Image.find passes the
+    deprecated ``ignore_missing=True`` itself (RemovedInSDK60Warning, an error in the tests)."""
+    (image,) = [i for i in conn.image.images(name=name)]
+    return image
+
+
 def server_gone(conn, server_id: str) -> bool:
     """True when the server is gone as ivc counts it: 404, DELETED or SOFT_DELETED
     (``resources.servers.is_gone``); Nova shows a deleted server as DELETED for a moment."""

@@ -13,7 +13,7 @@ import pytest
 from ivc_tasks.spec import load_spec
 
 from .conftest import cloud_state
-from .rotateworld import find_or_none
+from .rotateworld import find_or_none, image_named
 
 pytestmark = pytest.mark.cloud
 
@@ -165,7 +165,7 @@ def test_attach_volume_twice_and_refuse_a_volume_attached_elsewhere(ivc, conn):
     server = ivc.servers()[0]
 
     # a volume attached to another server (made outside ivc) is refused, nothing changes
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    image = image_named(conn, "ivc-tiny")
     other = conn.compute.create_server(
         name=f"{ivc.prefix}-other", image_id=image.id,
         flavor_id=conn.compute.find_flavor("m1.tiny", ignore_missing=False).id,
@@ -280,7 +280,7 @@ def attach_volume_elsewhere(ivc, conn):
     volume = ivc.volume("taken")
     server = conn.compute.create_server(
         name=f"{ivc.prefix}-other",
-        image_id=conn.image.find_image("ivc-tiny", ignore_missing=False).id,
+        image_id=image_named(conn, "ivc-tiny").id,
         flavor_id=conn.compute.find_flavor("m1.tiny", ignore_missing=False).id,
         networks=[{"uuid": conn.network.find_network("private", ignore_missing=False).id}])
     server = conn.compute.wait_for_server(server, interval=0.5, wait=120)

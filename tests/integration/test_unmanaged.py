@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ivc_tasks.resources.servers import present
 
 from .conftest import cloud_state
-from .rotateworld import server_gone
+from .rotateworld import image_named, server_gone
 
 pytestmark = pytest.mark.cloud
 
@@ -72,7 +72,7 @@ def test_a_hand_made_server_stops_deploy_and_is_adopted_on_request(ivc, conn):
     data, logs = ivc.volume("data"), ivc.volume("logs")
     ivc.write_spec(WEB)
     name = f"{ivc.prefix}-web"
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    image = image_named(conn, "ivc-tiny")
     flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
     private = conn.network.find_network("private", ignore_missing=False)
     public = conn.network.find_network("public", ignore_missing=False)
