@@ -69,9 +69,9 @@ def pss_gib(pids) -> tuple[float, float]:
 def boot_and_attach(runs: int = 3) -> tuple[list[float], list[float]]:
     import openstack
     conn = openstack.connect(cloud="ivc-local")
-    image = conn.image.find_image("ivc-tiny")
-    flavor = conn.compute.find_flavor("m1.tiny")
-    net = conn.network.find_network("private")
+    (image,) = list(conn.image.images(name="ivc-tiny"))  # not find_image: deprecated inside
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    net = conn.network.find_network("private", ignore_missing=False)
     boots, attaches = [], []
     for _ in range(runs):
         name = f"bench-{uuid.uuid4().hex[:6]}"

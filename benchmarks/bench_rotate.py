@@ -60,8 +60,9 @@ def reference_rotation(conn, world: World, name: str) -> dict[str, float]:
     old = conn.compute.get_server(old.id)
     times: dict[str, float] = {}
     image = old.image.id
-    flavor = conn.compute.find_flavor(old.flavor.original_name or old.flavor.name)
-    network = conn.network.find_network("private")
+    flavor = conn.compute.find_flavor(old.flavor.original_name or old.flavor.name,
+                                      ignore_missing=False)
+    network = conn.network.find_network("private", ignore_missing=False)
     t0 = time.monotonic()
     new = conn.compute.create_server(name=name, image_id=image, flavor_id=flavor.id,
                                      networks=[{"uuid": network.id}],

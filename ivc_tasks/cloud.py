@@ -3,7 +3,13 @@
 ``connect(settings)`` opens an openstacksdk connection for ``settings.os_cloud`` with the env
 file's ``OS_*`` variables applied (only while the configuration is read), never prompting for
 anything, and hooks a counter on the underlying requests session before the first request, so
-that authentication and version discovery are counted too.
+that authentication and version discovery are counted too. keystoneauth retries a connection
+failure of discovery and of the token request itself (``retry_discovery``); ivc's own calls
+are retried by ivc alone.
+
+``Cloud`` is one run: the connection, its ``Settings`` (read from ``cloud.settings``, never
+copied) and its state (``run_state``: each worker view's listings, the state every view
+shares).
 
 ``Cloud.call`` is the one way ops talk to the cloud: it runs a call under
 ``retry.cloud_retrying`` (with the run's attempt and time limits) and turns what still fails
@@ -25,17 +31,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ivc_tasks.credentials import (
-    MISSING_SECRET_FIX, Credentials, _environment, resolve_credentials,
+    MISSING_SECRET_FIX,
+    Credentials,
+    _environment,
+    resolve_credentials,
 )
 from ivc_tasks.errors import CloudError, ConfigError, clip
 from ivc_tasks.retry import Throttle, cloud_retrying, describe_cloud_error, status_code
-from ivc_tasks.settings import DEFAULTS
-
-if TYPE_CHECKING:
-    from ivc_tasks.settings import Settings
+from ivc_tasks.run_state import Listings, RunShared
+from ivc_tasks.settings import Settings
 
 log = logging.getLogger("ivc")
 T = TypeVar("T")
@@ -44,6 +51,9 @@ EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
 LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (resources.poller)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# keystoneauth's own retries of a connection failure, for the requests ivc's calls do not send
+# through a service proxy: version discovery and the token request (see ``open_connection``)
+DISCOVERY_CONNECT_RETRIES = 3
 
 
 class CloudCallError(CloudError):
@@ -99,43 +109,53 @@ class RequestCounter:
 
 @dataclass
 class Cloud:
-    """One run's connection, its limits, and what it has already listed.
+    """One run: the connection, the Settings it runs with, and its state.
 
     :param conn: the openstacksdk Connection (or a stand-in with the same proxies in tests).
-    :param env: the environment's name (``ivc_env`` metadata).
+    :param settings: the run's Settings (environment, timings, retries, floating network,
+        parallel workers), read from there and never copied (``settings.make_settings`` builds
+        them in code).
     :param run_id: this run's id (``ivc_run`` metadata), to recognise what this run created.
-    The timings (``poll_interval``, ``*_timeout``, ``lock_ttl``, ``retry_*``) are the run's
-    Settings, with the same defaults (``settings.DEFAULTS``, defined once).
-    :param floating_network: the external network to take floating IPs from, by name or id
-        (``IVC_FLOATING_NETWORK``; default: the only external network).
     :param retry_overrides: extra tenacity arguments, e.g. ``wait=tenacity.wait_none()`` in tests.
     :param sleep: how the run waits: between polls, before a retry, out a 429's pause.
     :param clock: the run's monotonic clock (waits' timeouts, the 429 pause, phase timings).
         Tests inject both (``tests/unit/fakecloud.ticking_cloud``); no wait needs real time.
-    :param cache: lists already fetched in this run (see ``ivc_tasks.resources.resolve``).
+    :param listings: what this view has listed (``resources.resolve``).
+    :param shared: what every view of the run shares (the throttle, the shared poller).
     """
 
     conn: Any
-    env: str
+    settings: Settings
     counter: RequestCounter = field(default_factory=RequestCounter)
     run_id: str = field(default_factory=lambda: new_run_id())
-    poll_interval: float = DEFAULTS["poll_interval"]
-    boot_timeout: float = DEFAULTS["boot_timeout"]
-    volume_timeout: float = DEFAULTS["volume_timeout"]
-    stop_timeout: float = DEFAULTS["stop_timeout"]
-    delete_timeout: float = DEFAULTS["delete_timeout"]
-    lock_ttl: float = DEFAULTS["lock_ttl"]
-    retry_attempts: int = int(DEFAULTS["retry_attempts"])
-    retry_max_seconds: float = DEFAULTS["retry_max_seconds"]
-    floating_network: str | None = None
     retry_overrides: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    cache: dict[str, Any] = field(default_factory=dict)
-    # what every view of this run shares (``dataclasses.replace`` carries it over): the shared
-    # poller (``resources.poller``), the rate-limit pause (``retry.Throttle``)
-    shared: dict[str, Any] = field(default_factory=dict)
-    parallel: int = int(DEFAULTS["parallel"])  # IVC_PARALLEL: deploy/rotate workers
+    listings: Listings = field(default_factory=Listings)
+    shared: RunShared = field(default_factory=RunShared)
+
+    def __post_init__(self) -> None:
+        if self.shared.throttle is None:   # the 429 pause keeps time on the run's clock
+            self.shared.throttle = Throttle(self.clock)
+
+    @property
+    def env(self) -> str:
+        """The environment's name (``ivc_env`` metadata): ``settings.env``."""
+        return self.settings.env
+
+    @property
+    def poll_interval(self) -> float:
+        """``settings.poll_interval``, which ``poll`` and the shared poller start from."""
+        return self.settings.poll_interval
+
+    def worker_view(self, **listed: list[Any]) -> Cloud:
+        """This run as one worker sees it: the same connection, Settings, counter, run id and
+        shared state, its own copy of the listings; ``listed`` replaces some of them (rotate's
+        preflight plans a new server against a server listing without the one it replaces).
+        """
+        return Cloud(conn=self.conn, settings=self.settings, counter=self.counter,
+                     run_id=self.run_id, retry_overrides=self.retry_overrides, sleep=self.sleep,
+                     clock=self.clock, listings=self.listings.copy(**listed), shared=self.shared)
 
     def call(
         self,
@@ -160,9 +180,10 @@ class Cloud:
         :raises CloudCallError: the call failed for good.
         """
         retrying = cloud_retrying(operation=operation, conflict_is_transient=conflict_is_transient,
-                                  attempts=self.retry_attempts, max_seconds=self.retry_max_seconds,
+                                  attempts=self.settings.retry_attempts,
+                                  max_seconds=self.settings.retry_max_seconds,
                                   **({"sleep": self.sleep} | dict(self.retry_overrides)))
-        throttle = self.shared.setdefault("throttle", Throttle(self.clock))
+        throttle = self.shared.throttle
         try:
             for attempt in retrying:
                 with attempt:
@@ -300,13 +321,35 @@ def open_connection(settings: Settings, counter: RequestCounter, *,
     with _environment(settings.os_vars):
         creds = resolve_credentials(settings, prompt=prompt, password_origin=origin)
         try:
+            creds.region.config["connect_retries"] = 0  # the service proxies: ivc's policy only
             conn = openstack.connection.Connection(config=creds.region)
         except Exception as exc:  # noqa: BLE001 (anything the SDK raises on a bad entry)
             raise ConfigError(f"{creds.where}: {clip(str(exc))}; fix the cloud entry") from None
     log.info("cloud: %s; credentials: %s", creds.where, creds.source)
+    retry_discovery(conn.session)
     conn.session.session.hooks.setdefault("response", []).append(counter.hook)
     conn.ivc_credentials = creds
     return conn
+
+
+def retry_discovery(session: Any) -> None:
+    """Let keystoneauth retry a connection failure (``DISCOVERY_CONNECT_RETRIES`` times, after
+    0.5, 1, 2 s) of the requests it sends on its own: version discovery and the token request.
+
+    keystoneauth swallows what fails during a service's version discovery, and openstacksdk
+    then raises ``NotSupported`` ("exists but does not have any supported versions") with no
+    cause to classify; retried here, a reset connection never gets that far. ivc's own calls go
+    through the service proxies, whose ``connect_retries`` is 0 (set in ``open_connection``):
+    keystoneauth never re-sends them (a create must not be re-sent blindly, see
+    ``Cloud.call``'s ``done_already``). keystoneauth reads the session-wide default from
+    ``Session._connect_retries`` (its constructor's ``connect_retries``, which openstacksdk
+    does not pass).
+    """
+    if not hasattr(session, "_connect_retries"):  # pragma: no cover - a keystoneauth change
+        log.warning("keystoneauth's Session has no _connect_retries: version discovery is not "
+                    "retried on a connection failure")
+        return
+    session._connect_retries = DISCOVERY_CONNECT_RETRIES
 
 
 def connect(settings: Settings, **overrides: Any) -> Cloud:
@@ -315,7 +358,7 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
     Authentication (identity version discovery and the token request) runs under the same
     retry policy as every other call; a refusal (401/403) fails at once.
 
-    :param overrides: Cloud fields to override (tests pass ``retry_overrides``);
+    :param overrides: Cloud fields (tests pass ``retry_overrides``);
         ``authenticate=False`` skips the token request (it then happens at the first call).
     :raises ConfigError: see ``open_connection``; the credentials were refused.
     :raises CloudCallError: the identity service could not be reached, after retries.
@@ -323,15 +366,7 @@ def connect(settings: Settings, **overrides: Any) -> Cloud:
     do_auth = overrides.pop("authenticate", True)
     counter = RequestCounter()
     conn = open_connection(settings, counter)
-    fields = dict(
-        conn=conn, env=settings.env, counter=counter, poll_interval=settings.poll_interval,
-        boot_timeout=settings.boot_timeout, volume_timeout=settings.volume_timeout,
-        stop_timeout=settings.stop_timeout, delete_timeout=settings.delete_timeout,
-        lock_ttl=settings.lock_ttl, parallel=settings.parallel,
-        retry_attempts=settings.retry_attempts, retry_max_seconds=settings.retry_max_seconds,
-        floating_network=settings.floating_network,
-    )
-    cloud = Cloud(**(fields | overrides))
+    cloud = Cloud(conn=conn, settings=settings, counter=counter, **overrides)
     if do_auth:
         authenticate(cloud, conn.ivc_credentials)
     return cloud

@@ -8,6 +8,14 @@ Transient (retried):
     ``ServiceDiscoveryException``) whose cause is one of the above: authentication discovers
     the identity API's versions inside the first call, and wraps a 503 or a reset connection
     there in a DiscoveryFailure;
+  * openstacksdk's ``NotSupported`` "... exists but does not have any supported versions"
+    (``ServiceDiscoveryException`` "No endpoint data found" with an endpoint override), raised
+    when a service's version discovery got no document: keystoneauth swallows the reset
+    connection or 503 that caused it (no cause chain to look at), so it is retried like any
+    transient failure, within the same bounded budget: a genuine one (a cloud that really
+    offers no version openstacksdk supports) fails once the budget is spent, with the SDK's
+    message. ``cloud.open_connection`` also lets keystoneauth retry connection failures of
+    discovery itself (``DISCOVERY_CONNECT_RETRIES``), so a reset rarely gets this far;
   * HTTP 409 only when the caller says conflicts are transient for its operation (volume
     attach/detach while a task_state is set).
 Never retried: any other status (400, 401, 403, 404, 413...) and any error whose message
@@ -34,6 +42,11 @@ RETRY_AFTER_CAP = 60.0
 CONNECTION_ERROR_NAMES = frozenset({"ConnectFailure", "ConnectTimeout", "RetriableConnectionFailure"})
 # Wrappers of a discovery failure: transient when what they wrap is.
 DISCOVERY_ERROR_NAMES = frozenset({"DiscoveryFailure", "ServiceDiscoveryException"})
+# what openstacksdk raises when a service's version discovery got no document (NotSupported
+# without an endpoint override, ServiceDiscoveryException with one); nothing to classify inside
+NO_VERSIONS = ("does not have any supported versions", "No endpoint data found",
+               "No version in endpoint data")
+DISCOVERY_FOUND_NOTHING_NAMES = frozenset({"NotSupported", "ServiceDiscoveryException"})
 REQUEST_ID_HEADERS = ("x-openstack-request-id", "x-compute-request-id")
 _KSA_SUFFIX = re.compile(r" \(HTTP \d+\)( \(Request-ID: [^)]*\))?$")
 
@@ -89,6 +102,9 @@ def is_transient(exc: BaseException, *, conflict_is_transient: bool = False) -> 
     if status is not None:
         return status in TRANSIENT_STATUS or (conflict_is_transient and status == CONFLICT)
     if is_connection_error(exc):
+        return True
+    if type(exc).__name__ in DISCOVERY_FOUND_NOTHING_NAMES and any(
+            text in str(exc) for text in NO_VERSIONS):
         return True
     cause = discovery_cause(exc)
     return cause is not None and is_transient(cause)

@@ -102,6 +102,20 @@ def find_root(start: Path | None = None) -> Path:
     return next((folder for folder in (here, *here.parents) if (folder / "env").is_dir()), here)
 
 
+def make_settings(env: str = DEFAULT_ENV, *, root: Path | None = None, os_cloud: str | None = None,
+                  **fields: Any) -> Settings:
+    """Settings built in code rather than read from an env file (tests, benchmarks, a program
+    that embeds ivc): ``fields`` are Settings fields (``poll_interval=0``...), the rest their
+    defaults; the paths are where ``load_settings`` would look under ``root`` (default: the
+    current folder).
+
+    :raises TypeError: a name that is not a Settings field.
+    """
+    root = Path(root or Path.cwd())
+    return Settings(env=env, root=root, env_file=root / "env" / f"{env}.env",
+                    spec_path=root / "env" / f"{env}.toml", os_cloud=os_cloud, **fields)
+
+
 def available_envs(root: Path) -> list[str]:
     """Return the names of the env files under ``<root>/env``, sorted."""
     return sorted(p.stem for p in (root / "env").glob("*.env") if p.is_file())

@@ -15,7 +15,10 @@ from typing import Any, NoReturn
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
-from ivc_tasks.spec import NEUTRON_NAME_MAX, FileSpec, Keypair, Server, Spec
+from ivc_tasks.spec_model import (
+    CINDER_NAME_MAX, GLANCE_NAME_MAX, NEUTRON_NAME_MAX, NOVA_NAME_MAX, FileSpec, Keypair, Server,
+    Spec,
+)
 from ivc_tasks.spec_rules import SecGroupReader
 from ivc_tasks.userdata import RESERVED_VARS, render_userdata
 
@@ -167,11 +170,31 @@ class Loader(SecGroupReader):
                       "shorten it")
         return value
 
+    def cloud_refs(self, value: Any, entry: str, kind: str, service: str, limit: int,
+                   many: bool) -> Any:
+        """A name or id of ``kind`` in the cloud (a list of them with ``many``), each at most
+        ``limit`` characters: a longer one names nothing ``service`` holds."""
+        items = self.names(value, entry) if many else (self.string(value, entry),)
+        for i, item in enumerate(items):
+            if len(item) > limit:
+                self.fail(f"{entry}[{i}]" if many else entry,
+                          f"{_r(item)} is longer than the {limit} characters {service} takes "
+                          f"for {kind}'s name or id, so it names nothing there",
+                          f"write the name or id of {kind} as the cloud shows it")
+        return items if many else items[0]
+
     # -- servers ---------------------------------------------------------------------------
     def server_fields(self, raw: dict, entry: str) -> dict[str, Any]:
+        def refs(kind: str, service: str, limit: int, many: bool = False
+                 ) -> Callable[[Any, str], Any]:
+            return lambda value, entry: self.cloud_refs(value, entry, kind, service, limit, many)
+
         parsers: dict[str, Callable[[Any, str], Any]] = {
-            "image": self.string, "flavor": self.string, "keypair": self.keypair_ref,
-            "security_groups": self.names, "networks": self.names, "volumes": self.names,
+            "image": refs("an image", "Glance", GLANCE_NAME_MAX),
+            "flavor": refs("a flavor", "Nova", NOVA_NAME_MAX), "keypair": self.keypair_ref,
+            "security_groups": refs("a security group", "Neutron", NEUTRON_NAME_MAX, True),
+            "networks": refs("a network", "Neutron", NEUTRON_NAME_MAX, True),
+            "volumes": refs("a volume", "Cinder", CINDER_NAME_MAX, True),
             "floating_ip": self.boolean, "config_drive": self.boolean, "keep_address": self.names,
             "userdata": lambda v, e: self.existing_file(v, e, "userdata template"),
             "userdata_vars": self.userdata_vars, "files": self.files, "metadata": self.metadata,

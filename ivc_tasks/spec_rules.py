@@ -16,7 +16,7 @@ from ivc_tasks.hints import did_you_mean, type_name
 from ivc_tasks.secgroup_rules import (
     ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
 )
-from ivc_tasks.spec import Rule, SecGroup
+from ivc_tasks.spec_model import Rule, SecGroup
 
 SECGROUP_KEYS = ("description", "rules", "default_egress")
 RULE_KEYS = ("direction", "ethertype", "protocol", "ports", "icmp_type", "icmp_code",

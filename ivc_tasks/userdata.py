@@ -31,7 +31,7 @@ from ivc_tasks.errors import ConfigError, clip, clip_message
 from ivc_tasks.errors import clip_repr as _r
 
 if TYPE_CHECKING:
-    from ivc_tasks.spec import FileSpec, Server, Spec
+    from ivc_tasks.spec_model import FileSpec, Server, Spec
 
 USERDATA_LIMIT = 65535  # bytes after base64 (Nova)
 CLOUD_CONFIG_HEADER = "#cloud-config"

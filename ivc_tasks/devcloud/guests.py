@@ -7,7 +7,6 @@ module loads from the plugin folder: it imports nothing of OpenStack's).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from .bootstrap import DevcloudError, Say, run
-from .layout import PLUGIN_DIR, Layout
+from .layout import Layout, plugin_module
 
 SUITE = "bookworm"
 # Debian's own packages: cloud-init and what a cloud image has for it. python3-cffi-backend:
@@ -24,15 +23,6 @@ SUITE = "bookworm"
 ROOT_PACKAGES = ["cloud-init", "python3-cffi-backend", "python3", "iproute2", "openssh-server",
                  "e2fsprogs"]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-
-
-def plugin_module(name: str):
-    """Load one of the plugin's stand-alone modules (``guest``, ``guest_mode``) by path."""
-    spec = importlib.util.spec_from_file_location(
-        f"ivc_devcloud_plugin_{name}", PLUGIN_DIR / "ivc_devcloud_plugin" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def mirror(sources_dir: Path = Path("/etc/apt")) -> str:

@@ -7,6 +7,7 @@ Everything lives under one cache folder (default ``<repo>/.devcloud``, git-ignor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -123,3 +124,12 @@ def load_secrets(layout: Layout) -> dict[str, str]:
     with os.fdopen(fd, "w") as handle:
         json.dump(values, handle)
     return values
+
+
+def plugin_module(name: str):
+    """Load one of the plugin's stand-alone modules (``guest``, ``guest_mode``) by path."""
+    spec = importlib.util.spec_from_file_location(
+        f"ivc_devcloud_plugin_{name}", PLUGIN_DIR / "ivc_devcloud_plugin" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -15,19 +15,26 @@ import json
 import subprocess
 from typing import Any, Callable
 
+from openstack import exceptions
+
+from .layout import plugin_module
+
 POOL = ipaddress.ip_network("198.18.0.0/15")
 CLOUD_DEV = "ivc-host"        # the host's end of the veth into the cloud (its routes are ours)
 ROUTER_OWNERS = ("network:router_gateway", "network:router_interface")
 
 
 def host_routes() -> list[tuple[str, str]]:
-    """The host's IPv4 routes (destination, device), as ``ip -j route`` gives them."""
+    """The host's IPv4 routes (destination, device), as ``ip -j route`` gives them, and every
+    address the host talks to as a /32 of its own (the plugin's hostneeds.py: here the package
+    registries sit in 203.0.113.0/24)."""
+    needs = plugin_module("hostneeds").destinations()
     try:
         out = subprocess.run(["ip", "-j", "-4", "route", "show"], capture_output=True,
                              text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return []
-    return [(r["dst"], r.get("dev", "")) for r in json.loads(out or "[]")]
+    return [(r["dst"], r.get("dev", "")) for r in json.loads(out or "[]")] + needs
 
 
 def clash(cidr: str, routes: list[tuple[str, str]]) -> str | None:
@@ -73,7 +80,10 @@ def ensure_subnet(net: Any, network: Any, name: str, preferred: str, say: Callab
     """
     routes = host_routes() if routes is None else routes
     taken = [s.cidr for s in net.subnets() if s.ip_version == 4 and s.name != name]
-    subnet = net.find_subnet(name, network_id=network.id, ignore_missing=True)
+    try:   # find_* with ignore_missing=True is deprecated (openstacksdk 4.x)
+        subnet = net.find_subnet(name, network_id=network.id, ignore_missing=False)
+    except exceptions.NotFoundException:
+        subnet = None
     if subnet is not None:
         why = clash(subnet.cidr, routes)
         if why is None:

@@ -111,8 +111,19 @@ def demo_connection(secrets: dict):
                              project_domain_name="Default", region_name=REGION)
 
 
+def _find(find: Callable[..., Any], name_or_id: str, **attrs: Any) -> Any | None:
+    """``find(name_or_id)`` of an openstacksdk proxy, None when absent (the find_* default
+    ``ignore_missing=True`` is deprecated in openstacksdk 4.x: RemovedInSDK60Warning)."""
+    from openstack import exceptions  # noqa: PLC0415
+
+    try:
+        return find(name_or_id, ignore_missing=False, **attrs)
+    except exceptions.NotFoundException:
+        return None
+
+
 def _role(ident, name):
-    return ident.find_role(name, ignore_missing=True) or ident.create_role(name=name)
+    return _find(ident.find_role, name) or ident.create_role(name=name)
 
 
 def seed_identity(secrets: dict, say: Say) -> None:
@@ -128,28 +139,28 @@ def seed_identity(secrets: dict, say: Say) -> None:
                                   region_id=REGION)
     admin, service_role, member, reader = (_role(ident, n) for n in
                                            ("admin", "service", "member", "reader"))
-    domain = (ident.find_domain("default", ignore_missing=True)
-              or ident.find_domain("Default", ignore_missing=True))
-    service_project = (ident.find_project("service", domain_id=domain.id, ignore_missing=True)
+    domain = (_find(ident.find_domain, "default")
+              or _find(ident.find_domain, "Default"))
+    service_project = (_find(ident.find_project, "service", domain_id=domain.id)
                        or ident.create_project(name="service", domain_id=domain.id))
     for name in SERVICE_USERS:
-        user = (ident.find_user(name, domain_id=domain.id, ignore_missing=True)
+        user = (_find(ident.find_user, name, domain_id=domain.id)
                 or ident.create_user(name=name, password=secrets["service"], domain_id=domain.id))
         for role in (admin, service_role):
             ident.assign_project_role_to_user(service_project, user, role)
-    demo = (ident.find_project(DEMO_PROJECT, domain_id=domain.id, ignore_missing=True)
+    demo = (_find(ident.find_project, DEMO_PROJECT, domain_id=domain.id)
             or ident.create_project(name=DEMO_PROJECT, domain_id=domain.id,
                                     description="ivc demo project"))
-    user = (ident.find_user(DEMO_USER, domain_id=domain.id, ignore_missing=True)
+    user = (_find(ident.find_user, DEMO_USER, domain_id=domain.id)
             or ident.create_user(name=DEMO_USER, password=secrets["demo"], domain_id=domain.id,
                                  default_project_id=demo.id))
     for role in (member, reader):
         ident.assign_project_role_to_user(demo, user, role)
     # the second shape's project and user (same password as the demo user: a throwaway cloud)
-    ovh = (ident.find_project(OVH_PROJECT, domain_id=domain.id, ignore_missing=True)
+    ovh = (_find(ident.find_project, OVH_PROJECT, domain_id=domain.id)
            or ident.create_project(name=OVH_PROJECT, domain_id=domain.id,
                                    description="ivc: the OVH-style shape (shared ext-net)"))
-    ovh_user = (ident.find_user(OVH_USER, domain_id=domain.id, ignore_missing=True)
+    ovh_user = (_find(ident.find_user, OVH_USER, domain_id=domain.id)
                 or ident.create_user(name=OVH_USER, password=secrets["demo"], domain_id=domain.id,
                                      default_project_id=ovh.id))
     for role in (member, reader):
@@ -181,9 +192,10 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     admin = admin_connection(secrets)
     demo_project = admin.identity.find_project(DEMO_PROJECT, ignore_missing=False)
     for name, ram, vcpus, disk in FLAVORS:
-        if not admin.compute.find_flavor(name, ignore_missing=True):
+        if not _find(admin.compute.find_flavor, name):
             admin.compute.create_flavor(name=name, ram=ram, vcpus=vcpus, disk=disk)
-    if not admin.image.find_image(IMAGE, ignore_missing=True):
+    if not list(admin.image.images(name=IMAGE)):  # not find_image: it passes the deprecated
+        # ignore_missing=True itself (openstacksdk 4.x)
         admin.image.create_image(name=IMAGE, data=b"\0" * 1024 * 1024, disk_format="raw",
                                  container_format="bare", visibility="public",
                                  allow_duplicates=True)
@@ -193,15 +205,15 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
                              subnet=30, router=10, security_group=100,
                              security_group_rule=1000)
     net = admin.network
-    public = net.find_network("public", ignore_missing=True) or net.create_network(
+    public = _find(net.find_network, "public") or net.create_network(
         name="public", is_router_external=True, provider_network_type="flat",
         provider_physical_network="public")
     ranges.ensure_subnet(net, public, "public-subnet", PUBLIC_CIDR, say, enable_dhcp=False)
-    private = (net.find_network("private", project_id=demo_project.id, ignore_missing=True)
+    private = (_find(net.find_network, "private", project_id=demo_project.id)
                or net.create_network(name="private", project_id=demo_project.id))
     subnet = ranges.ensure_subnet(net, private, "private-subnet", PRIVATE_CIDR, say,
                                   project_id=demo_project.id)
-    router = net.find_router("ivc-router", project_id=demo_project.id, ignore_missing=True)
+    router = _find(net.find_router, "ivc-router", project_id=demo_project.id)
     if router is None:
         router = net.create_router(name="ivc-router", project_id=demo_project.id,
                                    external_gateway_info={"network_id": public.id})
@@ -209,7 +221,7 @@ def seed_demo(layout: Layout, secrets: dict, say: Say) -> None:
     elif not router.external_gateway_info:
         net.update_router(router, external_gateway_info={"network_id": public.id})
     demo = demo_connection(secrets)
-    if not demo.compute.find_keypair(KEYPAIR, ignore_missing=True):
+    if not _find(demo.compute.find_keypair, KEYPAIR):
         demo.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
     seed_ovh(layout, secrets, say)
     _demo_volumes(admin, demo, say)
@@ -230,7 +242,7 @@ def _demo_volumes(admin: Any, demo: Any, say: Say) -> None:
                                "look at .devcloud/log/cinder-volume.log")
         time.sleep(1)
     for name in DEMO_VOLUMES:
-        volume = demo.block_storage.find_volume(name, ignore_missing=True)
+        volume = _find(demo.block_storage.find_volume, name)
         if volume is not None and volume.status == "error":
             say(f"volume {name} is in error (made before the scheduler knew the backend); "
                 "making it again")
@@ -271,18 +283,18 @@ def seed_ovh(layout: Layout, secrets: dict, say: Say) -> None:
     admin.set_network_quotas(ovh.id, floatingip=40, port=200, network=20, subnet=20, router=10,
                              security_group=100, security_group_rule=1000)
     net = admin.network
-    ext = net.find_network(EXT_NET, ignore_missing=True) or net.create_network(
+    ext = _find(net.find_network, EXT_NET) or net.create_network(
         name=EXT_NET, is_router_external=True, is_shared=False,
         description="ivc devcloud: OVH-style shared external network (project ivc-ovh)")
     for action in ("access_as_external", "access_as_shared"):
         _rbac(net, ext, action, ovh.id)
     ext_subnet = ranges.ensure_subnet(net, ext, f"{EXT_NET}-subnet", EXT_CIDR, say,
                                       enable_dhcp=False)
-    private = (net.find_network(OVH_PRIVATE, project_id=ovh.id, ignore_missing=True)
+    private = (_find(net.find_network, OVH_PRIVATE, project_id=ovh.id)
                or net.create_network(name=OVH_PRIVATE, project_id=ovh.id))
     subnet = ranges.ensure_subnet(net, private, f"{OVH_PRIVATE}-subnet", OVH_PRIVATE_CIDR, say,
                                   project_id=ovh.id)
-    router = net.find_router(OVH_ROUTER, project_id=ovh.id, ignore_missing=True)
+    router = _find(net.find_router, OVH_ROUTER, project_id=ovh.id)
     if router is None:
         router = net.create_router(name=OVH_ROUTER, project_id=ovh.id,
                                    external_gateway_info={"network_id": ext.id})
@@ -290,7 +302,7 @@ def seed_ovh(layout: Layout, secrets: dict, say: Say) -> None:
     elif not router.external_gateway_info:   # lost while its subnet moved (ranges.py)
         net.update_router(router, external_gateway_info={"network_id": ext.id})
     user = openstack_connection(OVH_USER, OVH_PROJECT, secrets["demo"])
-    if not user.compute.find_keypair(KEYPAIR, ignore_missing=True):
+    if not _find(user.compute.find_keypair, KEYPAIR):
         user.compute.create_keypair(name=KEYPAIR, public_key=_keypair_files(layout))
     say(f"ovh shape: project/user {OVH_PROJECT}, network {EXT_NET} ({ext_subnet.cidr}, external "
         f"and shared for {OVH_PROJECT} only), {OVH_PRIVATE} ({subnet.cidr}) behind {OVH_ROUTER}, "

@@ -15,7 +15,9 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.resolve import forget, list_floating_ips, list_networks, pick
+from ivc_tasks.resources.resolve import (
+    forget, list_floating_ips, list_networks, pick, server_ports,
+)
 from ivc_tasks.result import Action
 from ivc_tasks.resources.waits import delete_or_gone
 from ivc_tasks.spec import Server, Spec
@@ -26,13 +28,6 @@ log = logging.getLogger("ivc")
 def floating_marker(env: str, name: str) -> str:
     """The description that marks a floating IP as ivc's, for server ``name``."""
     return f"ivc:{env}:{name}"
-
-
-def server_ports(cloud: Cloud, server_id: str) -> list[Any]:
-    """The server's ports (one request)."""
-    conn = cloud.conn
-    return cloud.call(f"list ports of server {server_id}",
-                      lambda: list(conn.network.ports(device_id=server_id)))
 
 
 def server_floating_ip(cloud: Cloud, server: Any) -> tuple[list[Any], Any | None]:
@@ -140,8 +135,8 @@ def plan_floating(cloud: Cloud, spec: Spec, declared: Server, networks: list[Any
                           f"({', '.join(n.name for n in networks)}), where it has a public "
                           "address already; set floating_ip = false")
     external = [n for n in list_networks(cloud) if n.is_router_external]
-    if cloud.floating_network:
-        chosen = pick(external, cloud.floating_network, kind="external network",
+    if cloud.settings.floating_network:
+        chosen = pick(external, cloud.settings.floating_network, kind="external network",
                       spec_path=spec.path, entry=f"{entry} (IVC_FLOATING_NETWORK)")
         return FloatingPlan(network=chosen, internal_network_ids=internal,
                             why="IVC_FLOATING_NETWORK")

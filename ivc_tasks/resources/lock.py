@@ -166,7 +166,7 @@ class ServerLock:
     cloud: Cloud
     name: str
     op: str = "rotate"
-    ttl: float | None = None  # default: the run's IVC_LOCK_TTL (cloud.lock_ttl)
+    ttl: float | None = None  # default: the run's IVC_LOCK_TTL (cloud.settings.lock_ttl)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     now: Callable[[], float] = time.time
@@ -184,7 +184,7 @@ class ServerLock:
     def __post_init__(self) -> None:
         self._start = self.now()
         if self.ttl is None:
-            self.ttl = self.cloud.lock_ttl
+            self.ttl = self.cloud.settings.lock_ttl
 
     def _get(self) -> Any | None:
         conn = self.cloud.conn

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud, PollVerdict
+from ivc_tasks.resources.servers import GONE_STATUSES as GONE_SERVER_STATUSES
 
 T = TypeVar("T")
 SERVERS, VOLUMES = "servers", "volumes"
-GONE_SERVER_STATUSES = ("DELETED", "SOFT_DELETED")
 LIST_SPACING = 2.0  # a list waits this many times its last duration after the previous one
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")  # safe inside Nova's name regex
 _NOTHING = object()
@@ -190,7 +190,7 @@ def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T
          failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
     """Wait for one server or volume: through the run's shared poller when one is installed
     (``shared_poller``), else ``Cloud.poll`` with ``fetch`` (one GET per look)."""
-    poller = cloud.shared.get("poller")
+    poller = cloud.shared.poller
     if poller is None:
         return cloud.poll(what, fetch, state, done=done, failed=failed, timeout=timeout,
                           eager=eager)
@@ -200,14 +200,14 @@ def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T
 
 @contextlib.contextmanager
 def shared_poller(cloud: Cloud, *, active: bool = True) -> Iterator[Poller | None]:
-    """Install a Poller on ``cloud`` (and every view of it: ``cloud.shared`` is carried over by
-    ``dataclasses.replace``) for the block; ``active=False`` (one worker) installs none."""
-    if not active or cloud.shared.get("poller") is not None:
-        yield cloud.shared.get("poller")
+    """Install a Poller on ``cloud`` (and every view of it: ``Cloud.worker_view`` shares
+    ``cloud.shared``) for the block; ``active=False`` (one worker) installs none."""
+    if not active or cloud.shared.poller is not None:
+        yield cloud.shared.poller
         return
     poller = Poller(cloud)
-    cloud.shared["poller"] = poller
+    cloud.shared.poller = poller
     try:
         yield poller
     finally:
-        cloud.shared.pop("poller", None)
+        cloud.shared.poller = None

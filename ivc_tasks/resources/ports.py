@@ -25,13 +25,12 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import floating_marker, is_public
 from ivc_tasks.result import Action
-from ivc_tasks.spec import Server, Spec
+from ivc_tasks.spec import NEUTRON_NAME_MAX, Server, Spec
 
 log = logging.getLogger("ivc")
 
 TAG_ROTATION, TAG_FROM, TAG_WAS = "ivc-rotation:", "ivc-from:", "ivc-was:"
 PORT_KEY_PREFIX = "ivc_port:"  # new server metadata: ivc_port:<port id> = <network id>
-NEUTRON_NAME_MAX = 255
 
 
 def kept_port_name(env: str, name: str, network_name: str) -> str:
@@ -174,7 +173,7 @@ def _wait_port(cloud: Cloud, port_id: str, what: str, done: Callable[[Any], bool
                       lambda p: "gone" if p is None else f"on {p.device_id or 'no server'}",
                       done=lambda p: p is not None and done(p),
                       failed=lambda p: f"port {port_id} is gone" if p is None else None,
-                      timeout=cloud.volume_timeout, eager=True)
+                      timeout=cloud.settings.volume_timeout, eager=True)
 
 
 def detach_port(cloud: Cloud, server_id: str, port: Any, what: str) -> bool:

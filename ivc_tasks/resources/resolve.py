@@ -23,15 +23,14 @@ UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
 def _cached(cloud: Cloud, key: str, fetch: Callable[[], list[Any]], refresh: bool) -> list[Any]:
-    if refresh or key not in cloud.cache:
-        cloud.cache[key] = fetch()
-    return cloud.cache[key]
+    if refresh or key not in cloud.listings:
+        return cloud.listings.put(key, fetch())
+    return cloud.listings.get(key)
 
 
 def forget(cloud: Cloud, *keys: str) -> None:
     """Drop cached listings (after a change that makes them stale)."""
-    for key in keys:
-        cloud.cache.pop(key, None)
+    cloud.listings.forget(*keys)
 
 
 def prefetch(cloud: Cloud, *listings: Callable[[Cloud], Any]) -> None:
@@ -127,6 +126,20 @@ def list_floating_ips(cloud: Cloud, *, refresh: bool = False) -> list[Any]:
         lambda: list(conn.network.ips(project_id=conn.current_project_id))), refresh)
 
 
+def list_ports(cloud: Cloud) -> list[Any]:
+    """Return every port of the project (one request; cached for the run)."""
+    conn = cloud.conn
+    return _cached(cloud, "ports", lambda: cloud.call(
+        "list ports", lambda: list(conn.network.ports(project_id=conn.current_project_id))), False)
+
+
+def server_ports(cloud: Cloud, server_id: str) -> list[Any]:
+    """Return the server's ports as Neutron has them now (one request, never cached)."""
+    conn = cloud.conn
+    return cloud.call(f"list ports of server {server_id}",
+                      lambda: list(conn.network.ports(device_id=server_id)))
+
+
 def list_images(cloud: Cloud) -> list[Any]:
     """Every image the project can see (one listing, paged by the SDK if long)."""
     return _cached(cloud, "images", lambda: cloud.call(
@@ -136,17 +149,15 @@ def list_images(cloud: Cloud) -> list[Any]:
 def find_images(cloud: Cloud, ref: str) -> list[Any]:
     """Return the images whose id or name is ``ref`` (one request; cached per ref)."""
     key = f"images:{ref}"
-    if key in cloud.cache:
-        return cloud.cache[key]
+    if key in cloud.listings:
+        return cloud.listings.get(key)
     conn = cloud.conn
     if UUID.match(ref):
         image = get_or_none(cloud, f"get image {ref}", lambda: conn.image.get_image(ref))
         if image is not None:
-            cloud.cache[key] = [image]
-            return cloud.cache[key]
-    found = cloud.call(f"find image {ref}", lambda: list(conn.image.images(name=ref)))
-    cloud.cache[key] = found
-    return found
+            return cloud.listings.put(key, [image])
+    return cloud.listings.put(
+        key, cloud.call(f"find image {ref}", lambda: list(conn.image.images(name=ref))))
 
 
 def pick(items: Iterable[Any], ref: str, *, kind: str, spec_path: Path | str, entry: str,

@@ -42,8 +42,24 @@ META_ROLLBACK = "ivc_rollback"
 FIP_KEY_PREFIX = "ivc_fip:"
 USERDATA_SHORT = 16  # hex digits of the sha256 kept in ivc_userdata
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_:. -]{1,200}$")  # what Nova accepts, with room to spare
+# A server is gone when Nova answers 404 for it OR shows it in one of these statuses: Nova sets
+# DELETED once it has released the server's ports and volumes, and lists it so for a moment
+# before the row disappears; SOFT_DELETED (a cloud with reclaim_instance_interval) stays until
+# reclaimed. Every look ivc takes (a GET, a listing, the shared poller) and the tests count both
+# as gone, so a wait for "gone" ends at DELETED and no listing shows such a server afterwards.
+GONE_STATUSES = ("DELETED", "SOFT_DELETED")
 # a server in one of these is on its way somewhere: wait, do not act
 WAITING_STATES = ("BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE")
+
+
+def is_gone(server: Any | None) -> bool:
+    """True for a server that no longer counts: None (404), DELETED or SOFT_DELETED."""
+    return server is None or str(server.status).upper() in GONE_STATUSES
+
+
+def present(servers: list[Any]) -> list[Any]:
+    """The servers of a listing that are not gone (see ``GONE_STATUSES``)."""
+    return [s for s in servers if not is_gone(s)]
 
 
 # -- the tags ------------------------------------------------------------------------------
@@ -101,9 +117,8 @@ def check_same_spec(spec: Spec, name: str, servers: list[Any]) -> None:
 
 def unmanaged_twins(cloud: Cloud, name: str) -> list[Any]:
     """Servers named ``name`` that ivc did not make (no ``ivc_managed`` tag), from the listing."""
-    return [s for s in list_servers(cloud)
-            if s.name == name and (s.metadata or {}).get(META_MANAGED) != "1"
-            and s.status not in ("DELETED", "SOFT_DELETED")]
+    return [s for s in present(list_servers(cloud))
+            if s.name == name and (s.metadata or {}).get(META_MANAGED) != "1"]
 
 
 def twin_error(name: str, twins: list[Any]) -> ConfigError:
@@ -154,8 +169,8 @@ def managed_servers(cloud: Cloud, name: str | None = None, *, refresh: bool = Fa
                     ) -> list[Any]:
     """ivc's servers in this env (for ``name``, if given), newest generation first (one
     listing)."""
-    found = [s for s in list_servers(cloud, refresh=refresh)
-             if is_managed(s, cloud.env, name) and s.status not in ("DELETED", "SOFT_DELETED")]
+    found = [s for s in present(list_servers(cloud, refresh=refresh))
+             if is_managed(s, cloud.env, name)]
     return sorted(found, key=lambda s: (generation(s), str(s.created_at or "")), reverse=True)
 
 

@@ -14,19 +14,15 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.resources.poller import SERVERS, poll
 from ivc_tasks.resources.resolve import delete_or_gone, forget, get_or_none
-from ivc_tasks.resources.servers import fault_message, server_state
-
-GONE_STATUSES = ("DELETED", "SOFT_DELETED")
+from ivc_tasks.resources.servers import fault_message, is_gone, server_state
 
 
 def get_server(cloud: Cloud, server_id: str) -> Any | None:
-    """The server, fresh; None when it is gone (404, DELETED or SOFT_DELETED)."""
+    """The server, fresh; None when it is gone (404, DELETED or SOFT_DELETED: ``is_gone``)."""
     conn = cloud.conn
     server = get_or_none(cloud, f"get server {server_id}",
                          lambda: conn.compute.get_server(server_id))
-    if server is None or str(server.status).upper() in GONE_STATUSES:
-        return None
-    return server
+    return None if is_gone(server) else server
 
 
 def get_volume(cloud: Cloud, volume_id: str) -> Any | None:

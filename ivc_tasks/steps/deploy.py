@@ -24,7 +24,7 @@ from ivc_tasks.errors import IvcError
 from ivc_tasks.steps.instances import (
     apply_instance, describe_instance, plan_instance,
 )
-from ivc_tasks.steps.keypairs import apply_keypairs, take_keypairs
+from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs, take_keypairs
 from ivc_tasks.steps.parallel import run_jobs
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
@@ -117,7 +117,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
 
     :param dry_run: return the plans; change nothing.
     :param timeout: seconds to wait for each server to be ACTIVE (default boot_timeout).
-    :param parallel: servers at once (default ``cloud.parallel``, i.e. IVC_PARALLEL, 1).
+    :param parallel: servers at once (default ``cloud.settings.parallel``, i.e. IVC_PARALLEL, 1).
     :raises ConfigError: invalid input or a missing resource (before any change).
     :raises CloudError: a listing failed while planning (before any change).
     :raises DeployFailed: a step failed; earlier steps' changes stay.
@@ -135,7 +135,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
         if keypairs:
-            result.steps.append(apply_keypairs(cloud, keypairs, dry_run=True))
+            result.steps.append(describe_keypairs(keypairs))
         for plan in instance_plans:
             result.steps.append(describe_instance(cloud, plan, group_ids=sg_plan.ids))
             if plan.name in attach_plans:
@@ -154,7 +154,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     group_ids = {**sg_plan.ids, **groups.info.get("ids", {})}
     if keypairs:
         run("ensure-keypairs", None, apply_keypairs, cloud, keypairs)
-    workers = cloud.parallel if parallel is None else parallel
+    workers = cloud.settings.parallel if parallel is None else parallel
     if workers > 1 and len(instance_plans) > 1:
         return _side_by_side(cloud, spec, instance_plans, attach_plans, group_ids, result,
                              timeout=timeout, workers=workers)
@@ -184,7 +184,7 @@ def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict
     :raises DeployFailed: a server failed (the others that had started finished first).
     """
     def one(plan: Any) -> list[StepResult]:
-        view = dataclasses.replace(cloud, cache=dict(cloud.cache))  # its own lookups
+        view = cloud.worker_view()  # its own lookups
         done: list[StepResult] = []
         step = "create-instance"
         try:
@@ -240,5 +240,5 @@ def _attach(cloud: Cloud, spec: Spec, name: str, plan: AttachPlan | None) -> Ste
     """Attach-volume in a deploy. A server created in this run has its volumes attached at
     boot: planning it makes no request (its latest fetch holds its metadata and volumes)."""
     if plan is None:
-        plan = plan_attach(cloud, spec, name, server=cloud.cache.get(f"server:{name}"))
+        plan = plan_attach(cloud, spec, name, server=cloud.listings.get(f"server:{name}"))
     return apply_attach(cloud, plan)

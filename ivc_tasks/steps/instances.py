@@ -268,13 +268,13 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
         if action:
             result.actions.append(action)
     result.info.update(server_info(server))
-    cloud.cache[f"server:{name}"] = server
+    cloud.listings.put(f"server:{name}", server)
     return result
 
 
 def _wait_active(cloud: Cloud, server: Any, name: str, timeout: float | None) -> Any:
     return wait_server(cloud, server.id, f"server {name}", "ACTIVE",
-                       cloud.boot_timeout if timeout is None else timeout, eager=False,
+                       cloud.settings.boot_timeout if timeout is None else timeout, eager=False,
                        error_hint=error_hint(name))
 
 
@@ -337,7 +337,7 @@ def create_instance(cloud: Cloud, spec: Spec, name: str, *, dry_run: bool = Fals
     """Make declared server ``name`` exist and be ACTIVE, with its floating IP if declared.
 
     :param dry_run: return the plan; change nothing.
-    :param timeout: seconds to wait for ACTIVE (default ``cloud.boot_timeout``).
+    :param timeout: seconds to wait for ACTIVE (default ``cloud.settings.boot_timeout``).
     :raises ConfigError: invalid input or a missing resource (before any change).
     :raises CloudError: the server is or went into ERROR, timed out, or a cloud call failed.
     """

@@ -3,6 +3,10 @@
 A keypair declared under ``[keypairs]`` (with its public key file) is created when the cloud
 lacks it; one of that name with the same public key counts as done; one with another key is a
 ConfigError (exit 2) before any change. A keypair only named by a server must exist.
+
+The step ``ensure-keypairs`` of a deploy: ``take_keypairs`` is its plan (each declared keypair
+that a server needs and the cloud lacks, once), ``describe_keypairs`` what ``--dry-run`` prints,
+``apply_keypairs`` creates them.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def ensure_keypair(cloud: Cloud, wanted: Any) -> Action | None:
         return None
     forget(cloud, "keypairs")
     log.info("created keypair %s", wanted.name)
-    return Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}")
+    return create_action(wanted)
 
 
 def take_keypairs(plans: Iterable[Any]) -> dict[str, Any]:
@@ -95,17 +99,26 @@ def take_keypairs(plans: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def apply_keypairs(cloud: Cloud, keypairs: Mapping[str, Any], *, dry_run: bool = False
-                   ) -> StepResult:
-    """Step ``ensure-keypairs`` of a deploy: each keypair once (``take_keypairs``).
+def create_action(wanted: Any) -> Action:
+    """The action of creating declared keypair ``wanted`` (a spec Keypair)."""
+    return Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}")
+
+
+def describe_keypairs(keypairs: Mapping[str, Any]) -> StepResult:
+    """What ``apply_keypairs`` would do with the plan (``take_keypairs``), for a dry run."""
+    return StepResult(step=STEP, target=None, dry_run=True,
+                      actions=[create_action(wanted) for wanted in keypairs.values()])
+
+
+def apply_keypairs(cloud: Cloud, keypairs: Mapping[str, Any]) -> StepResult:
+    """Step ``ensure-keypairs`` of a deploy: each keypair of the plan once (``take_keypairs``).
 
     :raises ConfigError: a name taken by another public key meanwhile.
     :raises CloudCallError: a create failed.
     """
-    result = StepResult(step=STEP, target=None, dry_run=dry_run)
+    result = StepResult(step=STEP, target=None)
     for wanted in keypairs.values():
-        action = Action("create", "keypair", wanted.name, f"from {wanted.public_key_file}") \
-            if dry_run else ensure_keypair(cloud, wanted)
+        action = ensure_keypair(cloud, wanted)
         if action is not None:
             result.actions.append(action)
     return result

@@ -25,8 +25,8 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.resources.lock import LOCK_PREFIX, lock_name, parse_holder
 from ivc_tasks.resources.resolve import (
-    list_flavors, list_floating_ips, list_images, list_keypairs, list_networks, list_servers,
-    list_volumes, matching, prefetch, value_of,
+    list_flavors, list_floating_ips, list_images, list_keypairs, list_networks, list_ports,
+    list_servers, list_volumes, matching, prefetch, value_of,
 )
 from ivc_tasks.resources.servers import (
     META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
@@ -117,15 +117,6 @@ def _compute_listings(cloud: Cloud) -> None:
     version on its own (two extra requests)."""
     for listing in (list_servers, list_flavors, list_keypairs):
         listing(cloud)
-
-
-def list_ports(cloud: Cloud) -> list[Any]:
-    """Every port of the project (one request; cached for the run)."""
-    if "ports" not in cloud.cache:
-        conn = cloud.conn
-        cloud.cache["ports"] = cloud.call(
-            "list ports", lambda: list(conn.network.ports(project_id=conn.current_project_id)))
-    return cloud.cache["ports"]
 
 
 @dataclass

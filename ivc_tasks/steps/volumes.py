@@ -174,7 +174,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
                                      "meanwhile; run again once it is available")
                 send_attach(cloud, vp.volume_id, vp.ref, server.id, name)
                 wait_attached(cloud, vp.volume_id, vp.ref, server.id,
-                              cloud.volume_timeout if timeout is None else timeout, eager=False)
+                              cloud.settings.volume_timeout if timeout is None else timeout, eager=False)
                 log.info("volume %s is in-use by %s", vp.ref, name)
                 result.actions.append(Action("attach", "volume", vp.ref, f"to {name}", {
                     "id": vp.volume_id, "server": name, "server_id": server.id}))
@@ -186,7 +186,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
         if not result.actions:
             result.actions.append(Action("record", "server_metadata", name,
                                          ", ".join(sorted(record)), {"keys": sorted(record)}))
-    cloud.cache.pop("volumes", None)
+    cloud.listings.forget("volumes")
     result.info = {"server_id": server.id,
                    "volumes": {vp.ref: vp.volume_id for vp in plan.volumes}}
     return result

@@ -51,7 +51,7 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
     run_step("rotate-instance",
              lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=RotateOptions(
                  stop=stop, boot_timeout=seconds,
-                 parallel=workers if parallel is not None else cloud.parallel,
+                 parallel=workers if parallel is not None else cloud.settings.parallel,
                  adopt=str(adopt).strip() if adopt else None,
                  detach_undeclared=detach_undeclared)),
              json=json)

@@ -13,7 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from openstack.compute.v2.server import Server
 
+from ivc_tasks.resources.servers import present
 from ivc_tasks.retry import cloud_retrying
 
 from .cloudup import pytest_collection_finish  # noqa: F401  (brings the cloud up for `cloud` tests)
@@ -122,7 +124,8 @@ class Ivc:
                                                        wait=120)
 
     def servers(self):
-        return [s for s in self.conn.compute.servers(details=True)
+        """ivc's servers of this env that are not gone (``resources.servers.is_gone``)."""
+        return [s for s in present(self.conn.compute.servers(details=True))
                 if (s.metadata or {}).get("ivc_env") == self.env]
 
     def cleanup(self):
@@ -144,7 +147,8 @@ class Ivc:
         for volume in self.volumes:  # only the volumes this test made
             volume = self.conn.block_storage.get_volume(volume.id)
             for attachment in volume.attachments or []:
-                self.conn.compute.delete_volume_attachment(attachment["server_id"], volume.id)
+                self.conn.compute.delete_volume_attachment(Server.new(id=attachment["server_id"]),
+                                                           volume.id)
             volume = self.conn.block_storage.wait_for_status(volume, "available", interval=0.5,
                                                              wait=120)
             self.conn.block_storage.delete_volume(volume)
@@ -173,7 +177,7 @@ def cloud_state(conn, prefix, env=None):
 
 
 def _cloud_state(conn, prefix, env):
-    servers = [s for s in conn.compute.servers(details=True)
+    servers = [s for s in present(conn.compute.servers(details=True))
                if s.name.startswith(prefix) or (s.metadata or {}).get("ivc_env") == env]
     ports = {p.id for s in servers for p in conn.network.ports(device_id=s.id)}
     return {

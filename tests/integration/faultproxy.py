@@ -173,6 +173,7 @@ SERVICES = {  # clouds.yaml key -> (catalog endpoint, path suffix the override n
     "compute": ("http://127.0.0.1:8774", "/v2.1"),
     "block_storage": ("http://127.0.0.1:8776", "/v3"),
     "network": ("http://127.0.0.1:9696", ""),
+    "image": ("http://127.0.0.1:9292", ""),  # no version: openstacksdk discovers it (GET /)
 }
 
 

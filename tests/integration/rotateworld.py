@@ -14,6 +14,8 @@ from pathlib import Path
 
 import openstack
 
+from ivc_tasks.resources.servers import is_gone, present
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOUDS_YAML = Path(os.environ.get("DEVCLOUD_DIR", ROOT / ".devcloud")) / "clouds.yaml"
 MARKER_KEYS_PREFIXES = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback",
@@ -26,6 +28,31 @@ def connection(cloud: str = "ivc-local"):
     reset): keystoneauth's ``connect_retries``, as ivc's own retry policy does for its calls."""
     config = openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)])
     return openstack.connection.Connection(config=config.get_one(cloud=cloud, connect_retries=3))
+
+
+def find_or_none(find, name_or_id: str, **attrs):
+    """``find(name_or_id)`` of an openstacksdk proxy, None when absent: ``ignore_missing=True``
+    (the find_* default) is deprecated in openstacksdk 4.x (RemovedInSDK60Warning)."""
+    try:
+        return find(name_or_id, ignore_missing=False, **attrs)
+    except openstack.exceptions.NotFoundException:
+        return None
+
+
+def image_named(conn, name: str):
+    """The one image called ``name``. Not ``find_image``: openstacksdk's Image.find passes the
+    deprecated ``ignore_missing=True`` itself (RemovedInSDK60Warning, an error in the tests)."""
+    (image,) = [i for i in conn.image.images(name=name)]
+    return image
+
+
+def server_gone(conn, server_id: str) -> bool:
+    """True when the server is gone as ivc counts it: 404, DELETED or SOFT_DELETED
+    (``resources.servers.is_gone``); Nova shows a deleted server as DELETED for a moment."""
+    try:
+        return is_gone(conn.compute.get_server(server_id))
+    except openstack.exceptions.NotFoundException:
+        return True
 
 
 @dataclass
@@ -93,8 +120,11 @@ class World:
 
     # -- the cloud's view ---------------------------------------------------------------------
     def managed(self, name: str | None = None) -> list:
+        """ivc's servers of this env (of ``name``, if given) that are not gone: a server Nova
+        still lists as DELETED right after a delete counts as gone, as it does for ivc
+        (``resources.servers.is_gone``)."""
         out = []
-        for server in self.conn.compute.servers(details=True):
+        for server in present(self.conn.compute.servers(details=True)):
             meta = server.metadata or {}
             if meta.get("ivc_env") == self.env and (name is None or meta.get("ivc_name") == name):
                 out.append(server)
@@ -140,7 +170,7 @@ class World:
             assert port is not None and port.device_id == server.id, \
                 f"floating IP on port {fips[0].port_id}, not on server {server.id}"
         for old in gone:
-            assert self.conn.compute.find_server(old, ignore_missing=True) is None, \
+            assert server_gone(self.conn, old), \
                 f"old server {old} still there"
         locks = [k.name for k in self.conn.compute.keypairs()
                  if k.name.startswith(f"ivc-lock-{self.env}-")]
@@ -170,7 +200,7 @@ class World:
             if keypair.name.startswith(f"ivc-lock-{self.env}-"):
                 conn.compute.delete_keypair(keypair, ignore_missing=True)
         for volume_id in self.volumes.values():
-            volume = conn.block_storage.find_volume(volume_id, ignore_missing=True)
+            volume = find_or_none(conn.block_storage.find_volume, volume_id)
             if volume is None:
                 continue
             if volume.name in ("web1-data", "web1-logs"):  # never, whatever happens
@@ -181,6 +211,6 @@ class World:
                 volume = conn.block_storage.get_volume(volume_id)
             conn.block_storage.delete_volume(volume_id, ignore_missing=True)
         if self.secgroup:
-            group = conn.network.find_security_group(self.secgroup)
+            group = find_or_none(conn.network.find_security_group, self.secgroup)
             if group is not None:
                 conn.network.delete_security_group(group, ignore_missing=True)

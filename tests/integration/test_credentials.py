@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from .conftest import CLOUDS_YAML, ROOT, cloud_state
-from .faultproxy import FaultProxy
+from .faultproxy import FaultProxy, proxied_clouds_yaml, start_proxies
 
 pytestmark = pytest.mark.cloud
 
@@ -147,8 +147,55 @@ def test_a_token_request_answered_503_or_reset_once_is_retried(ivc, keystone_pro
     assert result.code == 0, result
     tokens = [s for s in keystone_proxy.seen if s[1] == "/v3/auth/tokens"]
     assert len(tokens) == 2 and tokens[1][2] == "201", keystone_proxy.seen
-    assert "authenticate to cloud proxied failed (attempt 1 of" in result.err
+    if fault == "reset":  # keystoneauth sends the token request again itself (cloud.py:
+        assert "Retrying in 0.5s" in result.err  # retry_discovery), after half a second
+    else:
+        assert "authenticate to cloud proxied failed (attempt 1 of" in result.err
     assert result.data["auth_requests"] >= 1
+
+
+@pytest.mark.parametrize("fault,times", [("reset", 1), ("reset", 3), (503, 2)])
+def test_faults_during_the_image_services_version_discovery_are_retried(ivc, tmp_path, fault,
+                                                                         times):
+    """Resets or 503s while openstacksdk discovers the image service's versions: keystoneauth
+    swallows them, and openstacksdk raised NotSupported (ServiceDiscoveryException with an
+    endpoint override), never retried. A reset is now sent again by ivc's session (up to 3
+    times); what still fails is retried by ivc's policy like any transient failure."""
+    proxies = start_proxies("image")
+    try:
+        path = proxied_clouds_yaml(CLOUDS_YAML, tmp_path / "clouds.yaml", proxies)
+        proxies["image"].add("GET", r"^/$", fault, times=times)
+        ivc.write_spec(GROUP)
+        result = run(ivc, "status", env={"OS_CLOUD": "ivc-proxied",
+                                         "OS_CLIENT_CONFIG_FILE": str(path)})
+    finally:
+        proxies["image"].close()
+    assert result.code == 0, result
+    seen = proxies["image"].seen
+    injected = "reset before forwarding" if fault == "reset" else f"injected {fault}"
+    discovery = [s[2] for s in seen if s[1] == "/"]
+    assert discovery[:times] == [injected] * times and discovery[times] != injected, seen
+    assert any(s[1].startswith("/v2/images") for s in seen), seen
+    if fault == 503:  # swallowed by keystoneauth: ivc's policy retried the listing
+        assert "list images failed (attempt 1 of" in result.err, result.err
+
+
+@pytest.mark.parametrize("key,value", [("image", "x" * 10_000_000),
+                                       ("networks", ["private", "n" * 256])],
+                         ids=["image of 10 MB", "network of 256 characters"])
+def test_a_name_longer_than_the_cloud_takes_is_exit_2_with_zero_requests(ivc, conn, key, value):
+    """A 10 MB image name used to reach Glance and come back as HTTP 414 (exit 1)."""
+    toml_value = '"' + value + '"' if isinstance(value, str) else \
+        "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    declared = 'image = "ivc-tiny"' if key == "image" else 'networks = ["private"]'
+    ivc.write_spec(SERVER.replace(declared, f"{key} = {toml_value}"))
+    before = cloud_state(conn, ivc.prefix)
+    result = run(ivc, "deploy")
+    assert result.code == 2, result
+    assert result.data["requests"] == 0 and result.data["mutating_requests"] == 0, result.data
+    service = "Glance" if key == "image" else "Neutron"
+    assert f"longer than the 255 characters {service} takes" in result.data["error"]
+    assert cloud_state(conn, ivc.prefix) == before
 
 
 BROKEN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBroken\n"  # type matches, data truncated

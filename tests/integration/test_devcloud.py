@@ -10,13 +10,15 @@ import base64
 
 import pytest
 
+from .rotateworld import image_named
+
 pytestmark = pytest.mark.cloud
 
 USERDATA = "#cloud-config\nhostname: devcloud-test\n"
 
 
 def _boot(conn, name, secgroup):
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    image = image_named(conn, "ivc-tiny")
     flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
     network = conn.network.find_network("private", ignore_missing=False)
     server = conn.compute.create_server(
@@ -103,7 +105,7 @@ def test_full_round_trip(conn, admin_conn, unique):
 
 
 def test_demo_resources_are_seeded(conn):
-    assert conn.image.find_image("ivc-tiny", ignore_missing=False) is not None
+    assert image_named(conn, "ivc-tiny") is not None
     assert {f.name for f in conn.compute.flavors()} >= {"m1.tiny", "m1.small"}
     assert conn.network.find_network("public", ignore_missing=False).is_router_external is True
     assert conn.network.find_network("private", ignore_missing=False) is not None

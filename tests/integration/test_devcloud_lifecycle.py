@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from .conftest import ROOT, _connect
+from .rotateworld import image_named
 
 pytestmark = pytest.mark.cloud
 
@@ -35,7 +36,7 @@ def test_a_server_booted_right_after_a_warm_restart_goes_active(unique):
     assert "nova-compute" in json.loads(up.stdout)["started"]
 
     conn = _connect("ivc-local")  # a new connection: the old one's sockets died with the APIs
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    image = image_named(conn, "ivc-tiny")
     flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
     network = conn.network.find_network("private", ignore_missing=False)
     server = conn.compute.create_server(name=unique, image_id=image.id, flavor_id=flavor.id,

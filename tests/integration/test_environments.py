@@ -37,7 +37,7 @@ def shared_spec(helper, group, *rules):
 
 
 def group_rules(conn, name):
-    group = conn.network.find_security_group(name)
+    group = conn.network.find_security_group(name, ignore_missing=False)
     return group, list(conn.network.security_group_rules(security_group_id=group.id))
 
 

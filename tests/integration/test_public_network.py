@@ -25,6 +25,7 @@ import time
 import pytest
 
 from tests.integration.conftest import CLOUDS_YAML, Ivc, _connect
+from tests.integration.rotateworld import server_gone
 
 pytestmark = pytest.mark.cloud
 
@@ -73,8 +74,7 @@ def ovh(tmp_path, unique, ovh_conn):
 
 
 def the_server(ivc, name):
-    servers = [s for s in ivc.servers() if s.metadata.get("ivc_name") == name
-               and s.status not in ("DELETED", "SOFT_DELETED")]  # Nova lists one being deleted
+    servers = [s for s in ivc.servers() if s.metadata.get("ivc_name") == name]
     assert len(servers) == 1, [(s.id, s.status) for s in servers]
     return ivc.conn.compute.get_server(servers[0].id)
 
@@ -145,7 +145,7 @@ def test_a_kept_address_survives_two_rotates_and_the_outage_is_printed(ovh, caps
         (now,) = ports_of(ovh.conn, server.id)
         assert (now.id, ip_of(now), now.mac_address) == (port.id, address, mac)
         assert not [t for t in (now.tags or []) if t.startswith("ivc-")]
-        assert ovh.conn.compute.find_server(old_id, ignore_missing=True) is None
+        assert server_gone(ovh.conn, old_id)
         outages.append((rotation["outage_seconds"], wall))
     with capsys.disabled():
         for i, (outage, wall) in enumerate(outages, 1):

@@ -13,6 +13,7 @@ import pytest
 from ivc_tasks.spec import load_spec
 
 from .conftest import cloud_state
+from .rotateworld import find_or_none, image_named
 
 pytestmark = pytest.mark.cloud
 
@@ -74,7 +75,7 @@ def assert_steady(run):
 
 
 def rules_of(conn, group_name):
-    group = conn.network.find_security_group(group_name)
+    group = conn.network.find_security_group(group_name, ignore_missing=False)
     return list(conn.network.security_group_rules(security_group_id=group.id))
 
 
@@ -102,7 +103,7 @@ def test_ensure_secgroups_twice_then_prune(ivc, conn):
 def test_a_rule_made_outside_ivc_meanwhile_is_kept_and_not_duplicated(ivc, conn):
     ivc.write_spec(TWELVE_RULES)
     assert_ok(ivc.run("ensure-secgroups", "--name", f"{ivc.prefix}-g12", "--json"), True)
-    group = conn.network.find_security_group(f"{ivc.prefix}-g12")
+    group = conn.network.find_security_group(f"{ivc.prefix}-g12", ignore_missing=False)
     ssh = next(r for r in rules_of(conn, group.name) if r.port_range_min == 22
                and r.remote_ip_prefix == "0.0.0.0/0")
     conn.network.delete_security_group_rule(ssh)
@@ -152,7 +153,7 @@ def test_dry_run_resolves_and_shows_the_plan_without_user_data(ivc):
     assert "hello" not in run.out + run.err and "Y2xvdWQtY29uZmln" not in run.out + run.err
     assert data["mutating_requests"] == 0
     assert ivc.servers() == [] and name not in {s.name for s in ivc.conn.compute.servers()}
-    assert ivc.conn.network.find_security_group(f"{ivc.prefix}-web") is None
+    assert find_or_none(ivc.conn.network.find_security_group, f"{ivc.prefix}-web") is None
 
 
 def test_attach_volume_twice_and_refuse_a_volume_attached_elsewhere(ivc, conn):
@@ -164,11 +165,11 @@ def test_attach_volume_twice_and_refuse_a_volume_attached_elsewhere(ivc, conn):
     server = ivc.servers()[0]
 
     # a volume attached to another server (made outside ivc) is refused, nothing changes
-    image = conn.image.find_image("ivc-tiny")
+    image = image_named(conn, "ivc-tiny")
     other = conn.compute.create_server(
         name=f"{ivc.prefix}-other", image_id=image.id,
-        flavor_id=conn.compute.find_flavor("m1.tiny").id,
-        networks=[{"uuid": conn.network.find_network("private").id}])
+        flavor_id=conn.compute.find_flavor("m1.tiny", ignore_missing=False).id,
+        networks=[{"uuid": conn.network.find_network("private", ignore_missing=False).id}])
     other = conn.compute.wait_for_server(other, interval=0.5, wait=120)
     conn.compute.create_volume_attachment(other, other_volume.id)
     conn.block_storage.wait_for_status(other_volume, "in-use", interval=0.5, wait=60)
@@ -278,9 +279,10 @@ def make_volume_twice(ivc, conn):
 def attach_volume_elsewhere(ivc, conn):
     volume = ivc.volume("taken")
     server = conn.compute.create_server(
-        name=f"{ivc.prefix}-other", image_id=conn.image.find_image("ivc-tiny").id,
-        flavor_id=conn.compute.find_flavor("m1.tiny").id,
-        networks=[{"uuid": conn.network.find_network("private").id}])
+        name=f"{ivc.prefix}-other",
+        image_id=image_named(conn, "ivc-tiny").id,
+        flavor_id=conn.compute.find_flavor("m1.tiny", ignore_missing=False).id,
+        networks=[{"uuid": conn.network.find_network("private", ignore_missing=False).id}])
     server = conn.compute.wait_for_server(server, interval=0.5, wait=120)
     conn.compute.create_volume_attachment(server, volume.id)
     conn.block_storage.wait_for_status(volume, "in-use", interval=0.5, wait=60)

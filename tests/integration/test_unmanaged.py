@@ -9,7 +9,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ivc_tasks.resources.servers import present
+
 from .conftest import cloud_state
+from .rotateworld import image_named, server_gone
 
 pytestmark = pytest.mark.cloud
 
@@ -69,16 +72,16 @@ def test_a_hand_made_server_stops_deploy_and_is_adopted_on_request(ivc, conn):
     data, logs = ivc.volume("data"), ivc.volume("logs")
     ivc.write_spec(WEB)
     name = f"{ivc.prefix}-web"
-    image = conn.image.find_image("ivc-tiny")
-    flavor = conn.compute.find_flavor("m1.tiny")
-    private = conn.network.find_network("private")
-    public = conn.network.find_network("public")
+    image = image_named(conn, "ivc-tiny")
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    private = conn.network.find_network("private", ignore_missing=False)
+    public = conn.network.find_network("public", ignore_missing=False)
     hand = conn.compute.create_server(name=name, image_id=image.id, flavor_id=flavor.id,
                                       networks=[{"uuid": private.id}],
                                       metadata={"made": "by hand"})
     hand = conn.compute.wait_for_server(hand, interval=0.5, wait=120)
     for volume in (data, logs):
-        conn.compute.create_volume_attachment(hand, volume_id=volume.id)
+        conn.compute.create_volume_attachment(hand, volume)
     for volume in (data, logs):
         conn.block_storage.wait_for_status(volume, "in-use", interval=0.5, wait=120)
     (port,) = list(conn.network.ports(device_id=hand.id))
@@ -105,12 +108,13 @@ def test_a_hand_made_server_stops_deploy_and_is_adopted_on_request(ivc, conn):
         assert server.id == report["new_id"] and server.status == "ACTIVE"
         assert server.metadata["ivc_gen"] == "1" and server.metadata["ivc_name"] == name
         assert not [k for k in server.metadata if k.startswith(("ivc_rotation", "ivc_fip:"))]
-        assert conn.compute.find_server(hand.id, ignore_missing=True) is None
+        assert server_gone(conn, hand.id)
         for volume in (data, logs):
             assert holders(conn, volume.id) == ("in-use", [server.id])
         fip = conn.network.get_ip(fip.id)
         assert conn.network.get_port(fip.port_id).device_id == server.id
-        assert [s.id for s in conn.compute.servers() if s.name == name] == [server.id]
+        assert [s.id for s in present(conn.compute.servers(details=True)) if s.name == name] \
+            == [server.id]
 
         rerun = ivc.run("deploy", "--json")
         assert rerun.code == 0 and not rerun.data["changed"], rerun

@@ -693,12 +693,18 @@ def ticking_cloud(conn: FakeConnection, env: str, *, tick: float = 0.5, **fields
     """A fresh run (new run id, empty cache) on the fake cloud, with no sleeping and a clock
     that ticks ``tick`` seconds at every look, so that a wait that never ends times out after a
     few hundred polls instead of minutes. ``fields`` override any Cloud field (e.g. ``sleep``
-    to record the waits)."""
+    to record the waits) or Settings field (``parallel``, ``floating_network``...)."""
     import tenacity  # noqa: PLC0415
 
     from ivc_tasks.cloud import Cloud  # noqa: PLC0415
+    from ivc_tasks.settings import make_settings  # noqa: PLC0415
+
+    import dataclasses  # noqa: PLC0415
 
     ticks = itertools.count()
-    defaults = dict(poll_interval=0, sleep=lambda s: None, clock=lambda: next(ticks) * tick,
+    cloud_fields = {f.name for f in dataclasses.fields(Cloud)}
+    settings = {"poll_interval": 0} | {k: v for k, v in fields.items() if k not in cloud_fields}
+    defaults = dict(sleep=lambda s: None, clock=lambda: next(ticks) * tick,
                     retry_overrides={"wait": tenacity.wait_none()})
-    return Cloud(conn=conn, env=env, **(defaults | fields))
+    return Cloud(conn=conn, settings=make_settings(env, **settings),
+                 **(defaults | {k: v for k, v in fields.items() if k in cloud_fields}))

@@ -11,12 +11,16 @@ from keystoneauth1 import exceptions as ksa
 
 from ivc_tasks.cloud import Cloud, CloudCallError, RequestCounter, _environment, connect, scrub
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.settings import load_settings
+from ivc_tasks.settings import Settings, load_settings, make_settings
 
 
 def make_cloud(**kw):
-    fields = dict(conn=None, env="test", poll_interval=0.5, sleep=lambda s: None,
-                  retry_overrides={"wait": tenacity.wait_none()})
+    """A Cloud with no connection; ``kw``: Settings fields (``retry_attempts=2``) or Cloud
+    fields (``sleep=...``)."""
+    settings = {k: kw.pop(k) for k in list(kw) if k in Settings.__dataclass_fields__}
+    fields = dict(conn=None, settings=make_settings(**({"env": "test", "poll_interval": 0.5}
+                                                        | settings)),
+                  sleep=lambda s: None, retry_overrides={"wait": tenacity.wait_none()})
     return Cloud(**(fields | kw))
 
 
@@ -220,10 +224,10 @@ def test_connect_hooks_the_counter_before_any_request(tmp_path, monkeypatch):
         "      project_domain_name: Default\n")
     (tmp_path / "env" / "x.env").write_text("OS_CLOUD=c\nOS_CLIENT_CONFIG_FILE=clouds.yaml\n")
     settings = load_settings("x", root=tmp_path, environ={})
-    cloud = connect(settings, env="override", authenticate=False)
+    cloud = connect(settings, authenticate=False)
     hooks = cloud.conn.session.session.hooks["response"]
     assert cloud.counter.hook in hooks
-    assert cloud.counter.total == 0 and cloud.env == "override"
+    assert cloud.counter.total == 0 and cloud.settings is settings and cloud.env == "x"
     assert "OS_CLIENT_CONFIG_FILE" not in os.environ or \
         os.environ["OS_CLIENT_CONFIG_FILE"] != str(tmp_path / "clouds.yaml")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ivc_tasks.devcloud import guests
+from ivc_tasks.devcloud import guests, layout
 from ivc_tasks.devcloud.layout import Layout
 
 guest = guests.plugin_module("guest")
@@ -147,7 +147,7 @@ def test_mirror_from_apt_sources(tmp_path, files, expected):
 
 def test_guest_init_is_standalone():
     """The init runs on the guest's python3 with only the standard library."""
-    source = (Path(guests.PLUGIN_DIR) / "ivc_devcloud_plugin" / "guest_init.py").read_text()
+    source = (Path(layout.PLUGIN_DIR) / "ivc_devcloud_plugin" / "guest_init.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
     assert imports <= {"json", "os", "signal", "socket", "subprocess", "sys", "threading",

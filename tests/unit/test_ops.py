@@ -48,7 +48,7 @@ def cloud(conn):
     return new_cloud(conn)
 
 
-def new_cloud(conn):
+def new_cloud(conn, **settings):
     """A fresh run (new run id, empty cache) on the same fake cloud."""
     return ticking_cloud(conn, "test")
 
@@ -391,8 +391,7 @@ def test_floating_ip_needs_one_external_network(conn, cloud, spec_of):
         f"{spec.path}: servers.edge.floating_ip: several external networks (public, public2) and "
         "no router of the server's networks reaches one of them; set IVC_FLOATING_NETWORK in the "
         "env file to the one to use")
-    cloud2 = new_cloud(conn)
-    cloud2.floating_network = "public2"
+    cloud2 = ticking_cloud(conn, "test", floating_network="public2")
     create_instance(cloud2, spec_of(text), "edge")
     assert conn.fips[0].floating_network_id == "net-pub2"
 

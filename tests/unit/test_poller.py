@@ -8,16 +8,17 @@ import tenacity
 from fakecloud import FakeConnection, http_error
 
 from ivc_tasks.cloud import Cloud, CloudCallError
-from ivc_tasks.steps.parallel import run_side_by_side
+from ivc_tasks.settings import make_settings
 from ivc_tasks.cloud import LONG_WAIT_CAP
 from ivc_tasks.resources.poller import next_interval, shared_poller
 from ivc_tasks.resources.waits import wait_server
+from ivc_tasks.steps.parallel import run_side_by_side
 
 
 def new_cloud(conn, **kw):
     """Real time, short intervals: the waiters (threads) all register before the first look."""
-    return Cloud(conn=conn, env="test", poll_interval=0.05,
-                 retry_overrides={"wait": tenacity.wait_none()}, **kw)
+    return Cloud(conn=conn, settings=make_settings("test", poll_interval=0.05, **kw),
+                 retry_overrides={"wait": tenacity.wait_none()})
 
 
 def building(conn, count, polls=4):
@@ -128,11 +129,9 @@ def test_the_schedule_backs_off_for_long_waits_and_looks_soon_at_short_ones():
 def test_a_429_with_retry_after_slows_every_worker():
     conn = FakeConnection()
     slept = []
-    cloud = Cloud(conn=conn, env="test", poll_interval=0, sleep=slept.append,
+    cloud = Cloud(conn=conn, settings=make_settings("test", poll_interval=0), sleep=slept.append,
                   retry_overrides={"wait": tenacity.wait_none()})
-    import dataclasses
-
-    other = dataclasses.replace(cloud, cache={})  # another worker's view of the same run
+    other = cloud.worker_view()  # another worker's view of the same run
     conn.fail_next("compute.servers", http_error(429, "Too Many Requests", **{"Retry-After": "3"}))
     cloud.call("list servers", lambda: list(conn.compute.servers(details=True)))
     other.call("list flavors", lambda: list(conn.compute.flavors()))

@@ -13,6 +13,7 @@ from fakecloud import http_error, ticking_cloud
 from invoking import load_namespace, run
 
 from ivc_tasks.cloud import Cloud
+from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import CloudError, Locked
 from ivc_tasks.resources import lock as lockmod
 from ivc_tasks.resources.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
@@ -123,7 +124,7 @@ class Clock:
 
 def test_eager_poll_polls_soon_then_less_often_up_to_the_poll_interval():
     clock = Clock()
-    cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
+    cloud = Cloud(conn=None, settings=make_settings("e", poll_interval=0.5), sleep=clock.sleep,
                   clock=lambda: clock.now)
     wait_until(cloud, "thing", lambda: clock.now, str, done=lambda t: t >= 10,
                failed=lambda t: None, timeout=60)
@@ -137,7 +138,7 @@ def test_eager_poll_polls_soon_then_less_often_up_to_the_poll_interval():
 
 def test_eager_poll_reports_failure_and_timeout():
     clock = Clock()
-    cloud = Cloud(conn=None, env="e", poll_interval=0.5, sleep=clock.sleep,
+    cloud = Cloud(conn=None, settings=make_settings("e", poll_interval=0.5), sleep=clock.sleep,
                   clock=lambda: clock.now)
     with pytest.raises(CloudError, match="thing: broke"):
         wait_until(cloud, "thing", lambda: 1, str, done=lambda t: False,

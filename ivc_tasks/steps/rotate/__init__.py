@@ -19,7 +19,6 @@ preflight again), then run the rotations (up to ``parallel`` side by side). Exac
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -140,7 +139,7 @@ def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
     guard = threading.Lock()
 
     def one(p: Prepared) -> None:
-        view = dataclasses.replace(cloud, cache=dict(cloud.cache))
+        view = cloud.worker_view()
         report = reports[p.name]
         if failures:  # the first failure stops new work; running rotations finish
             report.error = "not started: another rotation of this run failed first"

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.resources.floating_ips import server_ports
 from ivc_tasks.steps.instances import create_request, describe_instance, redacted_request
 from ivc_tasks.resources.ports import addresses_of_port, public_addresses
-from ivc_tasks.resources.resolve import list_floating_ips
+from ivc_tasks.resources.resolve import list_floating_ips, server_ports
 from ivc_tasks.result import Action
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD
 from ivc_tasks.steps.rotate.markers import fip_markers, markers_of

@@ -73,7 +73,7 @@ class Rotation:
 
     @property
     def boot_timeout(self) -> float:
-        return self.options.boot_timeout or self.cloud.boot_timeout
+        return self.options.boot_timeout or self.cloud.settings.boot_timeout
 
     @contextmanager
     def phase(self, name: str, note: str = "") -> Iterator[PhaseRecord]:

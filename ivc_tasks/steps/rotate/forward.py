@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from ivc_tasks.errors import CloudError
 from ivc_tasks.resources.attachments import move_volume
 from ivc_tasks.resources.floating_ips import ensure_floating_ip, move_floating_ips as move_fips
-from ivc_tasks.resources.floating_ips import is_public, server_ports
+from ivc_tasks.resources.floating_ips import is_public
 from ivc_tasks.steps.instances import apply_instance, create_request, redacted_request
 from ivc_tasks.steps.parallel import run_side_by_side
 from ivc_tasks.resources.ports import (
     PORT_KEY_PREFIX, TAG_FROM, TAG_WAS, address_changes, addresses_of_port, detach_port,
     ensure_kept_ports, get_port, port_tags, public_addresses, set_move_tags,
 )
-from ivc_tasks.resources.resolve import forget, list_floating_ips
+from ivc_tasks.resources.resolve import forget, list_floating_ips, server_ports
 from ivc_tasks.result import Action
 from ivc_tasks.steps.rotate.decide import CREATE
 from ivc_tasks.steps.rotate.markers import clear_markers, new_server_markers
@@ -186,7 +186,7 @@ def stop_old(r: Rotation) -> None:
         if r.old is None:
             record.note = "the old server is gone"
             return
-        old = wait_power_settled(r.cloud, r.old, f"server {r.name}", r.cloud.stop_timeout)
+        old = wait_power_settled(r.cloud, r.old, f"server {r.name}", r.cloud.settings.stop_timeout)
         if old.status != "ACTIVE" or old.task_state:
             record.note = f"old server is {server_state(old)}"
             return
@@ -195,7 +195,7 @@ def stop_old(r: Rotation) -> None:
                      done_already=lambda: power_done_or_under_way(r.cloud, old.id, "SHUTOFF"))
         r.report.actions.append(Action("stop", "server", r.name, f"old server {old.id}",
                                        {"id": old.id}))
-        wait_server(r.cloud, old.id, f"old server {r.name}", "SHUTOFF", r.cloud.stop_timeout)
+        wait_server(r.cloud, old.id, f"old server {r.name}", "SHUTOFF", r.cloud.settings.stop_timeout)
 
 
 # -- volumes and floating IPs --------------------------------------------------------------
@@ -209,7 +209,7 @@ def move_volumes(r: Rotation) -> None:
         r.outage_start = r.outage_start or r.cloud.clock()
         jobs = {ref: (lambda ref=ref, vid=vid: move_volume(
             r.cloud, vid, ref, new.id, f"new server {r.name}", movable_from=[r.old_id],
-            timeout=r.cloud.volume_timeout, known=listed.get(ref)))
+            timeout=r.cloud.settings.volume_timeout, known=listed.get(ref)))
             for ref, vid in volumes.items()}
         for actions in run_side_by_side(jobs).values():
             r.report.actions += actions
@@ -246,7 +246,7 @@ def move_floating_ips(r: Rotation) -> None:
 def delete_old(r: Rotation) -> None:
     with r.phase("delete-old"):
         if delete_server_and_wait(r.cloud, r.old_id, f"old server {r.name}",
-                                  r.cloud.delete_timeout):
+                                  r.cloud.settings.delete_timeout):
             r.report.actions.append(Action("delete", "server", r.name,
                                            f"old server {r.old_id}", {"id": r.old_id}))
 

@@ -13,7 +13,6 @@ is the explicit request: its undeclared volumes are named in a warning and stay,
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -30,7 +29,7 @@ from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.resources.servers import (
     META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
     attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
-    server_label, unmanaged_twins,
+    present, server_label, unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 
@@ -40,7 +39,7 @@ class RotateOptions:
     """What the flags say; every other timing is the run's Settings, on the Cloud."""
 
     stop: bool = True
-    boot_timeout: float | None = None  # default cloud.boot_timeout
+    boot_timeout: float | None = None  # default cloud.settings.boot_timeout
     parallel: int = 1
     adopt: str | None = None  # a server ivc did not make (id or name), to take over
     detach_undeclared: bool = False  # let undeclared volumes of the old server stay detached
@@ -71,12 +70,12 @@ def _plan_new_server(cloud: Cloud, spec: Spec, name: str, pending_groups: Iterab
     ``plan_instance`` resolves only when it finds no server, so it is given a view of the cloud
     whose server listing leaves this name's servers out (the other listings are shared).
     """
-    view = dataclasses.replace(cloud, cache=dict(cloud.cache))
-    view.cache["servers"] = [s for s in list_servers(cloud) if not is_managed(s, cloud.env, name)
-                             and s not in unmanaged_twins(cloud, name)]
+    view = cloud.worker_view(servers=[s for s in list_servers(cloud)
+                                      if not is_managed(s, cloud.env, name)
+                                      and s not in unmanaged_twins(cloud, name)])
     plan = plan_instance(view, spec, name, pending_groups=set(pending_groups),
                          boot_volumes=False, replacing=set(replacing))
-    cloud.cache.update({k: v for k, v in view.cache.items() if k != "servers"})
+    cloud.listings.take_from(view.listings, skip=("servers",))
     return plan
 
 
@@ -98,7 +97,7 @@ def adopted_server(cloud: Cloud, spec: Spec, name: str, ref: str) -> Any:
 
     :raises ConfigError: none, several, or one ivc made.
     """
-    listing = [s for s in list_servers(cloud) if s.status not in ("DELETED", "SOFT_DELETED")]
+    listing = present(list_servers(cloud))
     found = [s for s in listing if s.id == ref] or [s for s in listing if s.name == ref]
     if not found:
         names = sorted({s.name for s in listing if (s.metadata or {}).get(META_MANAGED) != "1"})

@@ -108,7 +108,7 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
     had = _volumes_of_old(r, old)
     jobs = {ref: (lambda ref=ref, vid=vid: move_volume(
         cloud, vid, ref, old_id, f"old server {r.name}",
-        movable_from=[new_id] if new_id else [], timeout=cloud.volume_timeout))
+        movable_from=[new_id] if new_id else [], timeout=cloud.settings.volume_timeout))
         for ref, vid in r.prepared.volumes.items() if vid in had}
     for actions in run_side_by_side(jobs).values():
         r.report.actions += actions
@@ -124,14 +124,14 @@ def _undo(r: Rotation, old_id: str, new_id: str | None) -> None:
                                            {"id": port.id, "to": old_id}))
         set_move_tags(cloud, get_port(cloud, port.id) or port, None, None, None)
     old = wait_power_settled(cloud, get_server(cloud, old_id) or old, f"server {r.name}",
-                             cloud.stop_timeout)
+                             cloud.settings.stop_timeout)
     if was == "ACTIVE" and old.status == "SHUTOFF":
         log.info("starting old server %s (%s) again", r.name, old_id)
         cloud.call(f"start old server {r.name}", lambda: r.conn.compute.start_server(old_id),
                    done_already=lambda: power_done_or_under_way(cloud, old_id, "ACTIVE"))
         r.report.actions.append(Action("start", "server", r.name, f"old server {old_id}",
                                        {"id": old_id}))
-        wait_server(cloud, old_id, f"old server {r.name}", "ACTIVE", cloud.stop_timeout)
+        wait_server(cloud, old_id, f"old server {r.name}", "ACTIVE", cloud.settings.stop_timeout)
     if new is not None:
         _delete_new(r, new.id)
     clear_markers(cloud, old_id, f"server {r.name}")
@@ -159,6 +159,6 @@ def _volumes_of_old(r: Rotation, old: Any) -> set[str]:
 
 
 def _delete_new(r: Rotation, new_id: str) -> None:
-    if delete_server_and_wait(r.cloud, new_id, f"new server {r.name}", r.cloud.delete_timeout):
+    if delete_server_and_wait(r.cloud, new_id, f"new server {r.name}", r.cloud.settings.delete_timeout):
         r.report.actions.append(Action("delete", "server", r.name, f"new server {new_id}",
                                        {"id": new_id}))

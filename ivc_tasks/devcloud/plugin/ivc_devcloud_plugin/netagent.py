@@ -17,7 +17,7 @@ import argparse
 import configparser
 import time
 
-from . import metaproxy, netdb, netmodel, netplumb
+from . import hostneeds, metaproxy, netdb, netmodel, netplumb
 from .netmodel import CLOUD_NS, GUEST_NS_PREFIX
 
 FULL_READ_EVERY = 30.0   # seconds: read everything even when the fingerprint did not change
@@ -74,7 +74,8 @@ class Agent:
                 say(f"iptables: ruleset applied ({text.count(chr(10))} lines)")
             self.rules = text
         add, skipped = netmodel.host_route_plan([s.cidr for s in subnets.values()],
-                                                netplumb.host_routes())
+                                                netplumb.host_routes()
+                                                + hostneeds.destinations())
         netplumb.sync_host_routes(add)
         if skipped != self.skipped:
             for cidr, clash in skipped.items():
