@@ -63,7 +63,7 @@ class World:
         self.spec = self.env / "unit.toml"
         self.spec.write_text(BASE)
         self.template = self.env / "t.j2"
-        self.template.write_text("#cloud-config\nword: {{ secret_word }}\n")
+        self.template.write_text("#cloud-config\nfinal_message: {{ secret_word }}\n")
         (self.env / "key.pub").write_text(public_key() + "\n")
         self.fake = FakeConnection()
         monkeypatch.setenv("IVC_ROOT", str(root))

@@ -48,7 +48,7 @@ def conn(tmp_path, monkeypatch):
     (tmp_path / "env").mkdir()
     (tmp_path / "env" / "unit.env").write_text("OS_CLOUD=fake\n")
     (tmp_path / "env" / "unit.toml").write_text(SPEC)
-    (tmp_path / "env" / "t.j2").write_text("#cloud-config\nword: {{ secret_word }}\n")
+    (tmp_path / "env" / "t.j2").write_text("#cloud-config\nfinal_message: {{ secret_word }}\n")
     monkeypatch.setenv("IVC_ROOT", str(tmp_path))
     monkeypatch.setenv("IVC_ENV", "unit")
     monkeypatch.delenv("IVC_SPEC", raising=False)
@@ -185,7 +185,7 @@ def test_user_data_is_never_printed(conn, capsys):
     dry = capsys.readouterr()
     assert run("deploy", "--json") == 0
     real = capsys.readouterr()
-    rendered = b"#cloud-config\nword: swordfish-7\n"
+    rendered = b"#cloud-config\nfinal_message: swordfish-7\n"
     encoded = __import__("base64").b64encode(rendered).decode()
     for text in (dry.out, dry.err, real.out, real.err):
         assert "swordfish" not in text and encoded not in text
