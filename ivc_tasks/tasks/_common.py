@@ -144,6 +144,9 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
         if connect is None:
             from ivc_tasks.cloud import connect  # noqa: PLC0415
         cloud = connect(settings)
+        from ivc_tasks.known_hosts import known_hosts_path  # noqa: PLC0415
+        cloud.shared.setdefault("known_hosts", known_hosts_path(  # where host keys are written
+            settings.root, settings.env, settings.values))
         result = action(cloud, spec)
     except IvcError as exc:
         _fail(step, exc, exc.exit_code, json=json, cloud=cloud, start=start)

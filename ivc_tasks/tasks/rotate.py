@@ -59,12 +59,17 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
 
 @task(iterable=["name"], help={
     "name": "Only this declared server (repeatable; default: every server of the environment).",
+    "check": "Also run each declared server's checks (docs/checks.md); exit 1 if one fails.",
     "json": "Print one JSON object on stdout (servers, each with its drift and rotate_due).",
 })
-def status(c, name=None, json=False):
+def status(c, name=None, check=False, json=False):
     """Show every managed server: generation, state, addresses, volumes, and whether it drifted."""
     from ivc_tasks.steps.status import status as show  # noqa: PLC0415
 
+    if check:
+        from ivc_tasks.steps.gates import status_with_checks  # noqa: PLC0415
+
+        show = status_with_checks  # noqa: F811
     run_step("status", lambda cloud, spec: show(cloud, spec, name or ()), json=json)
 
 

@@ -152,7 +152,8 @@ def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(con
     assert conn.count("compute.create_keypair") == 1
     assert conn.count("compute.create_server") == 2
     assert [s.step for s in result.steps] == ["ensure-secgroups", "ensure-keypairs",
-                                              "create-instance", "create-instance"]
+                                              "create-instance", "check", "create-instance",
+                                              "check"]
     assert [k.public_key for k in conn.keys if k.name == "shared"] == [PUBLIC_KEY]
     conn.calls.clear()
     again = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
