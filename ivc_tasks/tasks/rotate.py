@@ -34,11 +34,13 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
              "floating IP (one --name; only while ivc has no server of that name).",
     "detach_undeclared": "Let volumes attached to the old server that the declarations do not "
                          "list stay behind, detached (default: the rotate refuses, exit 2).",
+    "skip_checks": "Run no ready or healthy gate (the declared checks; emergencies only: "
+                   "said loudly). Default: a new server failing its checks is rolled back.",
     "dry_run": DRY_RUN + " Shows each phase with the resources involved.",
     "json": JSON + " Adds phases (with seconds) and rotations.",
 })
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
-                    detach_undeclared=False, dry_run=False, json=False):
+                    detach_undeclared=False, skip_checks=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
     from ivc_tasks.steps.rotate import RotateOptions, rotate  # noqa: PLC0415
 
@@ -53,7 +55,7 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
                  stop=stop, boot_timeout=seconds,
                  parallel=workers if parallel is not None else cloud.parallel,
                  adopt=str(adopt).strip() if adopt else None,
-                 detach_undeclared=detach_undeclared)),
+                 detach_undeclared=detach_undeclared, skip_checks=skip_checks)),
              json=json)
 
 

@@ -177,6 +177,7 @@ class FakeConnection:
         # console logs: by server id, else a finished cloud-init 22.4 boot with host keys;
         # console_refused = an HTTP status (403, 501...) for every console request
         self.consoles: dict[str, str] = {}
+        self.console_default = FINISHED_CONSOLE  # formatted with the server's name
         self.console_refused: int | None = None
         self.next_boot_fault: str | None = None  # the next created server goes to ERROR so
         self.deleted: list[str] = []  # ids of the servers deleted, in order
@@ -535,7 +536,7 @@ class FakeConnection:
         if self.console_refused is not None:
             raise http_error(self.console_refused, "Policy doesn't allow "
                              "os_compute_api:os-console-output to be performed.")
-        text = self.consoles.get(server.id, FINISHED_CONSOLE.format(name=server.name))
+        text = self.consoles.get(server.id, self.console_default.format(name=server.name))
         lines = text.splitlines()
         return {"output": "\n".join(lines[-length:] if length else lines)}
 

@@ -244,8 +244,9 @@ def test_adopt_replaces_the_hand_made_server_moving_volumes_and_floating_ip(conn
     (report,) = result.rotations
     assert (report.decision, report.outcome, report.old_id) == ("adopt", "adopted", old.id)
     assert_adopted(conn, old, fip, report.new_id)
-    assert [p.name for p in report.phases] == ["preflight", "create", "stop", "move-volumes",
-                                               "move-floating-ip", "delete-old", "finish"]
+    assert [p.name for p in report.phases] == ["preflight", "create", "ready-gate", "stop",
+                                               "move-volumes", "move-floating-ip",
+                                               "healthy-gate", "delete-old", "finish"]
     order = conn.mutations()
     assert order.index("compute.stop_server") < order.index("compute.delete_volume_attachment")
     assert order.index("network.update_ip") < order.index("compute.delete_server")
