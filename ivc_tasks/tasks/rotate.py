@@ -95,3 +95,20 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
 
     run_step("destroy", lambda cloud, spec: run_destroy(
         cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run), json=json)
+
+
+@task(help={
+    "format": "ssh-config (default; `ssh -F <(invoke inventory) NAME`), ansible (a YAML "
+              "inventory) or json.",
+})
+def inventory(c, format="ssh-config"):  # noqa: A002 (the flag's name)
+    """Print every managed server (address from Neutron, user, key, known_hosts, groups)."""
+    from ivc_tasks.steps.inventory import FORMATS, inventory as listing  # noqa: PLC0415
+
+    with usage("inventory", json=format == "json"):
+        if format not in FORMATS:
+            raise Exit(f"inventory: --format {format!r}: use one of {', '.join(FORMATS)}",
+                       code=EXIT_INVALID)
+    run_step("inventory", lambda cloud, spec: listing(cloud, spec, fmt=format), json=False,
+             raw=True)
+
