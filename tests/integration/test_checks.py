@@ -222,13 +222,16 @@ userdata = "templates/guest.j2"
 
 [servers.PREFIX-web.checks]
 tcp = [22]
-timeout = 120
+timeout = 60
 interval = 1
 """
-SERVE = ("#cloud-config\nruncmd:\n  - [sh, -c, 'cd /tmp && nohup python3 -m http.server 8080 "
-         ">/dev/null 2>&1 &']\n")
+# a per-boot script: the old server started again by a rollback serves again (runcmd runs
+# once per instance, scripts/per-boot at every boot)
+SERVE = ("#cloud-config\nwrite_files:\n  - path: /var/lib/cloud/scripts/per-boot/serve.sh\n"
+         "    permissions: '0755'\n    content: |\n      #!/bin/sh\n"
+         "      cd /tmp && nohup python3 -m http.server 8080 >/dev/null 2>&1 &\n")
 NEVER_SERVES = "#cloud-config\nruncmd:\n  - [sh, -c, 'exit 0']\n"
-DEMO_KEY = os.path.join(os.environ.get("DEVCLOUD_DIR", ".devcloud"), ".devcloud", "ivc-demo.key")
+DEMO_KEY = os.path.join(os.environ.get("DEVCLOUD_DIR") or ".devcloud", "ivc-demo.key")
 
 
 @pytest.fixture
@@ -247,10 +250,9 @@ def guest_world(ivc, conn):
 
 
 def ssh_key() -> str:
-    key = DEMO_KEY if os.path.exists(DEMO_KEY) else os.path.join(".devcloud", "ivc-demo.key")
-    if not os.path.exists(key) or shutil.which("ssh") is None:
-        pytest.skip("no ssh client or no .devcloud/ivc-demo.key")
-    return os.path.abspath(key)
+    if not os.path.exists(DEMO_KEY) or shutil.which("ssh") is None:
+        pytest.skip(f"no ssh client or no {DEMO_KEY}")
+    return os.path.abspath(DEMO_KEY)
 
 
 def test_ssh_strict_host_key_checking_right_after_a_rotate(guest_world, conn):
