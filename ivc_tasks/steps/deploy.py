@@ -31,7 +31,7 @@ from ivc_tasks.resources.resolve import forget, list_security_groups, list_serve
 from ivc_tasks.result import StepResult
 from ivc_tasks.resources.servers import made_by_run
 from ivc_tasks.steps.checks import console_preflight
-from ivc_tasks.steps.gates import deploy_gate, describe_gate
+from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
 from ivc_tasks.steps.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
 from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 from ivc_tasks.spec import Spec
@@ -147,8 +147,9 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
             if plan.name in attach_plans:
                 result.steps.append(describe_attach(attach_plans[plan.name]))
             if plan.existing is None:
-                result.steps.append(StepResult("check", plan.name, dry_run=True, info={
-                    "checks": describe_gate(plan.declared, skip=skip_checks)}))
+                what = describe_gate(plan.declared, skip=skip_checks)
+                result.steps.append(GateResult("check", plan.name, dry_run=True,
+                                               info={"checks": what}, plan=what))
         return result
 
     def run(step: str, target: str | None, fn, *args, **kwargs) -> StepResult:

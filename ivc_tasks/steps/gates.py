@@ -59,8 +59,11 @@ class GateResult(StepResult):
     """The ``check`` step of a deploy: its lines are the checks' outcomes."""
 
     report: ChecksReport | None = None
+    plan: str = ""  # the dry run: what would be checked
 
     def lines(self) -> list[str]:
+        if self.plan:
+            return [f"check {self.target}: would wait for {self.plan}"]
         if self.report is None:
             return [f"check {self.target}: SKIPPED (--skip-checks)"]
         return [f"check {line}" for line in self.report.lines()]

@@ -299,3 +299,28 @@ def test_a_check_that_never_answers_is_exit_1(ivc):
     assert run.code == 1, run
     assert "Connection refused" in run.data["error"] and "timed out after" in run.data["error"]
     assert time.monotonic() - start < 120
+
+
+def test_a_new_server_whose_cloud_init_fails_or_never_finishes_never_stops_the_old(
+        guest_world, conn):
+    """The ready gate: a runcmd that exits non-zero fails at once, quoting cloud-init's own
+    line; a cloud-init that never finishes fails at the timeout; either way the old server was
+    never stopped (no stop phase, same server ACTIVE with its floating IP)."""
+    ivc = guest_world
+    name = f"{ivc.prefix}-web"
+    old = web(ivc)
+    template = ivc.root / "env" / "templates" / "guest.j2"
+    for userdata, words in (
+            ("#cloud-config\nruncmd:\n  - [sh, -c, 'echo broken; exit 3']\n",
+             ["check cloud_init failed", "Failed to run module scripts-user"]),
+            ("#cloud-config\nruncmd:\n  - [sleep, '3600']\n",
+             ["check cloud_init timed out", "no final line yet"])):
+        template.write_text(userdata)
+        run = ivc.run("rotate", "--name", name, "--json")
+        assert run.code == 3, run
+        phases = [p["phase"] for p in run.data["rotations"][0]["phases"]]
+        assert "failed in phase ready-gate" in run.data["error"] and "stop" not in phases
+        for word in words:
+            assert word in run.data["error"], (word, run.data["error"])
+        back = web(ivc)
+        assert back.id == old.id and back.status == "ACTIVE" and fip_of(conn, old.id)

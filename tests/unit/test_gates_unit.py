@@ -249,3 +249,12 @@ def test_known_hosts_path_default_and_chosen(tmp_path):
     assert known_hosts_path(tmp_path, "prod", {"IVC_KNOWN_HOSTS": "kh"}) == tmp_path / "kh"
     assert known_hosts_path(tmp_path, "p", {"IVC_KNOWN_HOSTS": "/x/kh"}) == \
         __import__("pathlib").Path("/x/kh")
+
+
+def test_deploy_dry_run_says_what_the_gate_would_check(world):
+    conn, spec_of, tmp = world
+    result = deploy(cloud_of(conn, tmp), spec_of('tcp = [22]'), dry_run=True)
+    check = next(s for s in result.steps if s.step == "check")
+    assert check.lines() == ["check web1: would wait for cloud_init (console: 'Cloud-init v. "
+                             "... finished'), tcp 22 (timeout 3 s, every 1 s)"]
+    assert conn.mutations() == []
