@@ -241,7 +241,7 @@ def guest_world(ivc, conn):
     ivc.write_spec(GUEST_SPEC.replace("tcp = [22]", 'tcp = [22]\nhttp = ["http://{address}:8080/"]')
                    , guests=True)
     run = ivc.run("deploy", "--json", "--skip-checks")
-    assert run.code == 0, run
+    assert run.code == 0, (run.data or {}).get("error") or run
     if not has_guests(conn, web(ivc).id):
         pytest.skip("the local cloud runs no guests yet (the console is the fake driver's "
                     "fixed text): no cloud-init, no ssh, nothing listening")
