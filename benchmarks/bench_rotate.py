@@ -129,6 +129,20 @@ def cli(world: World, *args: str) -> tuple[dict, float]:
     return json.loads(proc.stdout), wall
 
 
+def settled(world: World, name: str, wait: float = 30.0) -> None:
+    """``world.assert_serving``, once Nova stops listing the deleted old server (it shows it as
+    DELETED for a moment after the rotate saw it gone)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            world.assert_serving(name)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def med(values):
     return statistics.median(values)
 
@@ -169,7 +183,7 @@ def main() -> None:
                 out, wall = cli(world, "rotate", "--name", ivc)
                 clis.append((wall, out["elapsed_seconds"], out["requests"],
                              out["rotations"][0]["outage_seconds"]))
-                world.assert_serving(ivc)
+                settled(world, ivc)
                 print(f"round {i + 1}: cloud {sum(v for k, v in refs[-1].items() if k[0] != '_'):.2f} s, "
                       f"rotate {ivcs[-1]['wall']:.2f} s", file=sys.stderr)
 
