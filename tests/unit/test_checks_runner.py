@@ -185,3 +185,23 @@ def test_address_is_the_floating_ip_else_the_public_port(fips, expected):
     assert pick_address(ports, fips, networks) == expected
     assert pick_address(ports[:1], [], networks) == "10.0.0.5"
     assert pick_address([], [], networks) is None
+
+
+REAL = (__import__("pathlib").Path(__file__).parent / "data" / "console-cloud-init-22.4.2.txt"
+        ).read_text()  # a local-cloud guest's whole console log (Debian 12, cloud-init 22.4.2)
+
+
+def test_a_real_cloud_init_22_4_console():
+    state = boot_state(REAL)
+    assert state.started and state.failure is None  # a resizefs WARNING is not a failure
+    assert state.final.startswith("Cloud-init v. 22.4.2 finished at Fri, 04 Dec 2026 15:39:08")
+    keys = host_keys(REAL)
+    assert [k.split()[0] for k in keys] == ["ecdsa-sha2-nistp256", "ssh-ed25519", "ssh-rsa"]
+    assert all(len(k.split()) == 2 for k in keys)  # "root@web1" dropped
+    # the same boot with a runcmd that exited 3 (cloud-init's lines, as its console handler
+    # formats them): failed, quoting the first line
+    broken = REAL.replace("-----BEGIN SSH HOST KEY KEYS-----", RUNCMD_FAILED +
+                          "-----BEGIN SSH HOST KEY KEYS-----")
+    assert boot_state(broken).failure == RUNCMD_FAILED.splitlines()[0]
+    # only the head of the boot in the window: not started, the reader asks for more
+    assert boot_state(REAL.splitlines()[-1]).started is False
