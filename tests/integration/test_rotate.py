@@ -287,8 +287,8 @@ def test_a_server_in_error_is_replaced_and_its_volumes_move(world):
     run = world.run("rotate", "--name", world.main, "--json")
     assert run.returncode == 0, run.stderr
     phases = [p["phase"] for p in json.loads(run.stdout)["phases"]]
-    assert phases == ["preflight", "create", "delete-old", "move-volumes", "move-floating-ip",
-                      "finish"]
+    assert phases == ["preflight", "create", "ready-gate", "delete-old", "move-volumes",
+                      "move-floating-ip", "healthy-gate", "finish"]
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 
