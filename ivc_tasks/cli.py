@@ -35,7 +35,7 @@ def namespace() -> Collection:
     for step in (steps.ensure_secgroups, steps.create_instance, steps.attach_volume,
                  steps.deploy):
         ns.add_task(step)
-    for lifecycle in (rotate.rotate_instance, rotate.status, rotate.destroy):
+    for lifecycle in (rotate.rotate_instance, rotate.status, rotate.destroy, rotate.inventory):
         ns.add_task(lifecycle)
     ns.add_task(demo.demo)
     ns.add_collection(Collection.from_module(devcloud))

@@ -56,7 +56,12 @@ class RunShared:
     :param throttle: the rate-limit pause: a 429's Retry-After pauses every worker.
     :param poller: ``resources.poller.Poller`` while one is installed (``shared_poller``);
         typed ``Any`` because that module imports this one.
+    :param known_hosts: where the run writes host keys; ``ssh_key``: the key file the inventory
+        names; ``console_refused``: the console refusal, once seen (no request after it).
     """
 
     throttle: Throttle | None = None   # made on the run's clock by the first Cloud
     poller: Any = None
+    known_hosts: Any = None        # Path of the environment's known_hosts file (steps/gates.py)
+    ssh_key: str | None = None     # IVC_SSH_KEY, for the inventory
+    console_refused: Any = None    # resources/console.ConsoleRefused, told once per run

@@ -26,11 +26,21 @@ from pathlib import Path
 from ivc_tasks.errors import ConfigError, clip, clip_message
 from ivc_tasks.spec_loader import Loader
 from ivc_tasks.spec_model import (
-    CINDER_NAME_MAX, GLANCE_NAME_MAX, NEUTRON_NAME_MAX, NOVA_NAME_MAX, FileSpec, Keypair, Rule,
-    SecGroup, Server, Spec, needs_config_drive,
+    CINDER_NAME_MAX,
+    GLANCE_NAME_MAX,
+    NEUTRON_NAME_MAX,
+    NOVA_NAME_MAX,
+    Checks,
+    FileSpec,
+    Keypair,
+    Rule,
+    SecGroup,
+    Server,
+    Spec,
+    needs_config_drive,
 )
 
-__all__ = ["CINDER_NAME_MAX", "GLANCE_NAME_MAX", "NEUTRON_NAME_MAX", "NOVA_NAME_MAX", "FileSpec",
+__all__ = ["CINDER_NAME_MAX", "GLANCE_NAME_MAX", "NEUTRON_NAME_MAX", "NOVA_NAME_MAX", "Checks", "FileSpec",
            "Keypair", "Rule", "SecGroup", "Server", "Spec", "load_spec", "needs_config_drive"]
 
 

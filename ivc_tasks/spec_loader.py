@@ -12,15 +12,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ivc_tasks.cloudconfig import JINJA_HEADER, SUPPORTED_VERSIONS, check_cloud_config
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
+from ivc_tasks.spec_checks import ChecksReader
 from ivc_tasks.spec_model import (
-    CINDER_NAME_MAX, GLANCE_NAME_MAX, NEUTRON_NAME_MAX, NOVA_NAME_MAX, FileSpec, Keypair, Server,
+    CINDER_NAME_MAX,
+    GLANCE_NAME_MAX,
+    NEUTRON_NAME_MAX,
+    NOVA_NAME_MAX,
+    FileSpec,
+    Keypair,
+    Server,
     Spec,
 )
 from ivc_tasks.spec_rules import SecGroupReader
-from ivc_tasks.userdata import RESERVED_VARS, render_userdata
+from ivc_tasks.userdata import CLOUD_CONFIG_HEADER, RESERVED_VARS, render_userdata
 
 SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # one DNS label, lower case
 KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_ -]{1,255}$")  # what every Nova microversion accepts
@@ -36,14 +44,15 @@ PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", 
 TOP_KEYS = ("defaults", "keypairs", "secgroups", "servers")
 SERVER_KEYS = ("image", "flavor", "keypair", "security_groups", "networks", "volumes",
                "floating_ip", "config_drive", "userdata", "userdata_vars", "files", "metadata",
-               "keep_address")
-DEFAULT_KEYS = tuple(k for k in SERVER_KEYS if k != "volumes")  # a volume attaches to one server
+               "keep_address", "checks", "ssh_user")
+# a volume attaches to one server
+DEFAULT_KEYS = tuple(k for k in SERVER_KEYS if k != "volumes") + ("cloud_init_version",)
 KEYPAIR_KEYS = ("public_key_file",)
 FILE_KEYS = ("path", "source", "permissions", "owner")
 MERGED_KEYS = ("userdata_vars", "metadata")
 
 
-class Loader(SecGroupReader):
+class Loader(SecGroupReader, ChecksReader):
     """Validate one file; ``fail`` raises the one-line ConfigError."""
 
     def __init__(self, path: Path):
@@ -122,14 +131,48 @@ class Loader(SecGroupReader):
             self.fail("defaults.volumes", "a volume attaches to one server",
                       "declare volumes in each [servers.NAME]")
         self.keys(defaults_raw, "defaults", DEFAULT_KEYS)
+        version = self.cloud_init_version(defaults_raw.pop("cloud_init_version", None))
         defaults = self.server_fields(defaults_raw, "defaults")
         servers = {name: self.server(name, raw, defaults)
                    for name, raw in self.table(doc.get("servers", {}), "servers").items()}
         self.check_volumes_unique(servers)
         spec = Spec(path=self.path, env_name=env_name, keypairs=keypairs, secgroups=secgroups,
-                    servers=servers)
-        rendered = {name: replace(s, userdata=render_userdata(spec, s)) for name, s in servers.items()}
+                    servers=servers, cloud_init_version=version)
+        rendered = {name: self.rendered(spec, s) for name, s in servers.items()}
         return replace(spec, servers=rendered)
+
+    def rendered(self, spec: Spec, server: Server) -> Server:
+        """The server with its user_data rendered and checked against cloud-init's schema, and
+        ``checks.cloud_init`` decided (True for a ``#cloud-config``, unless said)."""
+        userdata = render_userdata(spec, server)
+        text = (userdata or b"").decode("utf-8", errors="replace").lstrip("\ufeff")
+        lines = text.split("\n", 2)
+        is_cloud_config = text.startswith(CLOUD_CONFIG_HEADER) or (
+            lines[0].strip() == JINJA_HEADER and len(lines) > 1
+            and lines[1].startswith(CLOUD_CONFIG_HEADER))
+        if is_cloud_config:
+            check_cloud_config(text, version=spec.cloud_init_version, spec_path=self.path,
+                               entry=f"servers.{server.name}.userdata",
+                               template=server.userdata_template)
+        checks = server.checks
+        if checks.cloud_init is None:
+            checks = replace(checks, cloud_init=is_cloud_config)
+        return replace(server, userdata=userdata, checks=checks)
+
+    def cloud_init_version(self, raw: Any) -> str:
+        """``[defaults] cloud_init_version``, else ``IVC_CLOUD_INIT_VERSION``, else 22.4."""
+        import os  # noqa: PLC0415
+
+        entry = "defaults.cloud_init_version"
+        if raw is None:
+            raw = os.environ.get("IVC_CLOUD_INIT_VERSION") or SUPPORTED_VERSIONS[0]
+            entry = "IVC_CLOUD_INIT_VERSION"
+        version = self.string(raw, entry) if isinstance(raw, str) else raw
+        if version not in (*SUPPORTED_VERSIONS, "none"):
+            self.fail(entry, f"no cloud-init schema for version {_r(version)} "
+                      f"(ivc ships {', '.join(SUPPORTED_VERSIONS)})",
+                      f'use one of {", ".join(SUPPORTED_VERSIONS)}, or "none" to skip the check')
+        return version
 
     # -- keypairs ---------------------------------------------------------------------------
     def keypair(self, name: str, raw: Any) -> Keypair:
@@ -198,6 +241,7 @@ class Loader(SecGroupReader):
             "floating_ip": self.boolean, "config_drive": self.boolean, "keep_address": self.names,
             "userdata": lambda v, e: self.existing_file(v, e, "userdata template"),
             "userdata_vars": self.userdata_vars, "files": self.files, "metadata": self.metadata,
+            "checks": self.checks_table, "ssh_user": self.string,
         }
         return {key: parsers[key](value, f"{entry}.{key}") for key, value in raw.items()}
 
@@ -223,6 +267,8 @@ class Loader(SecGroupReader):
             keep_address=self.kept_networks(merged, entry),
             userdata_template=merged.get("userdata"), userdata_vars=merged["userdata_vars"],
             files=merged.get("files", ()), metadata=merged["metadata"],
+            checks=self.merged_checks(defaults.get("checks"), own.get("checks")),
+            user=merged.get("ssh_user", "debian"),
         )
 
     def kept_networks(self, merged: dict[str, Any], entry: str) -> tuple[str, ...]:

@@ -81,6 +81,29 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class Checks:
+    """What makes a server "working" (``[servers.NAME.checks]``, ``[defaults.checks]``).
+
+    ``cloud_init`` None: not said; the loader decides (True for a ``#cloud-config`` user_data).
+    ``tcp`` ports, ``http`` URLs and ``command`` lines keep their placeholders (``{address}``,
+    ``{name}``, ``{id}``), filled in by ``steps/checks.py`` for a server. ``timeout`` and
+    ``interval`` are seconds. See docs/checks.md.
+    """
+
+    cloud_init: bool | None = None
+    tcp: tuple[int, ...] = ()
+    http: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    timeout: float = 300.0
+    interval: float = 5.0
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is to be checked."""
+        return bool(self.cloud_init or self.tcp or self.http or self.command)
+
+
+@dataclass(frozen=True)
 class Server:
     """A declared server, with ``[defaults]`` applied and its user_data rendered.
 
@@ -103,6 +126,8 @@ class Server:
     files: tuple[FileSpec, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     userdata: bytes | None = None
+    checks: Checks = field(default_factory=Checks)
+    user: str = "debian"  # the login user (inventory, ssh); ``ssh_user`` in the declarations
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,7 @@ class Spec:
     keypairs: Mapping[str, Keypair] = field(default_factory=dict)
     secgroups: Mapping[str, SecGroup] = field(default_factory=dict)
     servers: Mapping[str, Server] = field(default_factory=dict)
+    cloud_init_version: str = "22.4"  # the schema the cloud-configs are checked against
 
 
 def needs_config_drive(network_is_external: list[bool], override: bool | None) -> bool:

@@ -30,6 +30,8 @@ from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
 from ivc_tasks.result import StepResult
 from ivc_tasks.resources.servers import made_by_run
+from ivc_tasks.steps.checks import console_preflight
+from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
 from ivc_tasks.steps.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
 from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 from ivc_tasks.spec import Spec
@@ -112,12 +114,13 @@ class DeployFailed(IvcError):
 
 
 def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | None = None,
-           parallel: int | None = None) -> DeployResult:
+           parallel: int | None = None, skip_checks: bool = False) -> DeployResult:
     """Plan every step, then run them in order, stopping at the first failure.
 
     :param dry_run: return the plans; change nothing.
     :param timeout: seconds to wait for each server to be ACTIVE (default boot_timeout).
     :param parallel: servers at once (default ``cloud.settings.parallel``, i.e. IVC_PARALLEL, 1).
+    :param skip_checks: a server this run creates is not gated by its checks (loud).
     :raises ConfigError: invalid input or a missing resource (before any change).
     :raises CloudError: a listing failed while planning (before any change).
     :raises DeployFailed: a step failed; earlier steps' changes stay.
@@ -131,6 +134,9 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     attach_plans = {p.name: plan_attach(cloud, spec, p.name, server=p.existing)
                     for p in instance_plans if p.existing is not None and p.declared.volumes}
     keypairs = take_keypairs(instance_plans)  # each declared keypair once, before any server
+    if not skip_checks:  # a cloud that refuses the console: refused here, before any change
+        console_preflight(cloud, [p.declared for p in instance_plans if p.existing is None],
+                          next((p.existing.id for p in instance_plans if p.existing), None))
     result = DeployResult(dry_run=dry_run)
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
@@ -140,6 +146,10 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
             result.steps.append(describe_instance(cloud, plan, group_ids=sg_plan.ids))
             if plan.name in attach_plans:
                 result.steps.append(describe_attach(attach_plans[plan.name]))
+            if plan.existing is None:
+                what = describe_gate(plan.declared, skip=skip_checks)
+                result.steps.append(GateResult("check", plan.name, dry_run=True,
+                                               info={"checks": what}, plan=what))
         return result
 
     def run(step: str, target: str | None, fn, *args, **kwargs) -> StepResult:
@@ -147,7 +157,8 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
             outcome = fn(*args, **kwargs)
         except IvcError as exc:
             raise DeployFailed(step, target, exc, result) from exc
-        result.steps.append(outcome)
+        if outcome is not None:  # (a server not created by this run has no check step)
+            result.steps.append(outcome)
         return outcome
 
     groups = run("ensure-secgroups", None, apply_secgroups, cloud, sg_plan)
@@ -157,14 +168,14 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
     workers = cloud.settings.parallel if parallel is None else parallel
     if workers > 1 and len(instance_plans) > 1:
         return _side_by_side(cloud, spec, instance_plans, attach_plans, group_ids, result,
-                             timeout=timeout, workers=workers)
+                             timeout=timeout, workers=workers, skip_checks=skip_checks)
     for plan in instance_plans:
-        run("create-instance", plan.name, apply_instance, cloud, plan, group_ids=group_ids,
-            timeout=timeout)
-        if not plan.declared.volumes:
-            continue
-        run("attach-volume", plan.name, _attach, cloud, spec, plan.name,
-            attach_plans.get(plan.name))
+        made = run("create-instance", plan.name, apply_instance, cloud, plan,
+                   group_ids=group_ids, timeout=timeout)
+        if plan.declared.volumes:
+            run("attach-volume", plan.name, _attach, cloud, spec, plan.name,
+                attach_plans.get(plan.name))
+        run("check", plan.name, deploy_gate, cloud, plan.declared, made, skip=skip_checks)
     return result
 
 
@@ -178,7 +189,7 @@ class _ServerFailed(Exception):
 
 def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict[str, Any],
                   group_ids: dict[str, str], result: DeployResult, *, timeout: float | None,
-                  workers: int) -> DeployResult:
+                  workers: int, skip_checks: bool = False) -> DeployResult:
     """Each server's create-instance and attach-volume, up to ``workers`` servers at once.
 
     :raises DeployFailed: a server failed (the others that had started finished first).
@@ -188,10 +199,14 @@ def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict
         done: list[StepResult] = []
         step = "create-instance"
         try:
-            done.append(apply_instance(view, plan, group_ids=group_ids, timeout=timeout))
+            made = apply_instance(view, plan, group_ids=group_ids, timeout=timeout)
+            done.append(made)
             if plan.declared.volumes:
                 step = "attach-volume"
                 done.append(_attach(view, spec, plan.name, attach_plans.get(plan.name)))
+            step = "check"
+            gated = deploy_gate(view, plan.declared, made, skip=skip_checks)
+            done += [gated] if gated is not None else []
         except IvcError as exc:
             raise _ServerFailed(step, exc, done) from exc
         return done

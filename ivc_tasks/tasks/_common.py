@@ -128,12 +128,13 @@ def usage(step: str, *, json: bool) -> Iterator[None]:
 
 
 def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
-             connect: Callable[[Any], Any] | None = None) -> Any:
+             connect: Callable[[Any], Any] | None = None, raw: bool = False) -> Any:
     """Load inputs, connect, run ``action(cloud, spec)``, print its result, map errors to exits.
 
     :param step: the task's name, for messages.
     :param action: calls ONE ops function; returns a result with ``to_dict()`` and ``lines()``.
     :param json: print one JSON object on stdout instead of the human summary.
+    :param raw: print ``result.text()`` only (e.g. an ssh config), warnings on stderr.
     :param connect: how to get the Cloud from Settings (tests pass a fake).
     :raises Exit: with the error's exit code (1 cloud, 2 invalid input).
     """
@@ -145,6 +146,11 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
         if connect is None:
             from ivc_tasks.cloud import connect  # noqa: PLC0415
         cloud = connect(settings)
+        from ivc_tasks.known_hosts import known_hosts_path  # noqa: PLC0415
+        cloud.shared.known_hosts = cloud.shared.known_hosts or known_hosts_path(
+            settings.root, settings.env, settings.values)  # where host keys are written
+        key = settings.values.get("IVC_SSH_KEY", "").strip()  # for `inventory`
+        cloud.shared.ssh_key = cloud.shared.ssh_key or (str(settings.root / key) if key else None)
         result = action(cloud, spec)
     except IvcError as exc:
         _fail(step, exc, exc.exit_code, json=json, cloud=cloud, start=start)
@@ -153,6 +159,11 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
             logging.getLogger("ivc").exception("unexpected error")
         _fail(step, exc, EXIT_CLOUD, json=json, cloud=cloud, start=start)
     out = {**result.to_dict(), **_stats(cloud, start)}
+    if raw:  # the result's own text only (inventory); the rest goes to stderr
+        print(result.text(), end="")
+        for warning in out.get("warnings", []):
+            logging.getLogger("ivc").warning("warning: %s", warning)
+        return out
     if json:
         _print_json(out)
     else:

@@ -34,11 +34,13 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
              "floating IP (one --name; only while ivc has no server of that name).",
     "detach_undeclared": "Let volumes attached to the old server that the declarations do not "
                          "list stay behind, detached (default: the rotate refuses, exit 2).",
+    "skip_checks": "Run no ready or healthy gate (the declared checks; emergencies only: "
+                   "said loudly). Default: a new server failing its checks is rolled back.",
     "dry_run": DRY_RUN + " Shows each phase with the resources involved.",
     "json": JSON + " Adds phases (with seconds) and rotations.",
 })
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
-                    detach_undeclared=False, dry_run=False, json=False):
+                    detach_undeclared=False, skip_checks=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
     from ivc_tasks.steps.rotate import RotateOptions, rotate  # noqa: PLC0415
 
@@ -53,18 +55,23 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
                  stop=stop, boot_timeout=seconds,
                  parallel=workers if parallel is not None else cloud.settings.parallel,
                  adopt=str(adopt).strip() if adopt else None,
-                 detach_undeclared=detach_undeclared)),
+                 detach_undeclared=detach_undeclared, skip_checks=skip_checks)),
              json=json)
 
 
 @task(iterable=["name"], help={
     "name": "Only this declared server (repeatable; default: every server of the environment).",
+    "check": "Also run each declared server's checks (docs/checks.md); exit 1 if one fails.",
     "json": "Print one JSON object on stdout (servers, each with its drift and rotate_due).",
 })
-def status(c, name=None, json=False):
+def status(c, name=None, check=False, json=False):
     """Show every managed server: generation, state, addresses, volumes, and whether it drifted."""
     from ivc_tasks.steps.status import status as show  # noqa: PLC0415
 
+    if check:
+        from ivc_tasks.steps.gates import status_with_checks  # noqa: PLC0415
+
+        show = status_with_checks  # noqa: F811
     run_step("status", lambda cloud, spec: show(cloud, spec, name or ()), json=json)
 
 
@@ -88,3 +95,20 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
 
     run_step("destroy", lambda cloud, spec: run_destroy(
         cloud, spec, name, keep_floating_ip=keep_floating_ip, dry_run=dry_run), json=json)
+
+
+@task(help={
+    "format": "ssh-config (default; `ssh -F <(invoke inventory) NAME`), ansible (a YAML "
+              "inventory) or json.",
+})
+def inventory(c, format="ssh-config"):  # noqa: A002 (the flag's name)
+    """Print every managed server (address from Neutron, user, key, known_hosts, groups)."""
+    from ivc_tasks.steps.inventory import FORMATS, inventory as listing  # noqa: PLC0415
+
+    with usage("inventory", json=format == "json"):
+        if format not in FORMATS:
+            raise Exit(f"inventory: --format {format!r}: use one of {', '.join(FORMATS)}",
+                       code=EXIT_INVALID)
+    run_step("inventory", lambda cloud, spec: listing(cloud, spec, fmt=format), json=False,
+             raw=True)
+

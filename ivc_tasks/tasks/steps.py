@@ -2,7 +2,8 @@
 
 Each task resolves its flags, runs ONE ops function through ``_common.run_step`` and prints
 its result. Every step is idempotent: a rerun reports ``changed: false`` and changes nothing.
-Exit codes: 0 done, 1 a cloud operation failed, 2 invalid input or configuration (nothing
+Exit codes: 0 done, 1 a cloud operation failed (or, deploy, a new server's check failed), 2
+invalid input or configuration (nothing
 touched).
 """
 
@@ -71,10 +72,12 @@ def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=F
     "timeout": "Seconds to wait for each server to be ACTIVE (default IVC_BOOT_TIMEOUT).",
     "parallel": "Create servers and attach their volumes up to this many at once (default "
                 "IVC_PARALLEL, 1); the first failure stops new work.",
+    "skip_checks": "Do not wait for the declared checks of the servers this run creates "
+                   "(emergencies only: said loudly).",
     "dry_run": DRY_RUN,
     "json": JSON,
 })
-def deploy(c, timeout=None, parallel=None, dry_run=False, json=False):
+def deploy(c, timeout=None, parallel=None, skip_checks=False, dry_run=False, json=False):
     """Ensure the security groups, then create every declared server and attach its volumes."""
     from ivc_tasks.steps.deploy import deploy as run_deploy  # noqa: PLC0415
 
@@ -82,5 +85,6 @@ def deploy(c, timeout=None, parallel=None, dry_run=False, json=False):
         seconds = seconds_flag(timeout, "--timeout")
         workers = None if parallel is None else count_flag(parallel, "--parallel")
     run_step("deploy", lambda cloud, spec: run_deploy(cloud, spec, dry_run=dry_run,
-                                                       timeout=seconds, parallel=workers),
+                                                       timeout=seconds, parallel=workers,
+                                                       skip_checks=skip_checks),
              json=json)

@@ -76,7 +76,9 @@ class World:
         (env_dir / "t.j2").write_text('#cloud-config\nfinal_message: "{{ greeting }}"\n')
         lines = ['[defaults]', 'image = "ivc-tiny"', 'flavor = "m1.tiny"',
                  'keypair = "ivc-demo"', 'userdata = "t.j2"',
-                 f'userdata_vars = {{ greeting = "{self.greeting}" }}', '']
+                 f'userdata_vars = {{ greeting = "{self.greeting}" }}', '',
+                 # today's local cloud runs no guest: nothing prints cloud-init's final line
+                 '[defaults.checks]', 'cloud_init = false', '']
         if self.secgroup:
             lines += [f'[secgroups.{self.secgroup}]', 'description = "ivc rotate test"',
                       'rules = [ { protocol = "tcp", ports = "22", '
@@ -87,7 +89,9 @@ class World:
             lines += [f'[servers.{name}]', 'networks = ["private"]', f'volumes = [{vols}]',
                       *([f'flavor = "{opts["flavor"]}"'] if opts.get("flavor") else []),
                       f'floating_ip = {"true" if opts.get("floating_ip") else "false"}',
-                      f'security_groups = {groups}', '']
+                      f'security_groups = {groups}', '',
+                      *([f'[servers.{name}.checks]', opts["checks"], '']
+                        if opts.get("checks") else [])]
         (env_dir / f"{self.env}.toml").write_text("\n".join(lines))
 
     def environ(self, **extra: str) -> dict[str, str]:

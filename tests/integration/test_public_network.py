@@ -30,10 +30,10 @@ from tests.integration.rotateworld import server_gone
 pytestmark = pytest.mark.cloud
 
 OVH_CLOUD = "ivc-local-ovh"
-KEPT_PHASES = ["preflight", "stop", "move-port", "create", "move-volumes", "move-floating-ip",
-               "delete-old", "finish"]
-PLAIN_PHASES = ["preflight", "create", "stop", "move-volumes", "move-floating-ip", "delete-old",
-                "finish"]
+KEPT_PHASES = ["preflight", "stop", "move-port", "create", "ready-gate", "move-volumes",
+               "move-floating-ip", "healthy-gate", "delete-old", "finish"]
+PLAIN_PHASES = ["preflight", "create", "ready-gate", "stop", "move-volumes", "move-floating-ip",
+                "healthy-gate", "delete-old", "finish"]
 SPEC = """
 [defaults]
 image = "ivc-tiny"
@@ -285,7 +285,8 @@ def test_a_kept_port_on_a_server_in_error_is_freed_by_deleting_it_then_reused(ov
     _connect("ivc-local-admin").compute.reset_server_state(server, "error")
     run, rotation, _ = rotate_json(ovh, name)
     assert [p["phase"] for p in run.data["phases"]] == [
-        "preflight", "delete-old", "create", "move-volumes", "move-floating-ip", "finish"]
+        "preflight", "delete-old", "create", "move-volumes", "move-floating-ip", "healthy-gate",
+        "finish"]
     assert rotation["addresses"][0]["kept"] is True
     final = the_server(ovh, name)
     assert final.id != server.id and final.status == "ACTIVE" and no_markers(final)

@@ -17,8 +17,8 @@ from tests.integration.rotateworld import CLOUDS_YAML, World, connection
 
 pytestmark = pytest.mark.cloud
 
-PHASES = ["preflight", "create", "stop", "move-volumes", "move-floating-ip", "delete-old",
-          "finish"]
+PHASES = ["preflight", "create", "ready-gate", "stop", "move-volumes", "move-floating-ip",
+          "healthy-gate", "delete-old", "finish"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,9 @@ def world(tmp_path_factory):
     w = World(conn=connection(), root=tmp_path_factory.mktemp("rotate"), env=unique,
               secgroup=f"{unique}-sg")
     w.main = f"{unique}-web"
-    w.servers[w.main] = {"volumes": [f"{unique}-data", f"{unique}-logs"], "floating_ip": True}
+    w.servers[w.main] = {"volumes": [f"{unique}-data", f"{unique}-logs"], "floating_ip": True,
+                         # a gate that lasts long enough to be killed in (ready and healthy)
+                         "checks": 'command = ["sleep 0.4"]'}
     try:
         w.make_volumes(w.servers[w.main]["volumes"])
         w.write()
@@ -121,9 +123,10 @@ def test_status_shows_the_server_and_when_a_rotate_is_due(world):
 
 
 # -- crashes ----------------------------------------------------------------------------------
-KILL_POINTS = [("preflight", 0.0), ("create", 0.0), ("create", 0.6), ("stop", 0.0),
-               ("move-volumes", 0.0), ("move-volumes", 0.25), ("move-floating-ip", 0.0),
-               ("delete-old", 0.0), ("finish", 0.0)]
+KILL_POINTS = [("preflight", 0.0), ("create", 0.0), ("create", 0.6), ("ready-gate", 0.2),
+               ("stop", 0.0), ("move-volumes", 0.0), ("move-volumes", 0.25),
+               ("move-floating-ip", 0.0), ("healthy-gate", 0.2), ("delete-old", 0.0),
+               ("finish", 0.0)]
 
 
 @pytest.mark.parametrize("phase,delay", KILL_POINTS,
@@ -284,8 +287,8 @@ def test_a_server_in_error_is_replaced_and_its_volumes_move(world):
     run = world.run("rotate", "--name", world.main, "--json")
     assert run.returncode == 0, run.stderr
     phases = [p["phase"] for p in json.loads(run.stdout)["phases"]]
-    assert phases == ["preflight", "create", "delete-old", "move-volumes", "move-floating-ip",
-                      "finish"]
+    assert phases == ["preflight", "create", "ready-gate", "delete-old", "move-volumes",
+                      "move-floating-ip", "healthy-gate", "finish"]
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 

@@ -138,6 +138,16 @@ class _Proxy:
         return lambda *args, **kwargs: self._cloud._call(key, method, args, kwargs)
 
 
+FINISHED_CONSOLE = (
+    "Cloud-init v. 22.4.2 running 'init-local' at Fri, 04 Dec 2026 14:00:01 +0000. Up 4.1 seconds.\n"
+    "Cloud-init v. 22.4.2 running 'init' at Fri, 04 Dec 2026 14:00:02 +0000. Up 5.0 seconds.\n"
+    "-----BEGIN SSH HOST KEY KEYS-----\n"
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb root@{name}\n"
+    "-----END SSH HOST KEY KEYS-----\n"
+    "Cloud-init v. 22.4.2 finished at Fri, 04 Dec 2026 14:00:04 +0000. Datasource "
+    "DataSourceConfigDrive [net,ver=2][source=/dev/sr0].  Up 7.0 seconds\n")
+
+
 class FakeConnection:
     """The parts of openstacksdk's Connection that ivc uses."""
 
@@ -164,6 +174,11 @@ class FakeConnection:
         self.delete_polls = 1  # GETs a deleted server shows "deleting" before DELETED, then 404
         self.volume_polls = 1  # GETs each transitional volume state lasts
         self.attach_states: tuple[str, ...] = ("attaching",)
+        # console logs: by server id, else a finished cloud-init 22.4 boot with host keys;
+        # console_refused = an HTTP status (403, 501...) for every console request
+        self.consoles: dict[str, str] = {}
+        self.console_default = FINISHED_CONSOLE  # formatted with the server's name
+        self.console_refused: int | None = None
         self.next_boot_fault: str | None = None  # the next created server goes to ERROR so
         self.deleted: list[str] = []  # ids of the servers deleted, in order
         # the shared poller's list (no arguments: ivc's other listings pass details=True)
@@ -515,6 +530,15 @@ class FakeConnection:
             server.status, server.task_state = to, None
 
         server.steps.append((self.power_polls, done))
+
+    def compute_get_server_console_output(self, server_id, length=None):
+        server = self._server(server_id)
+        if self.console_refused is not None:
+            raise http_error(self.console_refused, "Policy doesn't allow "
+                             "os_compute_api:os-console-output to be performed.")
+        text = self.consoles.get(server.id, self.console_default.format(name=server.name))
+        lines = text.splitlines()
+        return {"output": "\n".join(lines[-length:] if length else lines)}
 
     def compute_stop_server(self, server_id):
         self._power(server_id, "ACTIVE", "powering-off", "SHUTOFF", "stop")

@@ -578,7 +578,8 @@ def test_deploy_twice_second_run_changes_nothing(conn, cloud, spec_of):
     first = deploy(cloud, spec_of())
     assert first.changed
     assert [s.step for s in first.steps] == ["ensure-secgroups", "create-instance",
-                                            "attach-volume", "create-instance"]
+                                            "attach-volume", "check", "create-instance",
+                                            "check"]
     assert not first.steps[2].changed  # app's volume went in at boot
     conn.calls.clear()
     second = deploy(new_cloud(conn), spec_of())

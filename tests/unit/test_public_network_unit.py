@@ -46,17 +46,20 @@ def test_is_public(external, shared, public):
 
 
 @pytest.mark.parametrize("kind, old, expected", [
-    (ROTATE, "ACTIVE", ["stop", "move-port", "create", "move-volumes", "move-floating-ip",
-                        "delete-old", "finish"]),
-    (ROTATE, "SHUTOFF", ["stop", "move-port", "create", "move-volumes", "move-floating-ip",
-                         "delete-old", "finish"]),
-    (ROLLBACK, "ACTIVE", ["rollback", "stop", "move-port", "create", "move-volumes",
-                          "move-floating-ip", "delete-old", "finish"]),
+    (ROTATE, "ACTIVE", ["stop", "move-port", "create", "ready-gate", "move-volumes",
+                        "move-floating-ip", "healthy-gate", "delete-old", "finish"]),
+    (ROTATE, "SHUTOFF", ["stop", "move-port", "create", "ready-gate", "move-volumes",
+                         "move-floating-ip", "healthy-gate", "delete-old", "finish"]),
+    (ROLLBACK, "ACTIVE", ["rollback", "stop", "move-port", "create", "ready-gate",
+                          "move-volumes", "move-floating-ip", "healthy-gate", "delete-old",
+                          "finish"]),
     # the new server holds the port already, or the old one cannot give it: the usual order
-    (FORWARD, "SHUTOFF", ["stop", "move-volumes", "move-floating-ip", "delete-old", "finish"]),
-    (FINISH, None, ["move-volumes", "move-floating-ip", "finish"]),
+    (FORWARD, "SHUTOFF", ["ready-gate", "stop", "move-volumes", "move-floating-ip",
+                          "healthy-gate", "delete-old", "finish"]),
+    (FINISH, None, ["move-volumes", "move-floating-ip", "healthy-gate", "finish"]),
     # Nova detaches no interface from a server in ERROR: deleting it frees the kept port
-    (ROTATE, "ERROR", ["delete-old", "create", "move-volumes", "move-floating-ip", "finish"]),
+    (ROTATE, "ERROR", ["delete-old", "create", "move-volumes", "move-floating-ip",
+                       "healthy-gate", "finish"]),
 ])
 def test_a_kept_port_moves_before_the_new_server_is_made(kind, old, expected):
     assert plan_phases(kind, old_status=old, keep_port=True) == expected

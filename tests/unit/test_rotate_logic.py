@@ -284,18 +284,20 @@ def test_every_phase_has_a_runner_and_a_dry_run_note():
 
 
 @pytest.mark.parametrize("kind, old_status, wait, expected", [
-    (CREATE, None, False, ["create"]),
-    (ROTATE, "ACTIVE", False, ["create", "stop", "move-volumes", "move-floating-ip",
-                               "delete-old", "finish"]),
-    (ROTATE, "ERROR", False, ["create", "delete-old", "move-volumes", "move-floating-ip",
-                              "finish"]),
-    (ROLLBACK, "SHUTOFF", False, ["rollback", "create", "stop", "move-volumes",
-                                  "move-floating-ip", "delete-old", "finish"]),
-    (FORWARD, "SHUTOFF", True, ["create", "stop", "move-volumes", "move-floating-ip",
-                                "delete-old", "finish"]),
-    (FORWARD, "SHUTOFF", False, ["stop", "move-volumes", "move-floating-ip", "delete-old",
-                                 "finish"]),
-    (FINISH, None, False, ["move-volumes", "move-floating-ip", "finish"]),
+    (CREATE, None, False, ["create", "healthy-gate"]),
+    # the ready gate before the old server is touched, the healthy gate before delete-old
+    (ROTATE, "ACTIVE", False, ["create", "ready-gate", "stop", "move-volumes",
+                               "move-floating-ip", "healthy-gate", "delete-old", "finish"]),
+    (ROTATE, "ERROR", False, ["create", "ready-gate", "delete-old", "move-volumes",
+                              "move-floating-ip", "healthy-gate", "finish"]),
+    (ROLLBACK, "SHUTOFF", False, ["rollback", "create", "ready-gate", "stop", "move-volumes",
+                                  "move-floating-ip", "healthy-gate", "delete-old", "finish"]),
+    # resumed after a crash (during a gate too): the gates run again
+    (FORWARD, "SHUTOFF", True, ["create", "ready-gate", "stop", "move-volumes",
+                                "move-floating-ip", "healthy-gate", "delete-old", "finish"]),
+    (FORWARD, "SHUTOFF", False, ["ready-gate", "stop", "move-volumes", "move-floating-ip",
+                                 "healthy-gate", "delete-old", "finish"]),
+    (FINISH, None, False, ["move-volumes", "move-floating-ip", "healthy-gate", "finish"]),
 ])
 def test_plan_phases(kind, old_status, wait, expected):
     from ivc_tasks.steps.rotate.phases import plan_phases

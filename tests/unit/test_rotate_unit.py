@@ -106,8 +106,9 @@ def test_rotate_replaces_the_server_moving_volumes_and_floating_ip(conn, spec):
     assert (report.decision, report.outcome, report.old_id, report.generation) == \
         ("rotate", "rotated", old.id, 2)
     assert fip.port_id == conn.ports_of(new.id)[0].id
-    assert [p.name for p in report.phases] == ["preflight", "create", "stop", "move-volumes",
-                                               "move-floating-ip", "delete-old", "finish"]
+    assert [p.name for p in report.phases] == ["preflight", "create", "ready-gate", "stop",
+                                               "move-volumes", "move-floating-ip",
+                                               "healthy-gate", "delete-old", "finish"]
     assert all(p.ok for p in report.phases) and report.outage_seconds is not None
     assert sorted(conn.mutations()) == sorted([
         "compute.create_keypair", "compute.create_server", "compute.stop_server",
@@ -147,8 +148,9 @@ def test_rotate_of_a_server_in_error_deletes_it_first_then_attaches(conn, spec):
     assert conn.count("compute.delete_volume_attachment") == 0
     order = conn.mutations()
     assert order.index("compute.delete_server") < order.index("compute.create_volume_attachment")
-    assert [p.name for p in report.phases] == ["preflight", "create", "delete-old",
-                                               "move-volumes", "move-floating-ip", "finish"]
+    assert [p.name for p in report.phases] == ["preflight", "create", "ready-gate", "delete-old",
+                                               "move-volumes", "move-floating-ip",
+                                               "healthy-gate", "finish"]
 
 
 def test_rotate_creates_a_missing_server_with_its_volumes_and_floating_ip(conn, spec):
@@ -378,8 +380,9 @@ def test_dry_run_makes_no_mutating_call_and_takes_no_lock(conn, spec):
     assert conn.mutations() == [] and conn.count("compute.get_keypair") == 0
     (report,) = result.rotations
     assert report.dry_run and report.decision == "rotate" and not result.changed
-    assert [p.name for p in report.phases] == ["preflight", "create", "stop", "move-volumes",
-                                               "move-floating-ip", "delete-old", "finish"]
+    assert [p.name for p in report.phases] == ["preflight", "create", "ready-gate", "stop",
+                                               "move-volumes", "move-floating-ip",
+                                               "healthy-gate", "delete-old", "finish"]
     assert fip.floating_ip_address in next(p.note for p in report.phases
                                            if p.name == "move-floating-ip")
     assert [s.id for s in web1_servers(conn)] == [old.id] and old.status == "ACTIVE"

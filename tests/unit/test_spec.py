@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.spec import (
+from ivc_tasks.spec import (  # noqa: I001
+    Checks,
     FileSpec, Keypair, Rule, SecGroup, Server, load_spec, needs_config_drive,
 )
 
@@ -111,6 +112,7 @@ def test_full_spec(folder):
         userdata_template=folder / "templates/ok.j2", userdata_vars={"a": "1", "b": "3"},
         files=(FileSpec("/etc/motd", folder / "files/motd", "0600", "root:root"),),
         metadata={"team": "ops", "role": "web"}, userdata=web1.userdata,
+        checks=Checks(cloud_init=True),  # a #cloud-config: cloud-init's final line is checked
     )
     assert web1.userdata.startswith(b"#cloud-config\nhostname: web1\nwrite_files:\n- path: /etc/motd\n")
     db1 = spec.servers["db1"]
@@ -129,7 +131,8 @@ def test_minimal_spec(folder):
 def test_server_without_userdata(folder):
     spec = load_spec(write(folder, '[servers.a]\nimage = "i"\nflavor = "f"\nnetworks = ["n"]\n'),
                      env_name="x")
-    assert spec.servers["a"] == Server(name="a", image="i", flavor="f", networks=("n",))
+    assert spec.servers["a"] == Server(name="a", image="i", flavor="f", networks=("n",),
+                                       checks=Checks(cloud_init=False))
 
 
 @pytest.mark.parametrize(("rule", "expected"), [
@@ -221,7 +224,7 @@ BAD = [
     ("unknown key, no close match", SERVER + "zzz = 1\n", "servers.web1.zzz",
      ("unknown key; valid keys: image, flavor, keypair, security_groups, networks, "
       "volumes, floating_ip, config_drive, userdata, userdata_vars, files, metadata, "
-      "keep_address")),
+      "keep_address, checks, ssh_user")),
     ("unknown rule key", group('{ protocol = "tcp", port = "22" }'), "secgroups.web.rules[0].port",
      "unknown key; did you mean 'ports'?"),
     ("unknown secgroup key", '[secgroups.web]\nrulez = []\n', "secgroups.web.rulez",

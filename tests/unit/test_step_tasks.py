@@ -39,7 +39,7 @@ userdata_vars = { secret_word = "swordfish-7" }
 """
 
 
-TEMPLATE = "#cloud-config\nword: {{ secret_word }}\n"
+TEMPLATE = "#cloud-config\nfinal_message: {{ secret_word }}\n"
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_user_data_is_never_printed(conn, capsys):
     dry = capsys.readouterr()
     assert run("deploy", "--json") == 0
     real = capsys.readouterr()
-    rendered = b"#cloud-config\nword: swordfish-7\n"
+    rendered = b"#cloud-config\nfinal_message: swordfish-7\n"
     encoded = __import__("base64").b64encode(rendered).decode()
     for text in (dry.out, dry.err, real.out, real.err):
         assert "swordfish" not in text and encoded not in text

@@ -125,7 +125,8 @@ def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(con
     assert conn.count("compute.create_keypair") == 1
     assert conn.count("compute.create_server") == 2
     assert [s.step for s in result.steps] == ["ensure-secgroups", "ensure-keypairs",
-                                              "create-instance", "create-instance"]
+                                              "create-instance", "check", "create-instance",
+                                              "check"]
     assert [k.public_key for k in conn.keys if k.name == "shared"] == [public_key]
     conn.calls.clear()
     again = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
@@ -231,8 +232,9 @@ def test_adopt_replaces_the_hand_made_server_moving_volumes_and_floating_ip(conn
     (report,) = result.rotations
     assert (report.decision, report.outcome, report.old_id) == ("adopt", "adopted", old.id)
     assert_adopted(conn, old, fip, report.new_id)
-    assert [p.name for p in report.phases] == ["preflight", "create", "stop", "move-volumes",
-                                               "move-floating-ip", "delete-old", "finish"]
+    assert [p.name for p in report.phases] == ["preflight", "create", "ready-gate", "stop",
+                                               "move-volumes", "move-floating-ip",
+                                               "healthy-gate", "delete-old", "finish"]
     order = conn.mutations()
     assert order.index("compute.stop_server") < order.index("compute.delete_volume_attachment")
     assert order.index("network.update_ip") < order.index("compute.delete_server")

@@ -33,6 +33,7 @@ from ivc_tasks.resources.resolve import (
     find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
     list_security_groups, list_servers, list_volumes, prefetch,
 )
+from ivc_tasks.steps.checks import console_preflight
 from ivc_tasks.steps.rotate.decide import Decision, Seen, decide
 from ivc_tasks.steps.rotate.describe import describe
 from ivc_tasks.steps.rotate.executor import Rotation
@@ -124,8 +125,12 @@ def _preflight_all(cloud: Cloud, spec: Spec, names: list[str], options: RotateOp
     sg_plan = plan_secgroups(cloud, spec, groups) if groups else None
     pending = {gp.declared.name for gp in sg_plan.groups if gp.existing is None} \
         if sg_plan else set()
-    return sg_plan, [preflight(cloud, spec, name, pending_groups=pending, options=options)
-                     for name in names]
+    prepared = [preflight(cloud, spec, name, pending_groups=pending, options=options)
+                for name in names]
+    if not options.skip_checks:  # only cloud_init declared, the console refused: exit 2 now
+        console_preflight(cloud, [p.declared for p in prepared], next(
+            (p.decision.old.id for p in prepared if p.decision.old is not None), None))
+    return sg_plan, prepared
 
 
 def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,

@@ -12,6 +12,7 @@ from ivc_tasks.steps.instances import create_request, describe_instance, redacte
 from ivc_tasks.resources.ports import addresses_of_port, public_addresses
 from ivc_tasks.resources.resolve import list_floating_ips, server_ports
 from ivc_tasks.result import Action
+from ivc_tasks.steps.gates import describe_gate
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD
 from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
 from ivc_tasks.steps.rotate.phases import plan_phases
@@ -144,7 +145,15 @@ def _finish(v: _View) -> str:
     return f"clear the rotation markers of {v.target}"
 
 
+def _gate(gate: str) -> Callable[[_View], str]:
+    def note(v: _View) -> str:
+        what = describe_gate(v.prepared.declared, skip=v.options.skip_checks, gate=gate)
+        return f"{what} on {v.target}; a failure rolls back"
+    return note
+
+
 NOTES: dict[str, Callable[[_View], str]] = {
+    "ready-gate": _gate("ready"), "healthy-gate": _gate("healthy"),
     "preflight": _preflight, "rollback": _rollback, "create": _create, "stop": _stop,
     "move-port": _move_port, "move-volumes": _move_volumes, "move-floating-ip": _move_fips,
     "delete-old": _delete_old,

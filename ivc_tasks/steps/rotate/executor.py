@@ -16,7 +16,7 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
 from ivc_tasks.resources.lock import LockLost, ServerLock
 from ivc_tasks.resources.resolve import forget
-from ivc_tasks.steps.rotate import forward, rollback
+from ivc_tasks.steps.rotate import forward, gates, rollback
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Decision, Seen
 from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
 from ivc_tasks.steps.rotate.phases import POINT_OF_NO_RETURN, plan_phases
@@ -30,6 +30,8 @@ log = logging.getLogger("ivc")
 RUNNERS = {
     "rollback": rollback.resume_rollback,
     "create": forward.create,
+    "ready-gate": gates.ready_gate,
+    "healthy-gate": gates.healthy_gate,
     "stop": forward.stop_old,
     "move-port": forward.move_port,
     "move-volumes": forward.move_volumes,

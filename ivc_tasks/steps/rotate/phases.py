@@ -6,12 +6,15 @@ dry run describes, so the two cannot drift.
   create            create the new server (same declaration, next ``ivc_gen``, its own port,
                     the markers in its metadata; the old server is untouched) and wait ACTIVE;
                     resuming: wait for the new server the crashed run made.
+  ready-gate        the new server's checks that need neither volumes nor address
+                    (``gates.py``), before the old server is touched.
   stop              stop the old server gracefully, wait SHUTOFF (``--no-stop`` skips).
   move-port         only with a kept port (``keep_address``), and then BEFORE create: see
                     ``KEPT_PORT_FIRST`` below.
   move-volumes      each declared volume: detach from the old server, wait available, attach
                     to the new one, wait in-use (side by side).
   move-floating-ip  ONE update of each floating IP's port_id, to the new server's port.
+  healthy-gate      every check of the new server, on the address clients use (``gates.py``).
   delete-old        delete the old server and wait until it is gone.
   finish            clear the markers from the new server.
 
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
 
-PHASES = ("preflight", "rollback", "create", "stop", "move-port", "move-volumes",
-          "move-floating-ip", "delete-old", "finish")
+PHASES = ("preflight", "rollback", "create", "ready-gate", "stop", "move-port", "move-volumes",
+          "move-floating-ip", "healthy-gate", "delete-old", "finish")
 POINT_OF_NO_RETURN = "delete-old"
 # A server with a kept port (``keep_address``, ``resources/ports.py``) is stopped and its port
 # detached BEFORE the new server is made with it (one port, one server at a time):
@@ -39,10 +42,12 @@ KEPT_PORT_FIRST = ["stop", "move-port"]
 def after_create(old_status: str | None) -> list[str]:
     """The phases after the new server is ACTIVE, given the old server's status (None: gone)."""
     if old_status is None:
-        return ["move-volumes", "move-floating-ip", "finish"]
+        return ["move-volumes", "move-floating-ip", "healthy-gate", "finish"]
     if old_status == "ERROR":
-        return ["delete-old", "move-volumes", "move-floating-ip", "finish"]
-    return ["stop", "move-volumes", "move-floating-ip", "delete-old", "finish"]
+        return ["ready-gate", "delete-old", "move-volumes", "move-floating-ip", "healthy-gate",
+                "finish"]
+    return ["ready-gate", "stop", "move-volumes", "move-floating-ip", "healthy-gate",
+            "delete-old", "finish"]
 
 
 def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False,
@@ -55,11 +60,12 @@ def plan_phases(kind: str, *, old_status: str | None, wait_for_new: bool = False
         then create (an old server in ERROR or gone: the usual order).
     """
     if kind == CREATE:
-        return ["create"]
+        return ["create", "healthy-gate"]
     if keep_port and kind in (ROTATE, ROLLBACK) and old_status is not None:
         first = ["rollback"] if kind == ROLLBACK else []
         if old_status == "ERROR":  # Nova detaches no port from it: deleting it frees the port
-            return first + ["delete-old", "create", "move-volumes", "move-floating-ip", "finish"]
+            return first + ["delete-old", "create", "move-volumes", "move-floating-ip",
+                            "healthy-gate", "finish"]
         rest = [p for p in after_create(old_status) if p != "stop"]
         return first + KEPT_PORT_FIRST + ["create", *rest]
     if kind == ROTATE:

@@ -43,6 +43,7 @@ class RotateOptions:
     parallel: int = 1
     adopt: str | None = None  # a server ivc did not make (id or name), to take over
     detach_undeclared: bool = False  # let undeclared volumes of the old server stay detached
+    skip_checks: bool = False  # --skip-checks: no ready or healthy gate (loud)
 
 
 @dataclass

@@ -17,11 +17,14 @@ class PhaseRecord:
     seconds: float = 0.0
     ok: bool = True
     note: str = ""
+    checks: list[dict[str, Any]] = field(default_factory=list)  # a gate's checks (gates.py)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"phase": self.name, "seconds": round(self.seconds, 3), "ok": self.ok}
         if self.note:
             out["note"] = self.note
+        if self.checks:
+            out["checks"] = self.checks
         return out
 
 

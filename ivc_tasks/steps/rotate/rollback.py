@@ -25,6 +25,7 @@ from ivc_tasks.resources.ports import (
     port_tags, set_move_tags,
 )
 from ivc_tasks.result import Action
+from ivc_tasks.steps.rotate import gates
 from ivc_tasks.steps.rotate.markers import UNMARKABLE, clear_markers, fip_markers, markers_of
 from ivc_tasks.steps.rotate.report import PhaseRecord
 from ivc_tasks.resources.servers import (
@@ -63,7 +64,8 @@ def roll_back(r: Rotation, phase: str, cause: IvcError) -> None:
               old.status == "ERROR" else
               f"server {r.old_id} serves as before with its volumes and floating IP")
     raise RolledBack(f"rotate {r.name} failed in phase {phase}: {cause}; rolled back: "
-                     f"{serves}" + (f", new server {new_id} deleted" if new_id else ""))
+                     f"{serves}" + (f", new server {new_id} deleted" if new_id else "")
+                     + gates.recheck_old(r, phase))
 
 
 def resume_rollback(r: Rotation) -> None:
