@@ -23,12 +23,13 @@ from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_holders
 from ivc_tasks.resources.floating_ips import server_floating_ip
 from ivc_tasks.steps.instances import InstancePlan, plan_instance
-from ivc_tasks.resources.lock import lock_name, parse_holder
+from ivc_tasks.resources.lock import lock_name, lock_text
+from ivc_tasks.resources.markers import Markers
 from ivc_tasks.resources.resolve import list_keypairs, list_servers, list_volumes, pick
 from ivc_tasks.steps.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
 from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.resources.servers import (
-    META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
+    META_ENV, META_MANAGED, META_NAME, WAITING_STATES,
     attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
     server_label, unmanaged_twins,
 )
@@ -140,8 +141,7 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
     # the old server of a rotation under way that ivc did not make (an adoption): by its id
     by_id = {s.id: s for s in list_servers(cloud)}
     ids = {s.id for s in found}
-    replaced = [by_id[r] for r in dict.fromkeys((s.metadata or {}).get(META_REPLACES)
-                                                 for s in found)
+    replaced = [by_id[r] for r in dict.fromkeys(Markers.of(s).replaces for s in found)
                 if r and r not in ids and r in by_id
                 and (by_id[r].metadata or {}).get(META_MANAGED) != "1"]
     adopt = adopted_server(cloud, spec, name, options.adopt) if options.adopt else None
@@ -187,8 +187,8 @@ def _refuse_conflict(name: str, decision: Decision, found: list[Any], adopt: Any
                           + ", ".join(f"{s.id} ({s.status}, gen {generation(s)})" for s in found)
                           + f"; to replace {adopt.id} by it, delete one of them first")
     listed = ", ".join(f"{s.id} ({s.status}, gen {generation(s)}"
-                           + (f", rotation {s.metadata.get(META_ROTATION)}"
-                              if (s.metadata or {}).get(META_ROTATION) else "") + ")"
+                           + (f", rotation {Markers.of(s).rotation}"
+                              if Markers.of(s).rotation else "") + ")"
                            for s in found)
     raise ConfigError(f"server {name}: {decision.reason}: {listed}; ivc will not guess which "
                       f"one serves: delete the extra ones (openstack server delete <id>) "
@@ -258,7 +258,5 @@ def lock_holder(cloud: Cloud, name: str) -> str | None:
     wanted = lock_name(cloud.env, name)
     for keypair in list_keypairs(cloud):
         if keypair.name == wanted:
-            holder = parse_holder(getattr(keypair, "public_key", None))
-            return (f"locked by {holder.describe()}" if holder else
-                    f"locked (keypair {wanted})") + ": a real run would exit 4"
+            return lock_text(keypair) + ": a real run would exit 4"
     return None
