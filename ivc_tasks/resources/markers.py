@@ -104,7 +104,7 @@ def mark_rollback(cloud: Cloud, server: Any, what: str) -> bool:
     marked already or Nova would refuse (ERROR, BUILD: it is deleted unmarked)."""
     if server is None or server.status in UNMARKABLE or Markers.of(server).rollback:
         return False
-    set_metadata(cloud, server.id, f"mark {what} for rollback", {META_ROLLBACK: "1"})
+    set_metadata(cloud, server, f"mark {what} for rollback", {META_ROLLBACK: "1"})
     return True
 
 
@@ -121,7 +121,7 @@ def clear_markers(cloud: Cloud, server_id: str, what: str, *, known: Any = None)
     kept = {k: v for k, v in meta.items() if not is_marker(k)}
     if kept == meta:
         return False
-    set_metadata(cloud, server.id, f"clear the rotation markers of {what}", kept, replace=True)
+    set_metadata(cloud, server, f"clear the rotation markers of {what}", kept, replace=True)
     return True
 
 

@@ -33,13 +33,13 @@ from ivc_tasks.resources.floating_ips import (
 from ivc_tasks.steps.keypairs import ensure_keypair, plan_keypair
 from ivc_tasks.resources.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
 from ivc_tasks.resources.resolve import (
-    find_images, forget, list_flavors, list_networks, list_volumes, pick,
+    find_images, list_flavors, list_networks, list_volumes, pick,
 )
 from ivc_tasks.result import Action, StepResult, userdata_summary
 from ivc_tasks.steps.secgroups import groups_by_name
 from ivc_tasks.resources.servers import (
     META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
-    check_same_spec, fault_message, generation, made_by_run, managed_servers, server_info,
+    check_same_spec, create_server, fault_message, generation, managed_servers, server_info,
     server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
@@ -234,7 +234,6 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
     :param group_ids: ids of groups created earlier in this run (deploy).
     :raises CloudError: the server failed to boot or a cloud call failed.
     """
-    conn = cloud.conn
     name = plan.name
     result = StepResult(step=STEP, target=name)
     result.warnings += _existing_warnings(plan)
@@ -249,10 +248,7 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
         body = create_request(cloud, plan, group_ids or {})
         log.info("creating server %s (image %s, flavor %s, config drive %s)", name,
                  plan.image.name, plan.flavor.name, "yes" if plan.config_drive else "no")
-        server = cloud.call(f"create server {name}", lambda: conn.compute.create_server(**body),
-                            done_already=lambda: made_by_run(cloud, name),
-                            redact=body.get("user_data"))
-        forget(cloud, "servers")
+        server = create_server(cloud, name, body)
         result.actions.append(Action("create", "server", name, _create_summary(plan), {
             "id": server.id, "request": redacted_request(body, plan.declared.userdata)}))
         server = _wait_active(cloud, server, name, timeout)

@@ -28,7 +28,7 @@ from ivc_tasks.resources.resolve import list_volumes, pick
 from ivc_tasks.result import Action, StepResult
 from ivc_tasks.resources.servers import (
     attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
-    server_label, volume_key,
+    server_label, set_metadata, volume_key,
 )
 from ivc_tasks.resources.waits import get_volume
 from ivc_tasks.spec import Server, Spec
@@ -153,7 +153,6 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
     :raises CloudError: an attach failed or timed out, or a cloud call failed.
     :raises ConfigError: a volume got attached elsewhere since the plan was made.
     """
-    conn = cloud.conn
     name, server = plan.name, plan.server
     result = StepResult(step=STEP, target=name)
     record: dict[str, str] = {}
@@ -181,8 +180,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
         if vp.record:
             record[volume_key(vp.ref)] = vp.volume_id
     if record:
-        cloud.call(f"record volumes in the metadata of {name}",
-                   lambda: conn.compute.set_server_metadata(server.id, **record))
+        set_metadata(cloud, server, f"record volumes in the metadata of {name}", record)
         if not result.actions:
             result.actions.append(Action("record", "server_metadata", name,
                                          ", ".join(sorted(record)), {"keys": sorted(record)}))

@@ -22,7 +22,7 @@ from ivc_tasks.resources.floating_ips import pick_port
 from ivc_tasks.steps.rotate.decide import (
     CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide,
 )
-from ivc_tasks.steps.rotate.markers import fip_markers, is_marker
+from ivc_tasks.resources.markers import fip_markers, is_marker
 
 
 def wait_until(cloud, what, fetch, state, **kw):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 
 from ivc_tasks.cloud import Cloud
@@ -136,31 +135,27 @@ def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
                                       reason=p.decision.reason, warnings=list(p.warnings))
                for p in prepared}
     result.rotations = list(reports.values())
-    failures: dict[str, IvcError] = {}
-    guard = threading.Lock()
 
     def one(p: Prepared) -> None:
         view = dataclasses.replace(cloud, cache=dict(cloud.cache))
-        report = reports[p.name]
-        if failures:  # the first failure stops new work; running rotations finish
-            report.error = "not started: another rotation of this run failed first"
-            return
-        report.phases.append(PhaseRecord("preflight", preflight_seconds,
-                                         note=p.decision.reason))
-        try:
-            Rotation(view, p, options, locks.get(p.name), report).run()
-        except IvcError as exc:
-            report.error = str(exc)
-            with guard:
-                failures[p.name] = exc
+        reports[p.name].phases.append(PhaseRecord("preflight", preflight_seconds,
+                                                  note=p.decision.reason))
+        Rotation(view, p, options, locks.get(p.name), reports[p.name]).run()
 
     several = options.parallel > 1 and len(prepared) > 1
     with shared_poller(cloud, active=several):  # one list request per interval for all waits
+        # the first failure stops new work; running rotations finish
         outcomes = run_jobs({p.name: (lambda p=p: one(p)) for p in prepared},
                             workers=options.parallel, label=several)
     forget(cloud, "servers", "volumes", "floating_ips")
-    for outcome in outcomes.values():
-        if outcome.error is not None:  # not an IvcError (those are in failures): a bug
+    failures: dict[str, IvcError] = {}
+    for name, outcome in outcomes.items():
+        if not outcome.started:
+            reports[name].error = "not started: another rotation of this run failed first"
+        elif isinstance(outcome.error, IvcError):
+            reports[name].error = str(outcome.error)
+            failures[name] = outcome.error
+        elif outcome.error is not None:  # not an IvcError: a bug
             raise outcome.error
     if not failures:
         return result

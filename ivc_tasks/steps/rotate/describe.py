@@ -9,16 +9,18 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.resources.floating_ips import server_ports
-from ivc_tasks.steps.instances import create_request, describe_instance, redacted_request
+from ivc_tasks.resources.markers import META_ROTATION, Markers
 from ivc_tasks.resources.ports import addresses_of_port, public_addresses
 from ivc_tasks.resources.resolve import list_floating_ips
+from ivc_tasks.resources.servers import META_RUN
 from ivc_tasks.result import Action
+from ivc_tasks.steps.instances import describe_instance, redacted_request
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD
-from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
+from ivc_tasks.steps.rotate.forward import new_server_request, old_fips
 from ivc_tasks.steps.rotate.phases import plan_phases
 from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions, lock_holder
 from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
-from ivc_tasks.resources.servers import generation
+from ivc_tasks.steps.rotate.state import RotationState, initial_state
 
 
 @dataclasses.dataclass
@@ -29,6 +31,7 @@ class _View:
     prepared: Prepared
     options: RotateOptions
     report: RotationReport
+    state: RotationState
     old: Any | None
     new: Any | None
     volumes: str
@@ -46,17 +49,15 @@ def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationRepor
     held = lock_holder(cloud, p.name)
     if held:
         report.warnings.append(f"server {p.name}: {held}")
-    old = p.servers.get(p.decision.old.id) if p.decision.old else None
-    new = p.servers.get(p.decision.new.id) if p.decision.new else None
+    state = initial_state(p)  # what the executor would start from
+    old, new = state.old, state.new
     report.old_id = old.id if old is not None else None
     report.new_id = new.id if new is not None else None
     vols = ", ".join(f"{ref} ({vid})" for ref, vid in p.volumes.items()) or "none declared"
-    view = _View(cloud, p, options, report, old, new, vols,
+    view = _View(cloud, p, options, report, state, old, new, vols,
                  "" if p.decision.kind == CREATE else _fips(cloud, old, new))
-    names = plan_phases(p.decision.kind, old_status=old.status if old is not None else None,
-                        wait_for_new=p.decision.wait_for_new,
-                        keep_port=p.plan is not None and any(
-                            port is not None for port in p.plan.ports.values()))
+    names = plan_phases(state.kind, old_status=old.status if old is not None else None,
+                        wait_for_new=p.decision.wait_for_new, keep_port=state.keep_port)
     for name in ["preflight", *names]:
         report.phases.append(PhaseRecord(name, note=NOTES[name](view)))
     return report
@@ -81,9 +82,10 @@ def _create(v: _View) -> str:
     if p.decision.kind in (FORWARD, FINISH):  # the crashed run made it: wait for it
         return f"wait for the new server {v.new.id} to be ACTIVE (else roll back)"
     plan = p.plan
-    gen = generation(v.old) + 1
+    body, gen = new_server_request(v.cloud, p, v.state, old_fips(v.cloud, v.old.id))
     report.generation = gen
-    body = create_request(v.cloud, dataclasses.replace(plan, boot_volumes={}), {})
+    body["metadata"] = {k: ("<this run>" if k in (META_RUN, META_ROTATION) else val)
+                        for k, val in body["metadata"].items()}
     report.actions.append(Action("create", "server", p.name, f"generation {gen}", {
         "request": redacted_request(body, plan.declared.userdata)}))
     return (f"create server {p.name} generation {gen}: image {plan.image.name}, flavor "
@@ -154,7 +156,7 @@ NOTES: dict[str, Callable[[_View], str]] = {
 
 
 def _fips(cloud: Cloud, old: Any | None, new: Any | None) -> str:
-    recorded = fip_markers(markers_of(new)) or fip_markers(markers_of(old))
+    recorded = Markers.of(new).fips or Markers.of(old).fips
     listed = list_floating_ips(cloud)
     if old is not None and not recorded:
         ports = {p.id for p in server_ports(cloud, old.id)}
