@@ -26,7 +26,7 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.attachments import volume_holders
+from ivc_tasks.resources.attachments import volume_problem
 from ivc_tasks.resources.floating_ips import (
     FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
 )
@@ -40,7 +40,7 @@ from ivc_tasks.steps.secgroups import groups_by_name
 from ivc_tasks.resources.servers import (
     META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
     check_same_spec, create_server, fault_message, generation, managed_servers, server_info,
-    server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
+    server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.spec import Server, Spec, needs_config_drive
@@ -88,21 +88,6 @@ def resolve_networks(cloud: Cloud, spec: Spec, declared: Server) -> list[Any]:
     return [pick(nets, ref, kind="network", spec_path=spec.path,
                  entry=f"servers.{declared.name}.networks[{i}]")
             for i, ref in enumerate(declared.networks)]
-
-
-def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: str) -> None:
-    """Refuse a volume that cannot be attached to a new server.
-
-    :raises ConfigError: attached to another server (named), or not available.
-    """
-    others = volume_holders(volume)
-    if others:
-        raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached to "
-                          f"server {server_label(cloud, others[0])}; detach it there first "
-                          "(ivc never moves a volume implicitly)")
-    if volume.status != "available":
-        raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
-                          f"{volume.status!r}, not available; fix it in the cloud first")
 
 
 def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
@@ -158,7 +143,9 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
             volume = pick(vols, ref, kind="volume", spec_path=spec.path,
                           entry=f"{entry}.volumes[{i}]", fix="ivc never creates volumes: "
                           "create it, or fix the name")
-            check_boot_volume(cloud, spec, ref, volume, f"{entry}.volumes[{i}]")
+            problem = volume_problem(cloud, volume, ref, server=name)
+            if problem:  # attached at boot: it must be available
+                raise ConfigError(f"{spec.path}: {entry}.volumes[{i}]: {problem}")
             plan.boot_volumes[ref] = volume
     return plan
 

@@ -29,10 +29,13 @@ from ivc_tasks.resources.markers import Markers
 from ivc_tasks.resources.resolve import forget
 from ivc_tasks.resources.servers import generation
 from ivc_tasks.resources.waits import get_server
-from ivc_tasks.steps.rotate import forward, rollback
+from ivc_tasks.steps.rotate.forward import (
+    create, delete_old, finish, move_floating_ips, move_port, move_volumes, stop_old,
+)
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
 from ivc_tasks.steps.rotate.phases import POINT_OF_NO_RETURN, plan_phases
 from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions
+from ivc_tasks.steps.rotate.rollback import resume_rollback, roll_back
 from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
 from ivc_tasks.steps.rotate.state import (
     Learned, PhaseFailed, RotationState, Run, initial_state, was_status,
@@ -42,14 +45,14 @@ log = logging.getLogger("ivc")
 
 Phase = Callable[[Run, RotationState], Learned]
 RUNNERS: dict[str, Phase] = {
-    "rollback": rollback.resume_rollback,
-    "create": forward.create,
-    "stop": forward.stop_old,
-    "move-port": forward.move_port,
-    "move-volumes": forward.move_volumes,
-    "move-floating-ip": forward.move_floating_ips,
-    "delete-old": forward.delete_old,
-    "finish": forward.finish,
+    "rollback": resume_rollback,
+    "create": create,
+    "stop": stop_old,
+    "move-port": move_port,
+    "move-volumes": move_volumes,
+    "move-floating-ip": move_floating_ips,
+    "delete-old": delete_old,
+    "finish": finish,
 }
 OUTCOMES = {CREATE: "created", ROTATE: "rotated", FORWARD: "resumed: rolled forward",
             FINISH: "resumed: rolled forward", ROLLBACK: "resumed: rolled back, then rotated"}
@@ -122,7 +125,7 @@ class Rotation:
             if s.kind == FINISH:  # resuming, the old server gone: nothing to go back to
                 raise exc
             try:
-                rollback.roll_back(r, s, "create", exc)
+                roll_back(r, s, "create", exc)
             except RolledBack:
                 self.state = self._afresh()
                 self.execute(plan_phases(ROTATE, old_status=self.state.old.status,
@@ -130,7 +133,7 @@ class Rotation:
                 return True
         if past_return or (s.new is not None and s.old is None):
             raise CloudError(_no_way_back(r.name, s, phase, exc)) from None
-        rollback.roll_back(r, s, phase, exc)
+        roll_back(r, s, phase, exc)
         raise AssertionError("unreachable: roll_back raises")  # pragma: no cover
 
     def _afresh(self) -> RotationState:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_holders
+from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_problem
 from ivc_tasks.resources.floating_ips import server_floating_ip
 from ivc_tasks.steps.instances import InstancePlan, plan_instance
 from ivc_tasks.resources.lock import lock_name, lock_text
@@ -31,7 +31,7 @@ from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.resources.servers import (
     META_ENV, META_MANAGED, META_NAME, WAITING_STATES,
     attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
-    server_label, unmanaged_twins,
+    unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 
@@ -206,18 +206,11 @@ def _check_volumes(cloud: Cloud, spec: Spec, prepared: Prepared, ours: set[str])
         entry = f"servers.{name}.volumes[{i}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
-        holders = set(volume_holders(volume))
-        foreign = holders - ours
-        if foreign:
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
-                              f"to server {server_label(cloud, next(iter(foreign)))}, not to "
-                              f"{name}; detach it there first (ivc never moves a volume "
-                              "implicitly)")
         settled = ("available", "in-use") if decision.kind == ROTATE else \
             ("available", "in-use", *VOLUME_BUSY)
-        if volume.status not in settled:
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
-                              f"{volume.status!r}; fix it in the cloud first")
+        problem = volume_problem(cloud, volume, ref, server=name, ours=ours, settled=settled)
+        if problem:
+            raise ConfigError(f"{spec.path}: {entry}: {problem}")
         prepared.volumes[ref] = volume.id
         prepared.listed_volumes[ref] = volume
 
