@@ -275,13 +275,27 @@ def test_rotate_alias_and_tasks_are_registered():
 
 
 # -- the phase list: one for the executor and the dry run -----------------------------------
-def test_every_phase_has_a_runner_and_a_dry_run_note():
+def test_every_phase_plan_phases_returns_has_a_runner_and_a_dry_run_note():
+    """What ``plan_phases`` returns, for every decision and every state of the old server, is
+    what the executor runs and the dry run describes: a phase added to one and not the others
+    fails here."""
+    import itertools
+
+    from ivc_tasks.steps.rotate.decide import FINISH, FORWARD
     from ivc_tasks.steps.rotate.describe import NOTES
     from ivc_tasks.steps.rotate.executor import RUNNERS
-    from ivc_tasks.steps.rotate.phases import PHASES
+    from ivc_tasks.steps.rotate.phases import PHASES, plan_phases
 
-    assert set(NOTES) == set(PHASES)
-    assert set(RUNNERS) == set(PHASES) - {"preflight"}
+    returned = set()
+    for kind, old, wait, keep in itertools.product(
+            [CREATE, ROTATE, ROLLBACK, FORWARD, FINISH], [None, "ACTIVE", "SHUTOFF", "ERROR"],
+            [False, True], [False, True]):
+        names = plan_phases(kind, old_status=old, wait_for_new=wait, keep_port=keep)
+        assert len(names) == len(set(names)), (kind, old, wait, keep, names)
+        returned |= set(names)
+    assert returned == set(RUNNERS)  # every phase planned runs, every runner is planned
+    assert returned | {"preflight"} == set(NOTES)  # and the dry run describes each
+    assert set(PHASES) == set(NOTES)  # the documented list (phases.py's docstring) too
 
 
 @pytest.mark.parametrize("kind, old_status, wait, expected", [
