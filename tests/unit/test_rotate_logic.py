@@ -318,3 +318,54 @@ def test_plan_phases(kind, old_status, wait, expected):
     assert plan_phases(kind, old_status=old_status, wait_for_new=wait) == expected
     with pytest.raises(ValueError):
         plan_phases(CONFLICT, old_status=None)
+
+
+# -- where rotate's state is written, and what imports what --------------------------------------
+def _sources():
+    from pathlib import Path
+
+    import ivc_tasks
+
+    root = Path(ivc_tasks.__file__).parent
+    return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*.py")
+            if "devcloud" not in p.parts}
+
+
+def test_server_metadata_and_port_tags_are_written_in_one_module_each():
+    writers = {path for path, text in _sources().items()
+               for call in ("set_server_metadata(", ".set_metadata(", "set_tags(")
+               if call in text}
+    assert writers == {"resources/servers.py", "resources/markers.py"}, writers
+    markers = {path for path, text in _sources().items()
+               if '"ivc_rotation"' in text or '"ivc-rotation:"' in text or '"ivc_was"' in text}
+    assert markers == {"resources/markers.py"}, markers
+
+
+def test_rotate_modules_import_no_circle_and_status_destroy_nothing_of_rotate():
+    """Every import counts: module level, under TYPE_CHECKING, inside functions."""
+    import ast
+
+    graph = {}
+    for path, text in _sources().items():
+        name = "ivc_tasks." + path[:-3].replace("/", ".").removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ivc_tasks"):
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("ivc_tasks")}
+        graph[name] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def reaches(start):
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        return seen
+
+    rotate = [m for m in graph if m.startswith("ivc_tasks.steps.rotate")]
+    assert [m for m in rotate if m in reaches(m)] == []
+    for step in ("ivc_tasks.steps.status", "ivc_tasks.steps.destroy"):
+        assert not [m for m in reaches(step) if m.startswith("ivc_tasks.steps.rotate")], step

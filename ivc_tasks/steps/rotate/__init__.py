@@ -2,19 +2,23 @@
 
 Where to look (one job per file):
   decide.py     the pure decision from one server listing (create, rotate, resume, conflict)
-  markers.py    the rotation's state in the new server's metadata
   preflight.py  every check before anything changes; RotateOptions
   phases.py     the phase list, shared by the executor and the dry run
-  executor.py   runs the phases of one server, with the failure rules
-  forward.py    the forward phases (create, stop, move-volumes, move-floating-ip, delete-old,
-                finish)
+  state.py      the rotation's state (one frozen record), what it starts from, a phase's Run
+  executor.py   runs the phases of one server, applies what each learned, the failure rules
+  forward.py    the forward phases (create, stop, move-port, move-volumes, move-floating-ip,
+                delete-old, finish) and the new server's create request
   rollback.py   everything back onto the old server
   describe.py   what --dry-run prints
   report.py     what a rotation reports
-and here, the entry point: preflight every server (an invalid run changes nothing, not even a
+The crash-resume markers (the new server's metadata, a kept port's tags) are defined, read and
+written in ``ivc_tasks.resources.markers`` (status reads them too).
+
+And here, the entry point: preflight every server (an invalid run changes nothing, not even a
 lock), lock them all, look again at their servers (another run may have changed them: then
-preflight again), then run the rotations (up to ``parallel`` side by side). Exactly one run works on a server at a time: see
-``ivc_tasks.resources.lock``.
+preflight again), then run the rotations (up to ``parallel`` side by side, ``run_jobs``: the
+first failure stops new rotations, running ones finish). Exactly one run works on a server at
+a time: see ``ivc_tasks.resources.lock``.
 """
 
 from __future__ import annotations
