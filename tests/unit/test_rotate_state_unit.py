@@ -8,13 +8,15 @@ markers), not only what rotate returned.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 
 import pytest
-from fakecloud import http_error
-from test_rotate_unit import ENV, LOCK, MARKERS, conn, new_cloud, spec_of, tags  # noqa: F401
+from fakecloud import FakeConnection, http_error
+from test_rotate_unit import ENV, LOCK, MARKERS, new_cloud, tags
 
 from ivc_tasks.errors import CloudError, RolledBack
+from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.rotate import RotateFailed, RotateOptions, rotate
 
 KEPT = """
@@ -33,11 +35,31 @@ metadata = { role = "web" }
 
 
 @pytest.fixture
-def kept_spec(spec_of):  # noqa: F811 (the fixture imported above)
+def conn():
+    fake = FakeConnection()
+    fake.add_volume("web1-data")
+    fake.add_volume("web1-logs")
+    return fake
+
+
+@pytest.fixture
+def spec_of(tmp_path):
+    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
+
+    def make(text):
+        path = tmp_path / "spec.toml"
+        path.write_text(textwrap.dedent(text))
+        return load_spec(path, env_name=ENV)
+
+    return make
+
+
+@pytest.fixture
+def kept_spec(spec_of):
     return spec_of(KEPT)
 
 
-def deployed_with_kept_port(conn, spec, *, status="ACTIVE"):  # noqa: F811
+def deployed_with_kept_port(conn, spec, *, status="ACTIVE"):
     """web1 as a deploy with ``keep_address`` leaves it: ivc's port on the public network."""
     old = conn.add_server("web1", metadata=tags(spec, 1, volumes=conn.volumes), status=status)
     port = conn._add_port(old.id, "net-pub", given=True, name=f"ivc-{ENV}-web1-public",
@@ -57,7 +79,7 @@ def no_markers(server):
 
 
 # -- keep_address: forward -----------------------------------------------------------------------
-def test_a_kept_port_moves_to_the_new_server_with_its_address(conn, kept_spec):  # noqa: F811
+def test_a_kept_port_moves_to_the_new_server_with_its_address(conn, kept_spec):
     old, port = deployed_with_kept_port(conn, kept_spec)
     address = port.fixed_ips[0]["ip_address"]
     result = rotate(new_cloud(conn), kept_spec, ["web1"])
@@ -91,7 +113,7 @@ def report_run(conn):
 
 
 # -- keep_address: rollback ----------------------------------------------------------------------
-def test_a_failure_after_the_port_moved_puts_it_back_on_the_old_server(conn, kept_spec):  # noqa: F811
+def test_a_failure_after_the_port_moved_puts_it_back_on_the_old_server(conn, kept_spec):
     old, port = deployed_with_kept_port(conn, kept_spec)
     conn.fail_next("compute.create_volume_attachment", http_error(500, "Unexpected API Error"))
     with pytest.raises(RolledBack) as info:
@@ -106,7 +128,7 @@ def test_a_failure_after_the_port_moved_puts_it_back_on_the_old_server(conn, kep
     assert conn.count("compute.create_server_interface") == 1  # the port went back once
 
 
-def test_a_create_refused_after_the_port_moved_gives_it_back(conn, kept_spec):  # noqa: F811
+def test_a_create_refused_after_the_port_moved_gives_it_back(conn, kept_spec):
     old, port = deployed_with_kept_port(conn, kept_spec)
     conn.fail_next("compute.create_server", http_error(400, "Invalid request"))
     with pytest.raises(RolledBack) as info:
@@ -117,7 +139,7 @@ def test_a_create_refused_after_the_port_moved_gives_it_back(conn, kept_spec):  
     assert conn.ports_of(old.id) == [port] and port.tags == [] and conn.deleted == []
 
 
-def test_a_resumed_port_move_rolls_back_with_the_status_its_tags_recorded(conn, kept_spec):  # noqa: F811
+def test_a_resumed_port_move_rolls_back_with_the_status_its_tags_recorded(conn, kept_spec):
     # a killed run stopped the old server and detached the port; the new server never came:
     # the port's tags are the only record that the old server was ACTIVE
     old, port = deployed_with_kept_port(conn, kept_spec, status="SHUTOFF")
@@ -132,7 +154,8 @@ def test_a_resumed_port_move_rolls_back_with_the_status_its_tags_recorded(conn, 
 
 
 # -- keep_address + ERROR: the old server goes first ------------------------------------------------
-def test_keep_address_error_path_says_the_old_server_is_deleted_and_none_made(conn, kept_spec):  # noqa: F811,E501
+def test_keep_address_error_path_says_the_old_server_is_deleted_and_none_made(conn,
+                                                                              kept_spec):
     old, port = deployed_with_kept_port(conn, kept_spec, status="ERROR")
     conn.fail_next("compute.create_server", http_error(400, "Invalid request"))
     with pytest.raises(CloudError) as info:
@@ -171,7 +194,8 @@ networks = ["private"]
 """
 
 
-def test_the_first_failure_of_a_parallel_run_stops_new_rotations(conn, spec_of, monkeypatch):  # noqa: F811,E501
+def test_the_first_failure_of_a_parallel_run_stops_new_rotations(conn, spec_of,
+                                                                monkeypatch):
     spec = spec_of(THREE)
     olds = {}
     for name in ("web1", "web2", "web3"):
@@ -216,7 +240,7 @@ def test_the_first_failure_of_a_parallel_run_stops_new_rotations(conn, spec_of, 
 
 
 # -- the dry run shows the request the executor sends ----------------------------------------------
-def test_the_dry_run_create_request_is_the_one_the_executor_sends(conn, kept_spec):  # noqa: F811
+def test_the_dry_run_create_request_is_the_one_the_executor_sends(conn, kept_spec):
     old, port = deployed_with_kept_port(conn, kept_spec)
     dry = rotate(new_cloud(conn), kept_spec, ["web1"], dry_run=True)
     (shown,) = [a for a in dry.rotations[0].actions if a.verb == "create"]

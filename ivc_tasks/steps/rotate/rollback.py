@@ -1,18 +1,20 @@
 """Rolling a rotation back: everything back onto the old server, the new one deleted.
 
 Works from what the cloud says NOW (``r``, ``s``: the ``state.Run`` and ``RotationState``):
-something already where it belongs counts as done, something missing is not an error. In order: mark the new
-server ``ivc_rollback=1`` (so that a rerun rolls back too), the floating IPs back to their
-recorded ports (their record is the new server's metadata, which may go next), a new server in
-BUILD or ERROR deleted as it is, the volumes the old server held back (side by side), the kept
-ports back, the old server started again if it was ACTIVE before the rotation (``s.was``), the new server deleted, the markers cleared. Then ``RolledBack``
-(exit 3) names the phase that failed and why; a rollback that fails is a CloudError (exit 1)
-and a rerun continues it.
+something already where it belongs counts as done, something missing is not an error. In
+order: mark the new server ``ivc_rollback=1`` (so that a rerun rolls back too), the floating
+IPs back to their recorded ports (their record is the new server's metadata, which may go
+next), a new server in BUILD or ERROR deleted as it is, the volumes the old server held back
+(side by side), the kept ports back, the old server started again if it was ACTIVE before the
+rotation (``s.was``), the new server deleted, the markers cleared. Then ``RolledBack`` (exit 3)
+names the phase that failed and why; a rollback that fails is a CloudError (exit 1) and a
+rerun continues it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
@@ -91,7 +93,7 @@ def _undo(r: Run, s: RotationState, new_id: str | None) -> None:
         # of ours is on it yet (volumes move once it is ACTIVE). A rerun rolls back anyway.
         _delete_new(r, new.id)
         new = None
-    had = _volumes_of_old(r, old)
+    had = _volumes_of_old(r, old, listed=() if s.again else r.prepared.listed_volumes.values())
     jobs = {ref: (lambda ref=ref, vid=vid: move_volume(
         cloud, vid, ref, old_id, f"old server {r.name}",
         movable_from=[new_id] if new_id else [], timeout=cloud.volume_timeout))
@@ -133,14 +135,15 @@ def _kept_ports(r: Run, s: RotationState, new: Any | None) -> list[Any]:
     return [p for pid in dict.fromkeys(ids) if (p := get_port(r.cloud, pid)) is not None]
 
 
-def _volumes_of_old(r: Run, old: Any) -> set[str]:
+def _volumes_of_old(r: Run, old: Any, listed: Iterable[Any]) -> set[str]:
     """The volumes the old server held before the rotation: its own record (``ivc_vol:``
     metadata, which a rotation never changes), what Nova shows attached now, and what preflight
-    listed on it. A volume declared since (never on the old server) is not put there: if the
-    new server holds it, deleting that server frees it."""
+    listed on it (``listed``; none once a rotation is done afresh after a rollback). A volume
+    declared since (never on the old server) is not put there: if the new server holds it,
+    deleting that server frees it."""
     recorded = {v for k, v in metadata_of(old).items() if k.startswith(VOLUME_KEY_PREFIX)}
-    listed = {v.id for v in r.prepared.listed_volumes.values() if old.id in volume_holders(v)}
-    return recorded | listed | attached_ids(old)
+    on_old = {v.id for v in listed if old.id in volume_holders(v)}
+    return recorded | on_old | attached_ids(old)
 
 
 def _delete_new(r: Run, new_id: str) -> None:
