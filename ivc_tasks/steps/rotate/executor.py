@@ -114,10 +114,10 @@ class Rotation:
         r.report.generation = generation(s.new)
         return s.learn(old=old, fips=Markers.of(s.new).fips or Markers.of(old).fips)
 
-    def _failed(self, phase: str, exc: IvcError, *, past_return: bool) -> bool:
+    def _failed(self, phase: str, exc: IvcError, *, past_return: bool) -> None:
         """A phase failed: roll back (raises RolledBack), or say how to finish (CloudError);
         only a resumed rotation whose new server never came up is rolled back and then done
-        afresh (returns True)."""
+        afresh (returns)."""
         r, s = self.r, self.state
         if phase == "rollback" or s.kind == CREATE:
             raise exc
@@ -130,7 +130,7 @@ class Rotation:
                 self.state = self._afresh()
                 self.execute(plan_phases(ROTATE, old_status=self.state.old.status,
                                          keep_port=self.state.keep_port))
-                return True
+                return
         if past_return or (s.new is not None and s.old is None):
             raise CloudError(_no_way_back(r.name, s, phase, exc)) from None
         roll_back(r, s, phase, exc)
