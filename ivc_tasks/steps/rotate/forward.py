@@ -61,14 +61,14 @@ def create(r: Run, s: RotationState) -> Learned:
     with r.phase("create") as record:
         before = _public_addresses(r, s.old.id, s.ports)
         plan = r.prepared.plan
-        ports = dict(s.ports)
-        r.report.actions += ensure_kept_ports(r.cloud, r.name, ports, plan.networks, [
-            i for g in plan.groups if (i := plan.groups[g] or r.prepared.group_ids.get(g))])
-        s = s.learn(ports=ports)
-        body, gen = new_server_request(r.cloud, r.prepared, s, old_fips(r.cloud, s.old.id))
-        log.info("creating server %s generation %d (image %s, flavor %s)", r.name, gen,
-                 plan.image.name, plan.flavor.name)
+        ports = dict(s.ports)  # the kept ports it makes are learned, even if it fails
         try:
+            r.report.actions += ensure_kept_ports(r.cloud, r.name, ports, plan.networks, [
+                i for g in plan.groups if (i := plan.groups[g] or r.prepared.group_ids.get(g))])
+            s = s.learn(ports=ports)
+            body, gen = new_server_request(r.cloud, r.prepared, s, old_fips(r.cloud, s.old.id))
+            log.info("creating server %s generation %d (image %s, flavor %s)", r.name, gen,
+                     plan.image.name, plan.flavor.name)
             new = create_server(r.cloud, r.name, body)
         except IvcError as exc:
             raise PhaseFailed(exc, {"ports": ports}) from exc
