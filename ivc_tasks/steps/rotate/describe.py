@@ -36,6 +36,7 @@ class _View:
     new: Any | None
     volumes: str
     fips: str
+    old_ports: list[Any]  # the old server's ports (listed once)
 
     @property
     def target(self) -> str:
@@ -54,8 +55,9 @@ def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationRepor
     report.old_id = old.id if old is not None else None
     report.new_id = new.id if new is not None else None
     vols = ", ".join(f"{ref} ({vid})" for ref, vid in p.volumes.items()) or "none declared"
+    ports = server_ports(cloud, old.id) if old is not None and state.kind != CREATE else []
     view = _View(cloud, p, options, report, state, old, new, vols,
-                 "" if p.decision.kind == CREATE else _fips(cloud, old, new))
+                 "" if p.decision.kind == CREATE else _fips(cloud, old, new, ports), ports)
     names = plan_phases(state.kind, old_status=old.status if old is not None else None,
                         wait_for_new=p.decision.wait_for_new, keep_port=state.keep_port)
     for name in ["preflight", *names]:
@@ -82,7 +84,7 @@ def _create(v: _View) -> str:
     if p.decision.kind in (FORWARD, FINISH):  # the crashed run made it: wait for it
         return f"wait for the new server {v.new.id} to be ACTIVE (else roll back)"
     plan = p.plan
-    body, gen = new_server_request(v.cloud, p, v.state, old_fips(v.cloud, v.old.id))
+    body, gen = new_server_request(v.cloud, p, v.state, old_fips(v.cloud, v.old.id, v.old_ports))
     report.generation = gen
     body["metadata"] = {k: ("<this run>" if k in (META_RUN, META_ROTATION) else val)
                         for k, val in body["metadata"].items()}
@@ -98,7 +100,7 @@ def _addresses(v: _View) -> str:
     each that changes)."""
     plan, name = v.prepared.plan, v.prepared.name
     kept = [port for port in plan.ports.values() if port is not None]
-    before = public_addresses([*server_ports(v.cloud, v.old.id), *kept], plan.networks)
+    before = public_addresses([*v.old_ports, *kept], plan.networks)
     notes = []
     for net in plan.networks:
         if net.name not in before:
@@ -155,11 +157,11 @@ NOTES: dict[str, Callable[[_View], str]] = {
 }
 
 
-def _fips(cloud: Cloud, old: Any | None, new: Any | None) -> str:
+def _fips(cloud: Cloud, old: Any | None, new: Any | None, old_ports: list[Any]) -> str:
     recorded = Markers.of(new).fips or Markers.of(old).fips
     listed = list_floating_ips(cloud)
     if old is not None and not recorded:
-        ports = {p.id for p in server_ports(cloud, old.id)}
+        ports = {p.id for p in old_ports}
         recorded = {f.id: (f.port_id, "") for f in listed if f.port_id in ports}
     by_id = {f.id: f for f in listed}
     return ", ".join(f"{by_id[fid].floating_ip_address} ({fid})" if fid in by_id else fid

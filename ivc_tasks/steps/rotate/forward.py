@@ -132,9 +132,11 @@ def _report_addresses(r: Run, ports: dict, before: dict, after: dict) -> str:
                      for c in r.report.addresses)
 
 
-def old_fips(cloud: Cloud, old_id: str) -> dict[str, tuple[str, str]]:
-    """``{fip id: (port id, network id)}`` of the floating IPs on the old server's ports."""
-    by_port = {p.id: p for p in server_ports(cloud, old_id)}
+def old_fips(cloud: Cloud, old_id: str, ports: list[Any] | None = None
+             ) -> dict[str, tuple[str, str]]:
+    """``{fip id: (port id, network id)}`` of the floating IPs on the old server's ports
+    (``ports``: as listed already; else they are listed)."""
+    by_port = {p.id: p for p in (server_ports(cloud, old_id) if ports is None else ports)}
     fips = list_floating_ips(cloud)  # listed in preflight, under the lock
     return {f.id: (f.port_id, by_port[f.port_id].network_id)
             for f in fips if f.port_id in by_port}
