@@ -14,7 +14,10 @@ from typing import Any
 from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
 from ivc_tasks.secgroup_rules import (
-    ICMP_PROTOCOLS, IPV6_ONLY_PROTOCOLS, PORT_PROTOCOLS, protocol_number,
+    ICMP_PROTOCOLS,
+    IPV6_ONLY_PROTOCOLS,
+    PORT_PROTOCOLS,
+    protocol_number,
 )
 from ivc_tasks.spec_model import Rule, SecGroup
 

@@ -9,18 +9,52 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ivc_tasks.cloud import Cloud, CloudCallError
 from ivc_tasks.errors import CloudError
 from ivc_tasks.resources.poller import VOLUMES, poll
 from ivc_tasks.resources.resolve import delete_or_gone
-from ivc_tasks.result import Action
+from ivc_tasks.resources.servers import server_label
 from ivc_tasks.resources.waits import get_volume
+from ivc_tasks.result import Action
 
 log = logging.getLogger("ivc")
 VOLUME_BUSY = ("attaching", "detaching", "reserved", "creating", "downloading", "maintenance")
 VOLUME_FAILED = ("error", "error_attaching", "error_detaching", "error_deleting")
+
+
+@dataclass(frozen=True)
+class VolumeProblem:
+    """Why a volume cannot be attached (``volume_problem``); ``elsewhere``: another server
+    holds it (a person must detach it), else its status is wrong."""
+
+    text: str
+    elsewhere: bool
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def volume_problem(cloud: Cloud, volume: Any, ref: str, *, server: str,
+                   ours: Iterable[str] = (), settled: Iterable[str] = ("available",)
+                   ) -> VolumeProblem | None:
+    """The one "is this volume attachable" check (create, attach, deploy, rotate): None when
+    it is held by none but ``ours`` and its status is one of ``settled``.
+
+    :param server: the declared server it is for (named in the text).
+    :param ours: ids of the servers that may hold it already (this server's).
+    """
+    foreign = [h for h in volume_holders(volume) if h not in set(ours)]
+    if foreign:
+        return VolumeProblem(f"volume {ref!r} ({volume.id}) is attached to server "
+                             f"{server_label(cloud, foreign[0])}, not to {server}; detach it "
+                             "there first (ivc never moves a volume implicitly)", True)
+    if volume.status not in tuple(settled):
+        return VolumeProblem(f"volume {ref!r} ({volume.id}) is {volume.status!r}, not "
+                             "available; fix it in the cloud first", False)
+    return None
 NOVA_LAG_RETRIES = 5  # attach refused while Nova still lists the volume on the server it left
 
 

@@ -16,10 +16,14 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.resources.resolve import (
-    forget, list_floating_ips, list_networks, pick, server_ports,
+    forget,
+    list_floating_ips,
+    list_networks,
+    pick,
+    server_ports,
 )
-from ivc_tasks.result import Action
 from ivc_tasks.resources.waits import delete_or_gone
+from ivc_tasks.result import Action
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")

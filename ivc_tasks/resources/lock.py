@@ -95,6 +95,14 @@ def parse_holder(public_key: str | None) -> Holder | None:
         return None
 
 
+def lock_text(keypair: Any, now: float | None = None) -> str:
+    """Who holds a lock, from its keypair (status and the dry run print it): ``locked by
+    rotate run R on host H, pid P, started S s ago`` (``locked (keypair K)`` when the
+    keypair's comment is not ivc's)."""
+    holder = parse_holder(getattr(keypair, "public_key", None))
+    return f"locked by {holder.describe(now)}" if holder else f"locked (keypair {keypair.name})"
+
+
 def parse_created_at(value: Any) -> float | None:
     """Nova's ``created_at`` (UTC, with or without a zone) as a unix time; None if unreadable."""
     if not value:

@@ -8,11 +8,9 @@ before the server: name ``ivc-<env>-<server>-<network>``, description ``ivc:<env
 given). A rotate detaches it from the stopped old server (``DELETE .../os-interface/<port>``)
 and boots the new server with it: same IP, same MAC.
 
-While a move is under way the port carries Neutron tags, since the new server does not exist
-yet when the port leaves the old one: ``ivc-rotation:<rotation id>``, ``ivc-from:<old server
-id>``, ``ivc-was:<the old server's status before the rotation>``. The new server's create
-request records the port too (``ivc_port:<port id>=<network id>`` metadata); ``finish`` and
-the rollback clear both.
+While a move is under way the port carries Neutron tags (the new server does not exist yet
+when the port leaves the old one), and the new server's create request records the port too:
+both are rotation markers, defined, read and written in ``resources/markers.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +27,6 @@ from ivc_tasks.spec import NEUTRON_NAME_MAX, Server, Spec
 
 log = logging.getLogger("ivc")
 
-TAG_ROTATION, TAG_FROM, TAG_WAS = "ivc-rotation:", "ivc-from:", "ivc-was:"
-PORT_KEY_PREFIX = "ivc_port:"  # new server metadata: ivc_port:<port id> = <network id>
 
 
 def kept_port_name(env: str, name: str, network_name: str) -> str:
@@ -137,30 +133,6 @@ def address_changes(before: Mapping[str, list[str]], after: Mapping[str, list[st
     return [{"network": net, "old": sorted(before.get(net, [])), "new": sorted(after.get(net, [])),
              "kept": net in kept and sorted(before.get(net, [])) == sorted(after.get(net, []))}
             for net in sorted(set(before) | set(after))]
-
-
-# -- the move under way (tags) -----------------------------------------------------------------
-def port_tags(port: Any | None) -> dict[str, str]:
-    """ivc's move tags of a port: ``{TAG_ROTATION: id, TAG_FROM: server id, TAG_WAS: status}``."""
-    out = {}
-    for tag in (getattr(port, "tags", None) or []) if port is not None else []:
-        for prefix in (TAG_ROTATION, TAG_FROM, TAG_WAS):
-            if tag.startswith(prefix):
-                out[prefix] = tag[len(prefix):]
-    return out
-
-
-def set_move_tags(cloud: Cloud, port: Any, rotation: str | None, old_id: str | None,
-                  was: str | None) -> None:
-    """Record (or, all None, clear) a move under way on the port's tags (one request)."""
-    conn = cloud.conn
-    others = [t for t in (port.tags or []) if not t.startswith((TAG_ROTATION, TAG_FROM, TAG_WAS))]
-    mine = [f"{TAG_ROTATION}{rotation}", f"{TAG_FROM}{old_id}", f"{TAG_WAS}{was}"] \
-        if rotation else []
-    if sorted(others + mine) == sorted(port.tags or []):
-        return
-    cloud.call(f"tag port {port.id}", lambda: conn.network.set_tags(port, others + mine))
-    port.tags = others + mine
 
 
 # -- moving a port between servers ------------------------------------------------------------

@@ -5,7 +5,7 @@ creates carries ``ivc_managed=1``, ``ivc_env``, ``ivc_name``, ``ivc_run`` (the r
 it), ``ivc_gen`` (1; ``rotate`` increments it), ``ivc_userdata`` (a short sha256 of the
 user_data), ``ivc_vol:<volume>`` (the volume a declared name resolved to) and ``ivc_spec``
 (which declarations file made it: ``spec_identity``); a rotation under way adds its markers
-(``ivc_rotation``...). One request lists the project's servers with details; the filtering is
+(``resources/markers.py``). One request lists the project's servers with details; the filtering is
 local. A server of a declared name without ``ivc_managed`` is one ivc did not make
 (``unmanaged_twins``): ivc never boots a twin beside it (``rotate --adopt`` takes it over).
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError, clip, clip_repr
 from ivc_tasks.hints import did_you_mean, listed
-from ivc_tasks.resources.resolve import list_servers
+from ivc_tasks.resources.resolve import forget, list_servers
 from ivc_tasks.spec import Server, Spec
 from ivc_tasks.userdata import userdata_sha256
 
@@ -33,13 +33,6 @@ META_GEN = "ivc_gen"
 META_USERDATA = "ivc_userdata"
 META_SPEC = "ivc_spec"
 VOLUME_KEY_PREFIX = "ivc_vol:"
-# a rotation under way (steps/rotate/markers.py writes and reads them; status shows them)
-META_ROTATION = "ivc_rotation"
-META_ROLE = "ivc_role"
-META_REPLACES = "ivc_replaces"
-META_WAS = "ivc_was"
-META_ROLLBACK = "ivc_rollback"
-FIP_KEY_PREFIX = "ivc_fip:"
 USERDATA_SHORT = 16  # hex digits of the sha256 kept in ivc_userdata
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_:. -]{1,200}$")  # what Nova accepts, with room to spare
 # A server is gone when Nova answers 404 for it OR shows it in one of these statuses: Nova sets
@@ -146,6 +139,35 @@ def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
         **{volume_key(ref): vid for ref, vid in (volumes or {}).items()},
         **({META_SPEC: spec_id} if spec_id else {}),
     }
+
+
+# -- the two writes: create, metadata ---------------------------------------------------------
+def create_server(cloud: Cloud, name: str, body: Mapping[str, Any], *,
+                  made_meanwhile: Callable[[], Any | None] | None = None) -> Any:
+    """Send one create request (``body``: openstacksdk ``create_server`` arguments, tagged by
+    ``server_metadata`` with this run's id). A create is never blindly re-sent: after a lost
+    response, the servers are listed again and the one this run made (``made_by_run``) is taken.
+
+    :raises CloudCallError: the create failed.
+    """
+    conn = cloud.conn
+    server = cloud.call(f"create server {name}", lambda: conn.compute.create_server(**body),
+                        done_already=made_meanwhile or (lambda: made_by_run(cloud, name)),
+                        redact=body.get("user_data"))
+    forget(cloud, "servers")
+    return server
+
+
+def set_metadata(cloud: Cloud, server: Any, what: str, metadata: Mapping[str, str], *,
+                 replace: bool = False) -> None:
+    """The one server metadata write: merge ``metadata`` in (POST), or, ``replace``, make it
+    the whole metadata (PUT). ``server`` is the server as fetched (``replace`` needs it)."""
+    conn = cloud.conn
+    if replace:
+        cloud.call(what, lambda: server.set_metadata(conn.compute, metadata=dict(metadata),
+                                                     replace=True))
+    else:
+        cloud.call(what, lambda: conn.compute.set_server_metadata(server.id, **metadata))
 
 
 def attached_ids(server: Any) -> set[str]:

@@ -21,20 +21,22 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
+from ivc_tasks.resources.poller import shared_poller
+from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
+from ivc_tasks.resources.servers import made_by_run
+from ivc_tasks.result import StepResult
+from ivc_tasks.spec import Spec
+from ivc_tasks.steps.checks import console_preflight
+from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
 from ivc_tasks.steps.instances import (
-    apply_instance, describe_instance, plan_instance,
+    apply_instance,
+    describe_instance,
+    plan_instance,
 )
 from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs, take_keypairs
 from ivc_tasks.steps.parallel import run_jobs
-from ivc_tasks.resources.poller import shared_poller
-from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
-from ivc_tasks.result import StepResult
-from ivc_tasks.resources.servers import made_by_run
-from ivc_tasks.steps.checks import console_preflight
-from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
 from ivc_tasks.steps.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
 from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
-from ivc_tasks.spec import Spec
 
 STEP = "deploy"
 

@@ -26,24 +26,45 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.attachments import volume_holders
+from ivc_tasks.resources.attachments import volume_problem
 from ivc_tasks.resources.floating_ips import (
-    FloatingPlan, ensure_floating_ip, is_public, plan_floating, server_floating_ip,
+    FloatingPlan,
+    ensure_floating_ip,
+    is_public,
+    plan_floating,
+    server_floating_ip,
 )
-from ivc_tasks.steps.keypairs import ensure_keypair, plan_keypair
 from ivc_tasks.resources.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
 from ivc_tasks.resources.resolve import (
-    find_images, forget, list_flavors, list_networks, list_volumes, pick,
+    find_images,
+    list_flavors,
+    list_networks,
+    list_volumes,
+    pick,
 )
-from ivc_tasks.result import Action, StepResult, userdata_summary
-from ivc_tasks.steps.secgroups import groups_by_name
 from ivc_tasks.resources.servers import (
-    META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
-    check_same_spec, fault_message, generation, made_by_run, managed_servers, server_info,
-    server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
+    META_RUN,
+    META_USERDATA,
+    USERDATA_SHORT,
+    WAITING_STATES,
+    check_same_spec,
+    create_server,
+    declared_server,
+    error_hint,
+    fault_message,
+    generation,
+    managed_servers,
+    server_info,
+    server_metadata,
+    spec_identity,
+    twin_error,
+    unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
+from ivc_tasks.result import Action, StepResult, userdata_summary
 from ivc_tasks.spec import Server, Spec, needs_config_drive
+from ivc_tasks.steps.keypairs import ensure_keypair, plan_keypair
+from ivc_tasks.steps.secgroups import groups_by_name
 from ivc_tasks.userdata import userdata_sha256
 
 log = logging.getLogger("ivc")
@@ -88,21 +109,6 @@ def resolve_networks(cloud: Cloud, spec: Spec, declared: Server) -> list[Any]:
     return [pick(nets, ref, kind="network", spec_path=spec.path,
                  entry=f"servers.{declared.name}.networks[{i}]")
             for i, ref in enumerate(declared.networks)]
-
-
-def check_boot_volume(cloud: Cloud, spec: Spec, ref: str, volume: Any, entry: str) -> None:
-    """Refuse a volume that cannot be attached to a new server.
-
-    :raises ConfigError: attached to another server (named), or not available.
-    """
-    others = volume_holders(volume)
-    if others:
-        raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached to "
-                          f"server {server_label(cloud, others[0])}; detach it there first "
-                          "(ivc never moves a volume implicitly)")
-    if volume.status != "available":
-        raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
-                          f"{volume.status!r}, not available; fix it in the cloud first")
 
 
 def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
@@ -158,7 +164,9 @@ def plan_instance(cloud: Cloud, spec: Spec, name: str, *,
             volume = pick(vols, ref, kind="volume", spec_path=spec.path,
                           entry=f"{entry}.volumes[{i}]", fix="ivc never creates volumes: "
                           "create it, or fix the name")
-            check_boot_volume(cloud, spec, ref, volume, f"{entry}.volumes[{i}]")
+            problem = volume_problem(cloud, volume, ref, server=name)
+            if problem:  # attached at boot: it must be available
+                raise ConfigError(f"{spec.path}: {entry}.volumes[{i}]: {problem}")
             plan.boot_volumes[ref] = volume
     return plan
 
@@ -234,7 +242,6 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
     :param group_ids: ids of groups created earlier in this run (deploy).
     :raises CloudError: the server failed to boot or a cloud call failed.
     """
-    conn = cloud.conn
     name = plan.name
     result = StepResult(step=STEP, target=name)
     result.warnings += _existing_warnings(plan)
@@ -249,10 +256,7 @@ def apply_instance(cloud: Cloud, plan: InstancePlan, *, group_ids: Mapping[str, 
         body = create_request(cloud, plan, group_ids or {})
         log.info("creating server %s (image %s, flavor %s, config drive %s)", name,
                  plan.image.name, plan.flavor.name, "yes" if plan.config_drive else "no")
-        server = cloud.call(f"create server {name}", lambda: conn.compute.create_server(**body),
-                            done_already=lambda: made_by_run(cloud, name),
-                            redact=body.get("user_data"))
-        forget(cloud, "servers")
+        server = create_server(cloud, name, body)
         result.actions.append(Action("create", "server", name, _create_summary(plan), {
             "id": server.id, "request": redacted_request(body, plan.declared.userdata)}))
         server = _wait_active(cloud, server, name, timeout)

@@ -35,7 +35,13 @@ from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.resources.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.result import Action, StepResult
 from ivc_tasks.secgroup_rules import (
-    DEFAULT_EGRESS, MARKER_PREFIX, RulePlan, plan_rules, rule_key, rule_marker, rule_text,
+    DEFAULT_EGRESS,
+    MARKER_PREFIX,
+    RulePlan,
+    plan_rules,
+    rule_key,
+    rule_marker,
+    rule_text,
 )
 from ivc_tasks.spec import NEUTRON_NAME_MAX, SecGroup, Spec
 

@@ -23,14 +23,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.resources.lock import LOCK_PREFIX, lock_name, parse_holder
+from ivc_tasks.resources.lock import LOCK_PREFIX, lock_name, lock_text
+from ivc_tasks.resources.markers import Markers
 from ivc_tasks.resources.resolve import (
-    list_flavors, list_floating_ips, list_images, list_keypairs, list_networks, list_ports,
-    list_servers, list_volumes, matching, prefetch, value_of,
+    list_flavors,
+    list_floating_ips,
+    list_images,
+    list_keypairs,
+    list_networks,
+    list_ports,
+    list_servers,
+    list_volumes,
+    matching,
+    prefetch,
+    value_of,
 )
 from ivc_tasks.resources.servers import (
-    META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
-    generation, managed_servers, server_state, unmanaged_twins,
+    META_NAME,
+    META_USERDATA,
+    USERDATA_SHORT,
+    addresses,
+    attached_ids,
+    generation,
+    managed_servers,
+    server_state,
+    unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 from ivc_tasks.userdata import userdata_sha256
@@ -247,12 +264,12 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
             flavor=value_of(server.flavor, "original_name") or value_of(server.flavor, "name")
             or value_of(server.flavor, "id"),
         )
-        if meta.get(META_ROTATION):
-            item.rotation = {"id": meta[META_ROTATION], "role": meta.get(META_ROLE, "?")}
+        marks = Markers.of(server)
+        if marks.rotation:
+            item.rotation = {"id": marks.rotation, "role": marks.role or "?"}
         lock = locks.get(lock_name(cloud.env, name))
         if lock is not None:
-            holder = parse_holder(getattr(lock, "public_key", None))
-            item.lock = f"locked by {holder.describe()}" if holder else "locked"
+            item.lock = lock_text(lock)
         if declared is not None:
             item.drift = _drift(cloud, declared, server, seen_by_neutron)
         result.servers.append(item)

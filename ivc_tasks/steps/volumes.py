@@ -23,14 +23,25 @@ from typing import Any
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
 from ivc_tasks.hints import did_you_mean, listed
-from ivc_tasks.resources.attachments import send_attach, volume_holders, wait_attached
+from ivc_tasks.resources.attachments import (
+    send_attach,
+    volume_holders,
+    volume_problem,
+    wait_attached,
+)
 from ivc_tasks.resources.resolve import list_volumes, pick
-from ivc_tasks.result import Action, StepResult
 from ivc_tasks.resources.servers import (
-    attached_ids, declared_server, error_hint, fault_message, managed_servers, recorded_attached,
-    server_label, volume_key,
+    attached_ids,
+    declared_server,
+    error_hint,
+    fault_message,
+    managed_servers,
+    recorded_attached,
+    set_metadata,
+    volume_key,
 )
 from ivc_tasks.resources.waits import get_volume
+from ivc_tasks.result import Action, StepResult
 from ivc_tasks.spec import Server, Spec
 
 log = logging.getLogger("ivc")
@@ -130,17 +141,11 @@ def plan_attach(cloud: Cloud, spec: Spec, name: str, volumes: Iterable[str] = ()
         entry = f"servers.{name}.volumes[{declared.volumes.index(ref)}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
-        holders = volume_holders(volume)
-        if volume.id in attached_here or server.id in holders:
+        if volume.id in attached_here or server.id in volume_holders(volume):
             plan.volumes.append(VolumePlan(ref=ref, volume_id=volume.id, volume=volume,
                                            record=True))
-        elif holders:
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
-                              f"to another server, {server_label(cloud, holders[0])}; detach it "
-                              "there first (ivc never moves a volume implicitly)")
-        elif volume.status != "available":
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
-                              f"{volume.status!r}, not available; fix it in the cloud first")
+        elif problem := volume_problem(cloud, volume, ref, server=name):
+            raise ConfigError(f"{spec.path}: {entry}: {problem}")
         else:
             plan.volumes.append(VolumePlan(ref=ref, volume_id=volume.id, volume=volume,
                                            attach=True, record=True))
@@ -153,7 +158,6 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
     :raises CloudError: an attach failed or timed out, or a cloud call failed.
     :raises ConfigError: a volume got attached elsewhere since the plan was made.
     """
-    conn = cloud.conn
     name, server = plan.name, plan.server
     result = StepResult(step=STEP, target=name)
     record: dict[str, str] = {}
@@ -164,14 +168,10 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
                 raise CloudError(f"volume {vp.ref!r} ({vp.volume_id}) was deleted meanwhile; "
                                  "fix the declarations or restore it")
             if server.id not in volume_holders(fresh):
-                holders = volume_holders(fresh)
-                if holders:
-                    raise ConfigError(f"volume {vp.ref!r} ({fresh.id}) got attached to "
-                                      f"{server_label(cloud, holders[0])} meanwhile; detach it "
-                                      "there first")
-                if fresh.status != "available":
-                    raise CloudError(f"volume {vp.ref!r} ({fresh.id}) became {fresh.status!r} "
-                                     "meanwhile; run again once it is available")
+                problem = volume_problem(cloud, fresh, vp.ref, server=name)
+                if problem:  # it changed since the plan checked it
+                    raise (ConfigError if problem.elsewhere else CloudError)(
+                        f"{problem} (it changed since this run checked it)")
                 send_attach(cloud, vp.volume_id, vp.ref, server.id, name)
                 wait_attached(cloud, vp.volume_id, vp.ref, server.id,
                               cloud.settings.volume_timeout if timeout is None else timeout, eager=False)
@@ -181,8 +181,7 @@ def apply_attach(cloud: Cloud, plan: AttachPlan, *, timeout: float | None = None
         if vp.record:
             record[volume_key(vp.ref)] = vp.volume_id
     if record:
-        cloud.call(f"record volumes in the metadata of {name}",
-                   lambda: conn.compute.set_server_metadata(server.id, **record))
+        set_metadata(cloud, server, f"record volumes in the metadata of {name}", record)
         if not result.actions:
             result.actions.append(Action("record", "server_metadata", name,
                                          ", ".join(sorted(record)), {"keys": sorted(record)}))

@@ -107,6 +107,7 @@ def guest(c, name, project="ivc"):
     """Run a command in a server's guest: devcloud.guest NAME -- CMD...; exits with its status."""
     import shlex
     import sys
+
     from ivc_tasks.devcloud import guests as lib
     from ivc_tasks.devcloud import seed
     from ivc_tasks.devcloud.bootstrap import DevcloudError

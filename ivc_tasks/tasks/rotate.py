@@ -103,7 +103,8 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
 })
 def inventory(c, format="ssh-config"):  # noqa: A002 (the flag's name)
     """Print every managed server (address from Neutron, user, key, known_hosts, groups)."""
-    from ivc_tasks.steps.inventory import FORMATS, inventory as listing  # noqa: PLC0415
+    from ivc_tasks.steps.inventory import FORMATS  # noqa: PLC0415
+    from ivc_tasks.steps.inventory import inventory as listing
 
     with usage("inventory", json=format == "json"):
         if format not in FORMATS:

@@ -250,10 +250,17 @@ def test_a_lost_response_is_not_acted_on_twice(world, proxied, method, path):
 def test_a_reset_connection_on_the_delete_is_retried(world, proxied):
     proxies, env = proxied
     old_id, gen = current(world)
-    proxies["compute"].add("DELETE", rf"/servers/{old_id}$", "reset_after")
-    proxies["block_storage"].add("GET", r"/volumes/", "reset")  # a poll, too
+    delete = proxies["compute"].add("DELETE", rf"/servers/{old_id}$", "reset_after")
+    poll = proxies["block_storage"].add("GET", r"/volumes/", "reset")  # a poll, too
     run = world.run("rotate", "--name", world.main, **env)
     assert run.returncode == 0, run.stderr
+    # both faults happened: the delete was done but its answer lost, one volume poll reset
+    assert (delete.hits, poll.hits) == (1, 1)
+    deletes = [o for m, p, o in proxies["compute"].seen
+               if m == "DELETE" and p.endswith(f"/servers/{old_id}")]
+    assert deletes[0] == "forwarded (204), then reset", deletes
+    polls = [o for m, p, o in proxies["block_storage"].seen if m == "GET" and "/volumes/" in p]
+    assert "reset before forwarding" in polls, polls
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 
 

@@ -177,7 +177,7 @@ def test_attach_volume_twice_and_refuse_a_volume_attached_elsewhere(ivc, conn):
     before = cloud_state(conn, ivc.prefix)
     refused = ivc.run("attach-volume", "--name", name, "--json")
     assert refused.code == 2, refused
-    assert f"attached to another server, '{ivc.prefix}-other'" in refused.err
+    assert f"is attached to server '{ivc.prefix}-other'" in refused.err
     assert refused.data["mutating_requests"] == 0
     assert cloud_state(conn, ivc.prefix) == before
 

@@ -388,17 +388,44 @@ class FakeConnection:
     def network_networks(self):
         return iter(self.networks)
 
-    def _add_port(self, server_id, network_id):
+    def _add_port(self, server_id, network_id, *, given=False, **attrs):
+        """A port; ``given``: made by the user (or ivc), not by Nova: a server given it at
+        boot only unbinds it when deleted or detached (Nova deletes the ports it made)."""
         port = Resource(id=new_id("port"), device_id=server_id, network_id=network_id,
                         fixed_ips=[{"ip_address": f"10.0.0.{len(self.ports) + 10}",
-                                    "subnet_id": f"sub-{network_id}"}])
+                                    "subnet_id": f"sub-{network_id}"}],
+                        **{"name": "", "description": "", "tags": [], "given": given,
+                           "created_at": _now(), **attrs})
         self.ports.append(port)
         return port
 
-    def network_ports(self, device_id=None, device_owner=None, project_id=None):
+    def network_ports(self, device_id=None, device_owner=None, project_id=None,
+                      network_id=None, name=None):
         owners = device_owner if isinstance(device_owner, list) else [device_owner]
         return iter([p for p in self.ports if (device_id is None or p.device_id == device_id)
-                     and (device_owner is None or getattr(p, "device_owner", None) in owners)])
+                     and (device_owner is None or getattr(p, "device_owner", None) in owners)
+                     and (network_id is None or p.network_id == network_id)
+                     and (name is None or p.name == name)])
+
+    def _port(self, port) -> Resource:
+        found = next((p for p in self.ports if p.id == _id(port)), None)
+        if found is None:
+            raise not_found("Port", _id(port))
+        return found
+
+    def network_get_port(self, port_id):
+        return self._port(port_id)
+
+    def network_create_port(self, network_id, name="", description="",
+                            security_group_ids=None):
+        return self._add_port("", network_id, given=True, name=name, description=description,
+                              security_group_ids=list(security_group_ids or []))
+
+    def network_set_tags(self, resource, tags):
+        """PUT /v2.0/ports/{id}/tags: the port's tags become ``tags``."""
+        port = self._port(resource)
+        port.tags = list(tags)
+        return port
 
     def network_routers(self):
         return iter(getattr(self, "routers", []))
@@ -471,7 +498,13 @@ class FakeConnection:
                 if {"id": bdm["uuid"]} not in server.attached_volumes:
                     server.attached_volumes.append({"id": bdm["uuid"]})
         for net in body.get("networks", []):
-            self._add_port(server.id, net["uuid"])
+            if "port" in net:  # a port given at boot: bound to the server, never deleted by it
+                port = self._port(net["port"])
+                if port.device_id:
+                    raise conflict(f"Port {port.id} is still in use.")
+                port.device_id = server.id
+            else:
+                self._add_port(server.id, net["uuid"])
         self.servers.append(server)
         return server
 
@@ -568,14 +601,39 @@ class FakeConnection:
         Cinder detaches its volumes."""
         self.servers.remove(server)
         self.deleted.append(server.id)
-        ports = {p.id for p in self.ports if p.device_id == server.id}
+        ports = {p.id for p in self.ports if p.device_id == server.id and not p.given}
         self.ports = [p for p in self.ports if p.id not in ports]
+        for port in self.ports:  # a port given at boot is unbound and stays
+            if port.device_id == server.id:
+                port.device_id = ""
         for fip in self.fips:
             if fip.port_id in ports:
                 fip.port_id = None
         for volume in self.volumes:
             if server.id in self.holders(volume):
                 self._detach_steps(volume, server.id, nova=None)
+
+    # -- compute: interfaces (os-interface) ---------------------------------------------------
+    def compute_create_server_interface(self, server, port_id=None):
+        """POST .../os-interface: bind a free port to the server (409 when it is in use)."""
+        found, port = self._server(server), self._port(port_id)
+        if port.device_id:
+            raise conflict(f"Port {port.id} is still in use.")
+        port.device_id = found.id
+        return Resource(port_id=port.id, server_id=found.id)
+
+    def compute_delete_server_interface(self, port, server=None, ignore_missing=True):
+        """DELETE .../os-interface/<port>: Nova unbinds a port it was given, deletes its own."""
+        found, port = self._server(server), self._port(port)
+        if port.device_id != found.id:
+            if ignore_missing:
+                return None
+            raise not_found("Port", port.id)
+        if port.given:
+            port.device_id = ""
+        else:
+            self.ports.remove(port)
+        return None
 
     def compute_set_server_metadata(self, server_id, **metadata):
         return self._set_metadata(server_id, metadata=metadata, replace=False)

@@ -96,20 +96,8 @@ def test_the_walk_sees_every_kind_of_import():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# rotate's executor <-> forward <-> rollback: being removed on its own branch (issue 15, part 1).
-# When it is gone, the strict xfail below fails: then delete ROTATE_CIRCLE and that test.
-ROTATE_CIRCLE = ["ivc_tasks.steps.rotate.executor", "ivc_tasks.steps.rotate.forward",
-                 "ivc_tasks.steps.rotate.rollback"]
-
-
 def test_no_import_circle_in_ivc_tasks():
-    assert [c for c in circles(GRAPH) if c != ROTATE_CIRCLE] == []
-
-
-@pytest.mark.xfail(strict=True, reason="rotate's executor/forward/rollback circle, removed on "
-                   "the rotate-state branch; then drop ROTATE_CIRCLE")
-def test_no_import_circle_in_rotate():
-    assert ROTATE_CIRCLE not in circles(GRAPH)
+    assert circles(GRAPH) == []
 
 
 @pytest.mark.parametrize("step", ["ivc_tasks.steps.status", "ivc_tasks.steps.destroy"])

@@ -419,8 +419,13 @@ def test_attach_volume_refuses_a_volume_attached_elsewhere_and_touches_nothing(c
     make_existing_app(conn)
     other = conn.add_server("db1")
     conn.add_volume("data", server_id=other.id)
-    with pytest.raises(ConfigError, match="attached to another server, 'db1'"):
+    with pytest.raises(ConfigError) as caught:
         attach_volume(cloud, spec_of(), "app")
+    data = conn.volumes[-1]
+    assert str(caught.value).endswith(
+        f"servers.app.volumes[0]: volume 'data' ({data.id}) is attached to server 'db1' "
+        f"({other.id}), not to app; detach it there first (ivc never moves a volume "
+        "implicitly)")
     assert conn.mutations() == []
 
 

@@ -8,9 +8,9 @@ from fakecloud import FakeConnection, Resource, ticking_cloud
 
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import is_public, plan_floating
-from ivc_tasks.resources.ports import address_changes, kept_port_name, port_tags, public_addresses
+from ivc_tasks.resources.markers import PortMove, is_marker, port_move
+from ivc_tasks.resources.ports import address_changes, kept_port_name, public_addresses
 from ivc_tasks.steps.rotate.decide import FINISH, FORWARD, ROLLBACK, ROTATE
-from ivc_tasks.steps.rotate.markers import is_marker
 from ivc_tasks.steps.rotate.phases import plan_phases
 from ivc_tasks.spec import load_spec
 
@@ -93,7 +93,8 @@ def test_addresses_public_only_and_what_changed():
 
 def test_the_move_under_way_lives_in_the_port_tags_and_the_new_servers_markers():
     port = NS(tags=["other", "ivc-rotation:r1", "ivc-from:srv-1", "ivc-was:ACTIVE"])
-    assert port_tags(port) == {"ivc-rotation:": "r1", "ivc-from:": "srv-1", "ivc-was:": "ACTIVE"}
+    assert port_move(port) == PortMove(rotation="r1", from_id="srv-1", was="ACTIVE")
+    assert port_move(NS(tags=["other"])) is None
     assert is_marker("ivc_port:p1") and not is_marker("ivc_vol:data")
     assert kept_port_name("prod", "web1", "Ext-Net") == "ivc-prod-web1-Ext-Net"
 

@@ -22,7 +22,7 @@ from ivc_tasks.resources.floating_ips import pick_port
 from ivc_tasks.steps.rotate.decide import (
     CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide,
 )
-from ivc_tasks.steps.rotate.markers import fip_markers, is_marker
+from ivc_tasks.resources.markers import fip_markers, is_marker
 
 
 def wait_until(cloud, what, fetch, state, **kw):
@@ -274,13 +274,27 @@ def test_rotate_alias_and_tasks_are_registered():
 
 
 # -- the phase list: one for the executor and the dry run -----------------------------------
-def test_every_phase_has_a_runner_and_a_dry_run_note():
+def test_every_phase_plan_phases_returns_has_a_runner_and_a_dry_run_note():
+    """What ``plan_phases`` returns, for every decision and every state of the old server, is
+    what the executor runs and the dry run describes: a phase added to one and not the others
+    fails here."""
+    import itertools
+
+    from ivc_tasks.steps.rotate.decide import FINISH, FORWARD
     from ivc_tasks.steps.rotate.describe import NOTES
     from ivc_tasks.steps.rotate.executor import RUNNERS
-    from ivc_tasks.steps.rotate.phases import PHASES
+    from ivc_tasks.steps.rotate.phases import PHASES, plan_phases
 
-    assert set(NOTES) == set(PHASES)
-    assert set(RUNNERS) == set(PHASES) - {"preflight"}
+    returned = set()
+    for kind, old, wait, keep in itertools.product(
+            [CREATE, ROTATE, ROLLBACK, FORWARD, FINISH], [None, "ACTIVE", "SHUTOFF", "ERROR"],
+            [False, True], [False, True]):
+        names = plan_phases(kind, old_status=old, wait_for_new=wait, keep_port=keep)
+        assert len(names) == len(set(names)), (kind, old, wait, keep, names)
+        returned |= set(names)
+    assert returned == set(RUNNERS)  # every phase planned runs, every runner is planned
+    assert returned | {"preflight"} == set(NOTES)  # and the dry run describes each
+    assert set(PHASES) == set(NOTES)  # the documented list (phases.py's docstring) too
 
 
 @pytest.mark.parametrize("kind, old_status, wait, expected", [
@@ -305,3 +319,54 @@ def test_plan_phases(kind, old_status, wait, expected):
     assert plan_phases(kind, old_status=old_status, wait_for_new=wait) == expected
     with pytest.raises(ValueError):
         plan_phases(CONFLICT, old_status=None)
+
+
+# -- where rotate's state is written, and what imports what --------------------------------------
+def _sources():
+    from pathlib import Path
+
+    import ivc_tasks
+
+    root = Path(ivc_tasks.__file__).parent
+    return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*.py")
+            if "devcloud" not in p.parts}
+
+
+def test_server_metadata_and_port_tags_are_written_in_one_module_each():
+    writers = {path for path, text in _sources().items()
+               for call in ("set_server_metadata(", ".set_metadata(", "set_tags(")
+               if call in text}
+    assert writers == {"resources/servers.py", "resources/markers.py"}, writers
+    markers = {path for path, text in _sources().items()
+               if '"ivc_rotation"' in text or '"ivc-rotation:"' in text or '"ivc_was"' in text}
+    assert markers == {"resources/markers.py"}, markers
+
+
+def test_rotate_modules_import_no_circle_and_status_destroy_nothing_of_rotate():
+    """Every import counts: module level, under TYPE_CHECKING, inside functions."""
+    import ast
+
+    graph = {}
+    for path, text in _sources().items():
+        name = "ivc_tasks." + path[:-3].replace("/", ".").removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ivc_tasks"):
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("ivc_tasks")}
+        graph[name] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def reaches(start):
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        return seen
+
+    rotate = [m for m in graph if m.startswith("ivc_tasks.steps.rotate")]
+    assert [m for m in rotate if m in reaches(m)] == []
+    for step in ("ivc_tasks.steps.status", "ivc_tasks.steps.destroy"):
+        assert not [m for m in reaches(step) if m.startswith("ivc_tasks.steps.rotate")], step

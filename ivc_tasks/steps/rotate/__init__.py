@@ -2,48 +2,62 @@
 
 Where to look (one job per file):
   decide.py     the pure decision from one server listing (create, rotate, resume, conflict)
-  markers.py    the rotation's state in the new server's metadata
   preflight.py  every check before anything changes; RotateOptions
   phases.py     the phase list, shared by the executor and the dry run
-  executor.py   runs the phases of one server, with the failure rules
-  forward.py    the forward phases (create, stop, move-volumes, move-floating-ip, delete-old,
-                finish)
+  state.py      the rotation's state (one frozen record), what it starts from, a phase's Run
+  executor.py   runs the phases of one server, applies what each learned, the failure rules
+  forward.py    the forward phases (create, stop, move-port, move-volumes, move-floating-ip,
+                delete-old, finish) and the new server's create request
   rollback.py   everything back onto the old server
   describe.py   what --dry-run prints
   report.py     what a rotation reports
-and here, the entry point: preflight every server (an invalid run changes nothing, not even a
+The crash-resume markers (the new server's metadata, a kept port's tags) are defined, read and
+written in ``ivc_tasks.resources.markers`` (status reads them too).
+
+And here, the entry point: preflight every server (an invalid run changes nothing, not even a
 lock), lock them all, look again at their servers (another run may have changed them: then
-preflight again), then run the rotations (up to ``parallel`` side by side). Exactly one run works on a server at a time: see
-``ivc_tasks.resources.lock``.
+preflight again), then run the rotations (up to ``parallel`` side by side, ``run_jobs``: the
+first failure stops new rotations, running ones finish). Exactly one run works on a server at
+a time: see ``ivc_tasks.resources.lock``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import ConfigError, IvcError, Locked
 from ivc_tasks.hints import listed
 from ivc_tasks.resources.lock import ServerLock, acquire_all, release_all
-from ivc_tasks.steps.parallel import run_jobs
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import (
-    find_images, forget, list_flavors, list_floating_ips, list_keypairs, list_networks,
-    list_security_groups, list_servers, list_volumes, prefetch,
+    find_images,
+    forget,
+    list_flavors,
+    list_floating_ips,
+    list_keypairs,
+    list_networks,
+    list_security_groups,
+    list_servers,
+    list_volumes,
+    prefetch,
 )
+from ivc_tasks.resources.servers import declared_server, managed_servers
+from ivc_tasks.spec import Spec
 from ivc_tasks.steps.checks import console_preflight
+from ivc_tasks.steps.parallel import run_jobs
 from ivc_tasks.steps.rotate.decide import Decision, Seen, decide
 from ivc_tasks.steps.rotate.describe import describe
 from ivc_tasks.steps.rotate.executor import Rotation
 from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions, preflight
 from ivc_tasks.steps.rotate.report import PhaseRecord, RotateFailed, RotateResult, RotationReport
 from ivc_tasks.steps.secgroups import (
-    SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
+    SecGroupsPlan,
+    apply_secgroups,
+    describe_secgroups,
+    plan_secgroups,
 )
-from ivc_tasks.resources.servers import declared_server, managed_servers
-from ivc_tasks.spec import Spec
 
 log = logging.getLogger("ivc")
 
@@ -140,31 +154,27 @@ def _run_all(cloud: Cloud, prepared: list[Prepared], options: RotateOptions,
                                       reason=p.decision.reason, warnings=list(p.warnings))
                for p in prepared}
     result.rotations = list(reports.values())
-    failures: dict[str, IvcError] = {}
-    guard = threading.Lock()
 
     def one(p: Prepared) -> None:
         view = cloud.worker_view()
-        report = reports[p.name]
-        if failures:  # the first failure stops new work; running rotations finish
-            report.error = "not started: another rotation of this run failed first"
-            return
-        report.phases.append(PhaseRecord("preflight", preflight_seconds,
-                                         note=p.decision.reason))
-        try:
-            Rotation(view, p, options, locks.get(p.name), report).run()
-        except IvcError as exc:
-            report.error = str(exc)
-            with guard:
-                failures[p.name] = exc
+        reports[p.name].phases.append(PhaseRecord("preflight", preflight_seconds,
+                                                  note=p.decision.reason))
+        Rotation(view, p, options, locks.get(p.name), reports[p.name]).run()
 
     several = options.parallel > 1 and len(prepared) > 1
     with shared_poller(cloud, active=several):  # one list request per interval for all waits
+        # the first failure stops new work; running rotations finish
         outcomes = run_jobs({p.name: (lambda p=p: one(p)) for p in prepared},
                             workers=options.parallel, label=several)
     forget(cloud, "servers", "volumes", "floating_ips")
-    for outcome in outcomes.values():
-        if outcome.error is not None:  # not an IvcError (those are in failures): a bug
+    failures: dict[str, IvcError] = {}
+    for name, outcome in outcomes.items():
+        if not outcome.started:
+            reports[name].error = "not started: another rotation of this run failed first"
+        elif isinstance(outcome.error, IvcError):
+            reports[name].error = str(outcome.error)
+            failures[name] = outcome.error
+        elif outcome.error is not None:  # not an IvcError: a bug
             raise outcome.error
     if not failures:
         return result

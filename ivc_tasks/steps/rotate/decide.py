@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ivc_tasks.resources.servers import (
-    META_REPLACES, META_ROLE, META_ROLLBACK, META_ROTATION, WAITING_STATES, generation,
-)
+from ivc_tasks.resources.markers import Markers
+from ivc_tasks.resources.servers import WAITING_STATES, generation
 
 CREATE = "create"      # no server: make it
 ROTATE = "rotate"      # one server, no rotation under way: rotate it
@@ -46,12 +45,11 @@ class Seen:
 
     @classmethod
     def of(cls, server: Any) -> Seen:
-        meta = getattr(server, "metadata", None) or {}
+        marks = Markers.of(server)
         return cls(id=server.id, status=str(server.status or "").upper(),
-                   task_state=getattr(server, "task_state", None),
-                   rotation=meta.get(META_ROTATION) or None, role=meta.get(META_ROLE) or None,
-                   replaces=meta.get(META_REPLACES) or None,
-                   rollback=meta.get(META_ROLLBACK) == "1", gen=generation(server))
+                   task_state=getattr(server, "task_state", None), rotation=marks.rotation,
+                   role=marks.role, replaces=marks.replaces, rollback=marks.rollback,
+                   gen=generation(server))
 
 
 @dataclass(frozen=True)

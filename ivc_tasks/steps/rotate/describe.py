@@ -8,17 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.steps.instances import create_request, describe_instance, redacted_request
+from ivc_tasks.resources.markers import META_ROTATION, Markers
 from ivc_tasks.resources.ports import addresses_of_port, public_addresses
 from ivc_tasks.resources.resolve import list_floating_ips, server_ports
+from ivc_tasks.resources.servers import META_RUN
 from ivc_tasks.result import Action
 from ivc_tasks.steps.gates import describe_gate
+from ivc_tasks.steps.instances import describe_instance, redacted_request
 from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD
-from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
+from ivc_tasks.steps.rotate.forward import new_server_request, old_fips
 from ivc_tasks.steps.rotate.phases import plan_phases
 from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions, lock_holder
 from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
-from ivc_tasks.resources.servers import generation
+from ivc_tasks.steps.rotate.state import RotationState, initial_state
 
 
 @dataclasses.dataclass
@@ -29,10 +31,12 @@ class _View:
     prepared: Prepared
     options: RotateOptions
     report: RotationReport
+    state: RotationState
     old: Any | None
     new: Any | None
     volumes: str
     fips: str
+    old_ports: list[Any]  # the old server's ports (listed once)
 
     @property
     def target(self) -> str:
@@ -46,17 +50,16 @@ def describe(cloud: Cloud, p: Prepared, options: RotateOptions) -> RotationRepor
     held = lock_holder(cloud, p.name)
     if held:
         report.warnings.append(f"server {p.name}: {held}")
-    old = p.servers.get(p.decision.old.id) if p.decision.old else None
-    new = p.servers.get(p.decision.new.id) if p.decision.new else None
+    state = initial_state(p)  # what the executor would start from
+    old, new = state.old, state.new
     report.old_id = old.id if old is not None else None
     report.new_id = new.id if new is not None else None
     vols = ", ".join(f"{ref} ({vid})" for ref, vid in p.volumes.items()) or "none declared"
-    view = _View(cloud, p, options, report, old, new, vols,
-                 "" if p.decision.kind == CREATE else _fips(cloud, old, new))
-    names = plan_phases(p.decision.kind, old_status=old.status if old is not None else None,
-                        wait_for_new=p.decision.wait_for_new,
-                        keep_port=p.plan is not None and any(
-                            port is not None for port in p.plan.ports.values()))
+    ports = server_ports(cloud, old.id) if old is not None and state.kind != CREATE else []
+    view = _View(cloud, p, options, report, state, old, new, vols,
+                 "" if p.decision.kind == CREATE else _fips(cloud, old, new, ports), ports)
+    names = plan_phases(state.kind, old_status=old.status if old is not None else None,
+                        wait_for_new=p.decision.wait_for_new, keep_port=state.keep_port)
     for name in ["preflight", *names]:
         report.phases.append(PhaseRecord(name, note=NOTES[name](view)))
     return report
@@ -81,9 +84,10 @@ def _create(v: _View) -> str:
     if p.decision.kind in (FORWARD, FINISH):  # the crashed run made it: wait for it
         return f"wait for the new server {v.new.id} to be ACTIVE (else roll back)"
     plan = p.plan
-    gen = generation(v.old) + 1
+    body, gen = new_server_request(v.cloud, p, v.state, old_fips(v.cloud, v.old.id, v.old_ports))
     report.generation = gen
-    body = create_request(v.cloud, dataclasses.replace(plan, boot_volumes={}), {})
+    body["metadata"] = {k: ("<this run>" if k in (META_RUN, META_ROTATION) else val)
+                        for k, val in body["metadata"].items()}
     report.actions.append(Action("create", "server", p.name, f"generation {gen}", {
         "request": redacted_request(body, plan.declared.userdata)}))
     return (f"create server {p.name} generation {gen}: image {plan.image.name}, flavor "
@@ -96,7 +100,7 @@ def _addresses(v: _View) -> str:
     each that changes)."""
     plan, name = v.prepared.plan, v.prepared.name
     kept = [port for port in plan.ports.values() if port is not None]
-    before = public_addresses([*server_ports(v.cloud, v.old.id), *kept], plan.networks)
+    before = public_addresses([*v.old_ports, *kept], plan.networks)
     notes = []
     for net in plan.networks:
         if net.name not in before:
@@ -161,11 +165,11 @@ NOTES: dict[str, Callable[[_View], str]] = {
 }
 
 
-def _fips(cloud: Cloud, old: Any | None, new: Any | None) -> str:
-    recorded = fip_markers(markers_of(new)) or fip_markers(markers_of(old))
+def _fips(cloud: Cloud, old: Any | None, new: Any | None, old_ports: list[Any]) -> str:
+    recorded = Markers.of(new).fips or Markers.of(old).fips
     listed = list_floating_ips(cloud)
     if old is not None and not recorded:
-        ports = {p.id for p in server_ports(cloud, old.id)}
+        ports = {p.id for p in old_ports}
         recorded = {f.id: (f.port_id, "") for f in listed if f.port_id in ports}
     by_id = {f.id: f for f in listed}
     return ", ".join(f"{by_id[fid].floating_ip_address} ({fid})" if fid in by_id else fid

@@ -1,179 +1,176 @@
 """Carry out one server's decision: run its phases (``phases.plan_phases``) in order.
 
+The rotation's state is one frozen record (``state.RotationState``); each phase returns what it
+learned and only this module applies it. Decided here, once: what the rotation starts from
+(``state.initial_state``: the old server's status, "was", included), when the new server is
+ready for the forward phases, the point of no return, and whether a resumed rotation that was
+rolled back is done afresh ("rotate-again", recorded here only).
+
 A phase that fails before ``delete-old`` rolls the rotation back (``rollback.py``; exit 3); from
 ``delete-old`` on it is a CloudError (exit 1) and a rerun finishes the rotation. The lock is
-verified before every phase.
+verified before every phase (``Run.phase``).
+
+Adding a phase (a gate, say): write ``def gate(r: Run, s: RotationState) -> Learned`` (in
+``forward.py`` or its own module), name it in ``phases.PHASES`` and where ``plan_phases``
+places it, add it to ``RUNNERS`` below and a note to ``describe.NOTES``; the coverage test
+(tests/unit/test_rotate_logic.py) fails until all three agree. A gate that raises an IvcError
+before ``delete-old`` is rolled back like any failing phase.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, IvcError, RolledBack
 from ivc_tasks.resources.lock import LockLost, ServerLock
+from ivc_tasks.resources.markers import Markers
 from ivc_tasks.resources.resolve import forget
-from ivc_tasks.steps.rotate import forward, gates, rollback
-from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Decision, Seen
-from ivc_tasks.steps.rotate.markers import fip_markers, markers_of
+from ivc_tasks.resources.servers import generation
+from ivc_tasks.resources.waits import get_server
+from ivc_tasks.steps.rotate.decide import CREATE, FINISH, FORWARD, ROLLBACK, ROTATE
+from ivc_tasks.steps.rotate.forward import (
+    create,
+    delete_old,
+    finish,
+    move_floating_ips,
+    move_port,
+    move_volumes,
+    stop_old,
+)
+from ivc_tasks.steps.rotate.gates import healthy_gate, ready_gate
 from ivc_tasks.steps.rotate.phases import POINT_OF_NO_RETURN, plan_phases
 from ivc_tasks.steps.rotate.preflight import Prepared, RotateOptions
 from ivc_tasks.steps.rotate.report import PhaseRecord, RotationReport
-from ivc_tasks.resources.servers import META_REPLACES, META_ROTATION, generation
-from ivc_tasks.resources.waits import get_server
+from ivc_tasks.steps.rotate.rollback import resume_rollback, roll_back
+from ivc_tasks.steps.rotate.state import (
+    Learned,
+    PhaseFailed,
+    RotationState,
+    Run,
+    initial_state,
+    was_status,
+)
 
 log = logging.getLogger("ivc")
 
-RUNNERS = {
-    "rollback": rollback.resume_rollback,
-    "create": forward.create,
-    "ready-gate": gates.ready_gate,
-    "healthy-gate": gates.healthy_gate,
-    "stop": forward.stop_old,
-    "move-port": forward.move_port,
-    "move-volumes": forward.move_volumes,
-    "move-floating-ip": forward.move_floating_ips,
-    "delete-old": forward.delete_old,
-    "finish": forward.finish,
+Phase = Callable[[Run, RotationState], Learned]
+RUNNERS: dict[str, Phase] = {
+    "rollback": resume_rollback,
+    "create": create,
+    "ready-gate": ready_gate,
+    "healthy-gate": healthy_gate,
+    "stop": stop_old,
+    "move-port": move_port,
+    "move-volumes": move_volumes,
+    "move-floating-ip": move_floating_ips,
+    "delete-old": delete_old,
+    "finish": finish,
 }
 OUTCOMES = {CREATE: "created", ROTATE: "rotated", FORWARD: "resumed: rolled forward",
             FINISH: "resumed: rolled forward", ROLLBACK: "resumed: rolled back, then rotated"}
 
 
 class Rotation:
-    """One server's rotation: what it knows of the old and new servers, and its report."""
+    """One server's rotation: runs the phases, holds the one state record."""
 
     def __init__(self, cloud: Cloud, prepared: Prepared, options: RotateOptions,
                  lock: ServerLock | None, report: RotationReport):
-        self.cloud, self.prepared, self.options, self.lock = cloud, prepared, options, lock
-        self.report = report
-        self.name = prepared.name
-        self.conn = cloud.conn
-        decision = prepared.decision
-        self.kind = decision.kind
-        self.old_listed = decision.old  # the old server as this run first listed it
-        self.old: Any | None = prepared.servers.get(decision.old.id) if decision.old else None
-        self.new: Any | None = prepared.servers.get(decision.new.id) if decision.new else None
-        self.old_id: str | None = self.old.id if self.old is not None else \
-            markers_of(self.new).get(META_REPLACES)
-        self.as_listed = self.kind == ROTATE  # nothing moved since preflight listed it
-        self.fips: dict[str, tuple[str, str]] = {}
-        self.outage_start: float | None = None
-        self.metadata_changed = False
-        self.no_return = False  # the old server is gone (or being deleted): no rollback
-        self.rotated_again = False
-        self._forward_ready = False
-
-    @property
-    def keep_port(self) -> bool:
-        """Whether a kept port (``keep_address``) exists to move: it moves before create."""
-        plan = self.prepared.plan
-        return plan is not None and any(p is not None for p in plan.ports.values())
-
-    @property
-    def boot_timeout(self) -> float:
-        return self.options.boot_timeout or self.cloud.settings.boot_timeout
-
-    @contextmanager
-    def phase(self, name: str, note: str = "") -> Iterator[PhaseRecord]:
-        """Announce and time a phase (``phase: <name> (server S)`` on stderr)."""
-        if self.lock is not None:
-            self.lock.verify()
-        log.info("phase: %s (server %s)", name, self.name)
-        record = PhaseRecord(name, note=note)
-        self.report.phases.append(record)
-        start = self.cloud.clock()
-        try:
-            yield record
-        except BaseException:
-            record.ok = False
-            raise
-        finally:
-            record.seconds = self.cloud.clock() - start
+        self.r = Run(cloud, prepared, options, lock, report)
+        self.state = initial_state(prepared)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> None:
-        self.report.old_id = self.old_id
-        if self.kind in (FORWARD, FINISH):
-            log.info("server %s: resuming rotation %s: %s; rolling forward", self.name,
-                     markers_of(self.new).get(META_ROTATION), self.prepared.decision.reason)
-            if not self.prepared.decision.wait_for_new:
-                self.new = get_server(self.cloud, self.new.id) or self.new
-        names = plan_phases(self.kind, old_status=self.old.status if self.old else None,
-                            wait_for_new=self.prepared.decision.wait_for_new,
-                            keep_port=self.keep_port)
-        self.execute(names)
-        self.report.outcome = OUTCOMES[ROLLBACK] if self.rotated_again else \
-            "adopted" if self.prepared.decision.adopt else OUTCOMES[self.kind]
+        r, s = self.r, self.state
+        r.report.old_id = s.old_id
+        decision = r.prepared.decision
+        if s.kind in (FORWARD, FINISH):
+            log.info("server %s: resuming rotation %s: %s; rolling forward", r.name,
+                     Markers.of(s.new).rotation, decision.reason)
+            if not decision.wait_for_new:
+                self.state = s.learn(new=get_server(r.cloud, s.new.id) or s.new)
+        self.execute(plan_phases(s.kind, old_status=s.old.status if s.old else None,
+                                 wait_for_new=decision.wait_for_new, keep_port=s.keep_port))
+        r.report.outcome = OUTCOMES[ROLLBACK] if self.state.again else \
+            "adopted" if decision.adopt else OUTCOMES[s.kind]
 
     def execute(self, names: list[str]) -> None:
-        for name in names:
-            if name not in ("rollback", "create") and not self._forward_ready \
-                    and self.new is not None:  # (a kept port moves before the new server)
-                self._ready_forward()
-            if name == POINT_OF_NO_RETURN:
-                self.no_return = True
+        ready = "create" not in names and "rollback" not in names  # the new one exists
+        if ready and self.state.new is not None:
+            self.state = self._ready(self.state)
+        for i, name in enumerate(names):
+            if name == POINT_OF_NO_RETURN:  # nothing listed earlier is trusted from here on
+                self.state = self.state.learn(listed_volumes={})
             try:
-                RUNNERS[name](self)
+                try:
+                    self.state = self.state.learn(RUNNERS[name](self.r, self.state))
+                except PhaseFailed as failed:  # what it learned first (the new server it made)
+                    self.state = self.state.learn(failed.learned)
+                    raise failed.cause from None
             except LockLost:
                 raise
             except IvcError as exc:
-                self._failed(name, exc)  # raises, or rotated afresh after a rollback
-                return
+                self._failed(name, exc, past_return=POINT_OF_NO_RETURN in names[:i + 1])
+                return  # rotated afresh after a rollback
+            if name == "rollback":  # a resumed rotation rolled back: now rotate afresh
+                self.state = self._afresh()
+            elif name == "create" and self.state.new is not None and self.state.kind != CREATE:
+                self.state = self._ready(self.state)
 
-    def _ready_forward(self) -> None:
+    def _ready(self, s: RotationState) -> RotationState:
         """The new server is ACTIVE: what the forward phases work from."""
-        if not self.as_listed:  # resuming: the old server as the cloud shows it now
-            self.old = get_server(self.cloud, self.old_id) if self.old_id else None
-        self.report.new_id = self.new.id
-        self.report.generation = generation(self.new)
-        self.fips = fip_markers(self.new.metadata) or fip_markers(markers_of(self.old))
-        if self.old is None:
-            self.no_return = True
-        self._forward_ready = True
+        r = self.r
+        old = s.old
+        if s.kind != ROTATE:  # resuming: the old server as the cloud shows it now
+            old = get_server(r.cloud, s.old_id) if s.old_id else None
+        r.report.new_id = s.new.id
+        r.report.generation = generation(s.new)
+        return s.learn(old=old, fips=Markers.of(s.new).fips or Markers.of(old).fips)
 
-    def _failed(self, phase: str, exc: IvcError) -> None:
+    def _failed(self, phase: str, exc: IvcError, *, past_return: bool) -> None:
         """A phase failed: roll back (raises RolledBack), or say how to finish (CloudError);
         only a resumed rotation whose new server never came up is rolled back and then done
         afresh (returns)."""
-        if phase == "rollback" or self.kind == CREATE:
+        r, s = self.r, self.state
+        if phase == "rollback" or s.kind == CREATE:
             raise exc
-        if phase == "create" and self.new is not None and self.kind in (FORWARD, FINISH):
-            if self.old_listed is None:  # resuming, the old server gone: nothing to go back to
+        if phase == "create" and s.new is not None and s.kind in (FORWARD, FINISH):
+            if s.kind == FINISH:  # resuming, the old server gone: nothing to go back to
                 raise exc
             try:
-                rollback.roll_back(self, "create", exc)
+                roll_back(r, s, "create", exc)
             except RolledBack:
-                self.rotate_again()
+                self.state = self._afresh()
+                self.execute(plan_phases(ROTATE, old_status=self.state.old.status,
+                                         keep_port=self.state.keep_port))
                 return
-        if self.no_return:
-            new_id = self.new.id if self.new is not None else "?"
-            raise CloudError(f"rotate {self.name}: the new server {new_id} is ACTIVE but the "
-                             f"rotation could not complete: {exc}; run `invoke rotate --name "
-                             f"{self.name}` again to finish it") from None
-        rollback.roll_back(self, phase, exc)
+        if past_return or (s.new is not None and s.old is None):
+            raise CloudError(_no_way_back(r.name, s, phase, exc)) from None
+        roll_back(r, s, phase, exc)
         raise AssertionError("unreachable: roll_back raises")  # pragma: no cover
 
-    def rotate_again(self) -> None:
-        """After a resumed rotation was rolled back: the run was asked to rotate, so rotate."""
-        self.report.phases.append(PhaseRecord("rotate-again", note="after the rollback"))
-        self.prepare_again()
-        self.execute(plan_phases(ROTATE, old_status=self.old.status, keep_port=self.keep_port))
-
-    def prepare_again(self) -> None:
-        """Reset to a plain rotation of the old server as the cloud shows it now."""
-        fresh = get_server(self.cloud, self.old_id)
+    def _afresh(self) -> RotationState:
+        """After a resumed rotation was rolled back: the run was asked to rotate, so the old
+        server, as the cloud shows it now, is rotated (the ``rotate-again`` phase)."""
+        r, s = self.r, self.state
+        r.report.phases.append(PhaseRecord("rotate-again", note="after the rollback"))
+        fresh = get_server(r.cloud, s.old_id)
         if fresh is None:  # pragma: no cover - rollback keeps the old server
-            raise CloudError(f"server {self.name}: the old server {self.old_id} is gone")
-        self.prepared.servers = {self.old_id: fresh}
-        self.prepared.listed_volumes = {}  # the rollback moved them since preflight
-        forget(self.cloud, "floating_ips")
-        self.prepared.decision = Decision(ROTATE, old=Seen.of(fresh), reason="after rollback")
-        self.report.decision = f"{ROLLBACK}+{ROTATE}"
-        self.kind, self.old, self.new = ROTATE, fresh, None
-        self.old_listed = self.prepared.decision.old
-        self.as_listed, self.no_return, self._forward_ready = True, False, False
-        self.rotated_again = True
+            raise CloudError(f"server {r.name}: the old server {s.old_id} is gone")
+        forget(r.cloud, "floating_ips")
+        r.report.decision = f"{ROLLBACK}+{ROTATE}"
+        return RotationState(kind=ROTATE, old_id=fresh.id, old=fresh, new=None,
+                             was=was_status(fresh, None, {}, fresh.status), ports=s.ports,
+                             again=True)
+
+
+def _no_way_back(name: str, s: RotationState, phase: str, exc: IvcError) -> str:
+    """What happened, when the old server is deleted (or gone) and the rotation cannot finish."""
+    rerun = f"run `invoke rotate --name {name}` again to finish it"
+    if s.new is None:  # keep_address + ERROR: the old server went first to free its port
+        return (f"rotate {name}: the old server {s.old_id} is deleted (it was in ERROR; "
+                f"deleting it freed its kept port) but phase {phase} failed and no new server "
+                f"was made: {exc}; {rerun} (it creates the server)")
+    return (f"rotate {name}: the new server {s.new.id} is ACTIVE but the rotation could not "
+            f"complete (phase {phase}): {exc}; {rerun}")

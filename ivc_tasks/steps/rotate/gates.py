@@ -1,4 +1,4 @@
-"""The two gates of a rotation, as phases (``r`` is the ``executor.Rotation``).
+"""The two gates of a rotation, as phases (``phase(run, state) -> Learned``, as ``forward.py``s).
 
   ready-gate    after create, BEFORE the old server is stopped: the checks that need neither
                 the volumes nor the address (``cloud_init``, and ``command`` checks without
@@ -25,57 +25,54 @@ from ivc_tasks.steps.checks import ALL, HEALTHY, READY, ChecksFailed, check_serv
 from ivc_tasks.steps.gates import record_host_keys, skipped_warning
 
 if TYPE_CHECKING:
-    from ivc_tasks.steps.rotate.executor import Rotation
+    from ivc_tasks.steps.rotate.state import Learned, RotationState, Run
 
 log = logging.getLogger("ivc")
 
 
-def _new_id(r: Rotation) -> str | None:
-    return r.new.id if r.new is not None else r.report.new_id
-
-
-def _gate(r: Rotation, gate: str) -> None:
-    new_id = _new_id(r)
+def _gate(r: Run, s: RotationState, gate: str) -> Learned:
+    new_id = s.new.id if s.new is not None else r.report.new_id
     if new_id is None:  # pragma: no cover - the gates run after create
-        return
-    if getattr(r.options, "skip_checks", False):
+        return {}
+    if r.options.skip_checks:
         with r.phase(f"{gate}-gate", note="SKIPPED (--skip-checks)"):
             r.report.warnings.append(skipped_warning(r.name, new_id))
-        return
+        return {}
     with r.phase(f"{gate}-gate") as record:
         report = check_server(r.cloud, r.prepared.declared, new_id,
                               gate=READY if gate == READY else ALL)
         record.note = "; ".join(o.line() for o in report.outcomes) or "no checks declared"
-        record.checks = [o.to_dict() for o in report.outcomes]  # type: ignore[attr-defined]
+        record.checks = [o.to_dict() for o in report.outcomes]
         if not report.ok:
             raise ChecksFailed(report, f"the {gate} gate failed")
-    if gate == HEALTHY or r.old is None:
+    if gate == HEALTHY or s.old is None:
         r.report.warnings += record_host_keys(r.cloud, r.name, new_id)
+    return {}
 
 
-def ready_gate(r: Rotation) -> None:
-    """The ready gate (see the module's docstring).
-
-    :raises ChecksFailed: a check failed; the executor rolls back.
-    """
-    _gate(r, READY)
-
-
-def healthy_gate(r: Rotation) -> None:
-    """The healthy gate (see the module's docstring).
+def ready_gate(r: Run, s: RotationState) -> Learned:
+    """The ready gate (see the module's docstring); learns nothing.
 
     :raises ChecksFailed: a check failed; the executor rolls back.
     """
-    _gate(r, HEALTHY)
+    return _gate(r, s, READY)
 
 
-def recheck_old(r: Rotation, phase: str) -> str:
+def healthy_gate(r: Run, s: RotationState) -> Learned:
+    """The healthy gate (see the module's docstring); learns nothing.
+
+    :raises ChecksFailed: a check failed; the executor rolls back.
+    """
+    return _gate(r, s, HEALTHY)
+
+
+def recheck_old(r: Run, s: RotationState, phase: str) -> str:
     """After a rollback from the healthy gate: the old server's own checks, run again; the text
     the RolledBack message ends with ("" for any other phase)."""
-    if phase != "healthy-gate" or getattr(r.options, "skip_checks", False) or r.old_id is None:
+    if phase != "healthy-gate" or r.options.skip_checks or s.old_id is None:
         return ""
     try:
-        report = check_server(r.cloud, r.prepared.declared, r.old_id, gate=ALL)
+        report = check_server(r.cloud, r.prepared.declared, s.old_id, gate=ALL)
     except IvcError as exc:
         return f"; its checks could not run again: {exc}"
     if report.ok:

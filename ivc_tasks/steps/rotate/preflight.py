@@ -19,19 +19,30 @@ from typing import Any, NoReturn
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import CloudError, ConfigError
-from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_holders
+from ivc_tasks.hints import did_you_mean
+from ivc_tasks.hints import listed as listed_names
+from ivc_tasks.resources.attachments import VOLUME_BUSY, volume_problem
 from ivc_tasks.resources.floating_ips import server_floating_ip
-from ivc_tasks.steps.instances import InstancePlan, plan_instance
-from ivc_tasks.resources.lock import lock_name, parse_holder
+from ivc_tasks.resources.lock import lock_name, lock_text
+from ivc_tasks.resources.markers import Markers
 from ivc_tasks.resources.resolve import list_keypairs, list_servers, list_volumes, pick
-from ivc_tasks.steps.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
-from ivc_tasks.hints import did_you_mean, listed as listed_names
 from ivc_tasks.resources.servers import (
-    META_ENV, META_MANAGED, META_NAME, META_REPLACES, META_ROTATION, WAITING_STATES,
-    attached_ids, check_same_spec, declared_server, generation, is_managed, managed_servers,
-    present, server_label, unmanaged_twins,
+    META_ENV,
+    META_MANAGED,
+    META_NAME,
+    WAITING_STATES,
+    attached_ids,
+    check_same_spec,
+    declared_server,
+    generation,
+    is_managed,
+    managed_servers,
+    present,
+    unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
+from ivc_tasks.steps.instances import InstancePlan, plan_instance
+from ivc_tasks.steps.rotate.decide import CONFLICT, CREATE, ROTATE, Decision, Seen, decide
 
 
 @dataclass(frozen=True)
@@ -140,8 +151,7 @@ def preflight(cloud: Cloud, spec: Spec, name: str, *, pending_groups: Iterable[s
     # the old server of a rotation under way that ivc did not make (an adoption): by its id
     by_id = {s.id: s for s in list_servers(cloud)}
     ids = {s.id for s in found}
-    replaced = [by_id[r] for r in dict.fromkeys((s.metadata or {}).get(META_REPLACES)
-                                                 for s in found)
+    replaced = [by_id[r] for r in dict.fromkeys(Markers.of(s).replaces for s in found)
                 if r and r not in ids and r in by_id
                 and (by_id[r].metadata or {}).get(META_MANAGED) != "1"]
     adopt = adopted_server(cloud, spec, name, options.adopt) if options.adopt else None
@@ -187,8 +197,8 @@ def _refuse_conflict(name: str, decision: Decision, found: list[Any], adopt: Any
                           + ", ".join(f"{s.id} ({s.status}, gen {generation(s)})" for s in found)
                           + f"; to replace {adopt.id} by it, delete one of them first")
     listed = ", ".join(f"{s.id} ({s.status}, gen {generation(s)}"
-                           + (f", rotation {s.metadata.get(META_ROTATION)}"
-                              if (s.metadata or {}).get(META_ROTATION) else "") + ")"
+                           + (f", rotation {Markers.of(s).rotation}"
+                              if Markers.of(s).rotation else "") + ")"
                            for s in found)
     raise ConfigError(f"server {name}: {decision.reason}: {listed}; ivc will not guess which "
                       f"one serves: delete the extra ones (openstack server delete <id>) "
@@ -206,18 +216,11 @@ def _check_volumes(cloud: Cloud, spec: Spec, prepared: Prepared, ours: set[str])
         entry = f"servers.{name}.volumes[{i}]"
         volume = pick(listed, ref, kind="volume", spec_path=spec.path, entry=entry,
                       fix="ivc never creates volumes: create it, or fix the name")
-        holders = set(volume_holders(volume))
-        foreign = holders - ours
-        if foreign:
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is attached "
-                              f"to server {server_label(cloud, next(iter(foreign)))}, not to "
-                              f"{name}; detach it there first (ivc never moves a volume "
-                              "implicitly)")
         settled = ("available", "in-use") if decision.kind == ROTATE else \
             ("available", "in-use", *VOLUME_BUSY)
-        if volume.status not in settled:
-            raise ConfigError(f"{spec.path}: {entry}: volume {ref!r} ({volume.id}) is "
-                              f"{volume.status!r}; fix it in the cloud first")
+        problem = volume_problem(cloud, volume, ref, server=name, ours=ours, settled=settled)
+        if problem:
+            raise ConfigError(f"{spec.path}: {entry}: {problem}")
         prepared.volumes[ref] = volume.id
         prepared.listed_volumes[ref] = volume
 
@@ -258,7 +261,5 @@ def lock_holder(cloud: Cloud, name: str) -> str | None:
     wanted = lock_name(cloud.env, name)
     for keypair in list_keypairs(cloud):
         if keypair.name == wanted:
-            holder = parse_holder(getattr(keypair, "public_key", None))
-            return (f"locked by {holder.describe()}" if holder else
-                    f"locked (keypair {wanted})") + ": a real run would exit 4"
+            return lock_text(keypair) + ": a real run would exit 4"
     return None
