@@ -110,6 +110,7 @@ class Server:
     files: tuple[FileSpec, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     userdata: bytes | None = None
+    userdata_digest: str | None = field(default=None, compare=False)  # canonical; set on load
 
 
 @dataclass(frozen=True)

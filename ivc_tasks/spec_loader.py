@@ -17,7 +17,7 @@ from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
 from ivc_tasks.spec import NEUTRON_NAME_MAX, FileSpec, Keypair, Server, Spec
 from ivc_tasks.spec_rules import SecGroupReader
-from ivc_tasks.userdata import RESERVED_VARS, render_userdata
+from ivc_tasks.userdata import RESERVED_VARS, render_userdata_digest
 
 SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # one DNS label, lower case
 KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_ -]{1,255}$")  # what every Nova microversion accepts
@@ -125,7 +125,10 @@ class Loader(SecGroupReader):
         self.check_volumes_unique(servers)
         spec = Spec(path=self.path, env_name=env_name, keypairs=keypairs, secgroups=secgroups,
                     servers=servers)
-        rendered = {name: replace(s, userdata=render_userdata(spec, s)) for name, s in servers.items()}
+        rendered = {}
+        for name, srv in servers.items():
+            data, digest = render_userdata_digest(spec, srv)
+            rendered[name] = replace(srv, userdata=data, userdata_digest=digest)
         return replace(spec, servers=rendered)
 
     # -- keypairs ---------------------------------------------------------------------------

@@ -38,13 +38,13 @@ from ivc_tasks.resources.resolve import (
 from ivc_tasks.result import Action, StepResult, userdata_summary
 from ivc_tasks.steps.secgroups import groups_by_name
 from ivc_tasks.resources.servers import (
-    META_RUN, META_USERDATA, USERDATA_SHORT, WAITING_STATES, declared_server, error_hint,
+    META_RUN, META_USERDATA, WAITING_STATES, declared_server, error_hint,
     check_same_spec, fault_message, generation, made_by_run, managed_servers, server_info,
     server_label, server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.spec import Server, Spec, needs_config_drive
-from ivc_tasks.userdata import userdata_sha256
+from ivc_tasks.userdata import legacy_digest, userdata_digest
 
 log = logging.getLogger("ivc")
 STEP = "create-instance"
@@ -286,8 +286,8 @@ def _existing_warnings(plan: InstancePlan) -> list[str]:
         out.append(f"server {plan.name}: older servers of this name are still there: {ids}")
     if plan.existing is not None:
         had = (plan.existing.metadata or {}).get(META_USERDATA)
-        now = userdata_sha256(plan.declared.userdata)[:USERDATA_SHORT]
-        if had and had != now:
+        now = userdata_digest(plan.declared)
+        if had and had not in (now, legacy_digest(plan.declared)):
             out.append(f"server {plan.name}: its user_data ({had}) differs from the declared one "
                        f"({now}); `invoke rotate --name {plan.name}` applies it")
     return out

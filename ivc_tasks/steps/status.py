@@ -14,6 +14,8 @@ rotation under way (markers) or a lock held, and ``drift``: how it differs from 
 declaration. ``rotate_due`` is True when the image, flavor, user_data (``ivc_userdata`` metadata
 vs the rendered declaration) or networks differ, i.e. when only a new server applies the
 declaration; missing volumes or floating IP are reported too, but other steps fix those.
+``userdata_record``: the same user_data recorded in earlier ivc's form (the hash of the gzip
+bytes, which depends on the Python); ``converge`` re-records it in place, no rotate.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from ivc_tasks.resources.resolve import (
     list_volumes, matching, prefetch, value_of,
 )
 from ivc_tasks.resources.servers import (
-    META_NAME, META_ROLE, META_ROTATION, META_USERDATA, USERDATA_SHORT, addresses, attached_ids,
+    META_NAME, META_ROLE, META_ROTATION, META_USERDATA, addresses, attached_ids,
     generation, managed_servers, server_state, unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
-from ivc_tasks.userdata import userdata_sha256
+from ivc_tasks.userdata import legacy_digest, userdata_digest
 
 STEP = "status"
 ROTATE_FIELDS = ("image", "flavor", "userdata", "networks")
+USERDATA_RECORD = "userdata_record"  # same user_data, recorded in the old (gzip) form: re-record
 
 
 @dataclass
@@ -187,9 +190,12 @@ def _drift(cloud: Cloud, declared: Server, server: Any,
     if not (flavor_name in names or (flavor_id and flavor_id in ids)):
         add("flavor", declared.flavor, flavor_name or flavor_id)
     had = (server.metadata or {}).get(META_USERDATA)
-    now = userdata_sha256(declared.userdata)[:USERDATA_SHORT]
+    now = userdata_digest(declared)
     if had != now:
-        add("userdata", now, had)
+        if had == legacy_digest(declared):  # recorded by an earlier ivc: same user_data
+            add(USERDATA_RECORD, now, had)
+        else:
+            add("userdata", now, had)
     nets = list_networks(cloud)
     wanted_nets = []
     for ref in declared.networks:
