@@ -344,5 +344,28 @@ def create_instance(cloud: Cloud, spec: Spec, name: str, *, dry_run: bool = Fals
     plan = plan_instance(cloud, spec, name)
     if dry_run:
         return describe_instance(cloud, plan)
-    return apply_instance(cloud, plan, timeout=timeout)
+    return apply_instance_locked(cloud, spec, plan, timeout=timeout)
+
+
+def apply_instance_locked(cloud: Cloud, spec: Spec, plan: InstancePlan, *,
+                          group_ids: Mapping[str, str] | None = None,
+                          timeout: float | None = None) -> StepResult:
+    """``apply_instance`` under the server's lock when it creates: another run (a second CI
+    pipeline) creating the same server is waited for, then the server is looked for again
+    (planned afresh), so that the second run finds it and changes nothing.
+
+    :raises Locked: another run held the lock for longer than ``cloud.lock_ttl``.
+    """
+    from ivc_tasks.resources.lock import held  # noqa: PLC0415
+
+    if plan.existing is not None:
+        return apply_instance(cloud, plan, group_ids=group_ids, timeout=timeout)
+    with held(cloud, plan.name, op=STEP):
+        forget(cloud, "servers", "floating_ips")
+        fresh = plan_instance(cloud, spec, plan.name, pending_groups=set(group_ids or ()))
+        if fresh.existing is not None:
+            log.info("server %s: made by another run meanwhile (%s)", plan.name,
+                     fresh.existing.id)
+        fresh.create_keypair = plan.create_keypair if fresh.existing is None else None
+        return apply_instance(cloud, fresh, group_ids=group_ids, timeout=timeout)
 

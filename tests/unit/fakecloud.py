@@ -138,6 +138,14 @@ class _Proxy:
         return lambda *args, **kwargs: self._cloud._call(key, method, args, kwargs)
 
 
+def is_lock_call(key: str, args: tuple, kwargs: dict) -> bool:
+    """A call on one of ivc's lock keypairs (``ivc-lock-...``)."""
+    if "keypair" not in key:
+        return False
+    name = kwargs.get("name") or (args[0] if args else "")
+    return str(getattr(name, "name", name)).startswith("ivc-lock-")
+
+
 class FakeConnection:
     """The parts of openstacksdk's Connection that ivc uses."""
 
@@ -258,10 +266,16 @@ class FakeConnection:
             out[next((m for prefix, m in verbs if name.startswith(prefix)), "GET")] += 1
         return out
 
-    def mutations(self) -> list[str]:
-        """The calls that change something, in order."""
+    def mutations(self, *, locks: bool = False) -> list[str]:
+        """The calls that change something, in order (the per-server locks' keypairs left out
+        unless ``locks``)."""
         prefixes = ("create", "update", "delete", "set", "stop", "start", "add")
-        return [k for k, _, _ in self.calls if k.split(".", 1)[1].startswith(prefixes)]
+        return [k for k, args, kw in self.calls if k.split(".", 1)[1].startswith(prefixes)
+                and (locks or not is_lock_call(k, args, kw))]
+
+    def count_keypairs(self, key: str) -> int:
+        """Calls ``key`` (``compute.create_keypair``...) on keypairs other than ivc's locks."""
+        return sum(1 for k, args, kw in self.calls if k == key and not is_lock_call(k, args, kw))
 
     def server(self, server_id: str) -> FakeServer | None:
         """The cloud's record of a server (None when it is gone)."""
