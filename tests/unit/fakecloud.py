@@ -266,9 +266,9 @@ class FakeConnection:
             out[next((m for prefix, m in verbs if name.startswith(prefix)), "GET")] += 1
         return out
 
-    def mutations(self, *, locks: bool = False) -> list[str]:
+    def mutations(self, *, locks: bool = True) -> list[str]:
         """The calls that change something, in order (the per-server locks' keypairs left out
-        unless ``locks``)."""
+        when ``locks`` is False)."""
         prefixes = ("create", "update", "delete", "set", "stop", "start", "add")
         return [k for k, args, kw in self.calls if k.split(".", 1)[1].startswith(prefixes)
                 and (locks or not is_lock_call(k, args, kw))]
