@@ -223,14 +223,19 @@ def _drift(cloud: Cloud, declared: Server, server: Any,
     if key_name is not _UNSAID and (declared.keypair or None) != (key_name or None):
         add("keypair", declared.keypair, key_name)
     groups = server_groups(server)
-    if groups is not None and sorted(set(declared.security_groups)) != groups:
-        add("security_groups", sorted(set(declared.security_groups)), groups)
+    if groups is not None and declared_groups(declared) != groups:
+        add("security_groups", declared_groups(declared), groups)
     meta = server.metadata or {}
     stale = {k: v for k, v in declared.metadata.items() if meta.get(k) != v}
     if stale:
         add("metadata", dict(sorted(stale.items())),
             {k: meta.get(k) for k in sorted(stale)})
     return out
+
+
+def declared_groups(declared: Server) -> list[str]:
+    """The groups a server should be in, sorted: none declared means Nova's ``default``."""
+    return sorted(set(declared.security_groups)) or ["default"]
 
 
 def server_groups(server: Any) -> list[str] | None:
