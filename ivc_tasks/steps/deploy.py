@@ -31,6 +31,7 @@ from ivc_tasks.resources.resolve import forget, list_security_groups, list_serve
 from ivc_tasks.result import StepResult
 from ivc_tasks.resources.servers import made_by_run
 from ivc_tasks.resources.lock import GROUPS_LOCK, held
+from ivc_tasks.steps.quota_check import check_quota
 from ivc_tasks.steps.secgroups import (
     SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
 )
@@ -135,6 +136,8 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
                     for p in instance_plans if p.existing is not None and p.declared.volumes}
     keypairs = take_keypairs(instance_plans)  # each declared keypair once, before any server
     result = DeployResult(dry_run=dry_run)
+    if not dry_run:  # every server it creates, before any change (exit 2, nothing changed)
+        check_quota(cloud, spec, creates=[p.name for p in instance_plans if p.existing is None])
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
         if keypairs:

@@ -25,6 +25,7 @@ from ivc_tasks.errors import EXIT_ROLLED_BACK, IvcError, RolledBack
 from ivc_tasks.resources.resolve import forget
 from ivc_tasks.result import StepResult
 from ivc_tasks.spec import Spec
+from ivc_tasks.steps.quota_check import check_quota
 from ivc_tasks.steps.converge.apply import create_one, ensure_shared, update_one
 from ivc_tasks.steps.converge.plan import (
     CREATE, ROTATE, UNCHANGED, UNDECLARED, UPDATE, ServerPlan, plan_converge,
@@ -93,6 +94,10 @@ def converge(cloud: Cloud, spec: Spec, *, max_unavailable: int = 1, prune: bool 
     """
     plans = plan_converge(cloud, spec)
     result = ConvergeResult(dry_run=dry_run, max_unavailable=max_unavailable, servers=plans)
+    # the peak need (creates, and one extra server per rotation in flight) before any change
+    result.warnings += check_quota(
+        cloud, spec, creates=[p.name for p in plans if p.action == CREATE],
+        rotations=[p.name for p in plans if p.action == ROTATE], in_flight=max_unavailable)
     if dry_run:
         result.steps += ensure_shared(cloud, spec, dry_run=True)
         if not prune:
