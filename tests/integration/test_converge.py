@@ -206,3 +206,81 @@ def test_two_deploys_and_two_converges_side_by_side_make_one_server(world):
     assert len(servers) == 1 and servers[0].status == "ACTIVE"
     outcomes = sorted(by_name(json.loads(out))[name]["outcome"] for out, _ in results)
     assert outcomes in (["created", "unchanged"], ["created", "created"])
+
+
+@pytest.fixture
+def own_project(tmp_path):
+    """A project and user of this test's own (the admin entry makes them, as the seed does),
+    with a network, and a clouds.yaml entry ``cvq``: lowering its quota touches nobody else."""
+    import secrets
+
+    import yaml
+
+    from tests.integration.rotateworld import CLOUDS_YAML
+
+    admin = connection("ivc-local-admin")
+    ident = admin.identity
+    name = f"cvq-{uuid.uuid4().hex[:6]}"
+    password = secrets.token_urlsafe(16)
+    domain = ident.find_domain("Default")
+    project = ident.create_project(name=name, domain_id=domain.id)
+    user = ident.create_user(name=name, password=password, domain_id=domain.id,
+                             default_project_id=project.id)
+    for role in ("member", "reader"):
+        ident.assign_project_role_to_user(project, user, ident.find_role(role))
+    base = yaml.safe_load(CLOUDS_YAML.read_text())["clouds"]["ivc-local"]
+    entry = {**base, "auth": {**base["auth"], "username": name, "password": password,
+                              "project_name": name}}
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(yaml.safe_dump({"clouds": {"cvq": entry}}))
+    clouds.chmod(0o600)
+    config = __import__("openstack").config.OpenStackConfig(config_files=[str(clouds)])
+    conn = __import__("openstack").connection.Connection(config=config.get_one(cloud="cvq"))
+    net = conn.network.create_network(name="private")
+    conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.251.7.0/24",
+                               name="private-v4")
+    try:
+        yield {"conn": conn, "clouds": clouds, "project": project, "admin": admin}
+    finally:
+        for server in conn.compute.servers():
+            conn.compute.delete_server(server, ignore_missing=True)
+            conn.compute.wait_for_delete(server, wait=120)
+        for port in conn.network.ports(network_id=net.id):
+            if port.device_owner.startswith("compute:") or not port.device_owner:
+                conn.network.delete_port(port, ignore_missing=True)
+        conn.network.delete_network(net, ignore_missing=True)
+        for kp in conn.compute.keypairs():
+            conn.compute.delete_keypair(kp, ignore_missing=True)
+        ident.delete_user(user, ignore_missing=True)
+        ident.delete_project(project, ignore_missing=True)
+
+
+def test_a_quota_with_no_room_for_an_extra_server_makes_rotate_and_converge_exit_2(
+        tmp_path, own_project):
+    conn = own_project["conn"]
+    env = f"cvq{uuid.uuid4().hex[:4]}"
+    root = tmp_path / "root"
+    (root / "env").mkdir(parents=True)
+    (root / "env" / f"{env}.env").write_text(
+        f"OS_CLOUD=cvq\nOS_CLIENT_CONFIG_FILE={own_project['clouds']}\nIVC_SPEC=env/{env}.toml\n")
+    spec = root / "env" / f"{env}.toml"
+    spec.write_text('[servers.q1]\nimage = "ivc-tiny"\nflavor = "m1.tiny"\n'
+                    'networks = ["private"]\n')
+    world = World(conn=conn, root=root, env=env)
+
+    def run(*args, expect):
+        proc = world.run(*args, "--json", timeout=600)
+        assert proc.returncode == expect, (proc.stdout[-2000:], proc.stderr[-2000:])
+        return json.loads(proc.stdout)
+
+    run("converge", expect=0)
+    own_project["admin"].set_compute_quotas(own_project["project"].id, instances=1)
+    rotate = run("rotate", "--name", "q1", expect=2)
+    assert rotate["mutating_requests"] == 0
+    assert "instances: limit 1, used 1, this run needs 1 more" in rotate["error"]
+    spec.write_text(spec.read_text().replace("m1.tiny", "m1.small"))
+    out = run("converge", expect=2)
+    assert out["mutating_requests"] == 0
+    assert "instances: limit 1, used 1, this run needs 1 more" in out["error"]
+    [server] = list(conn.compute.servers())
+    assert server.status == "ACTIVE" and server.flavor["original_name"] == "m1.tiny"
