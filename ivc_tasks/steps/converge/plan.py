@@ -141,6 +141,9 @@ def plan_converge(cloud: Cloud, spec: Spec) -> list[ServerPlan]:
             plan = ServerPlan(item.name, ROTATE, status=item, drift=drift, reasons=[
                 f"rotation {item.rotation['id']} under way ({item.rotation['role']}): finished "
                 "or rolled back"])
+        elif item.status.upper().startswith("ERROR"):
+            plan = ServerPlan(item.name, ROTATE, status=item, drift=drift,
+                              reasons=[f"server {item.id} is in ERROR: only a new one serves"])
         elif rotate:
             plan = ServerPlan(item.name, ROTATE, status=item, drift=drift,
                               reasons=[_words(cloud, spec, item.name, drift[f], item)
