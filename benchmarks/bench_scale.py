@@ -78,7 +78,7 @@ def make_world(conn, root: Path, env: str, prefix: str, count: int) -> World:
 def line(label: str, out: dict) -> str:
     text = (f"{label:<34} {out['wall']:6.1f} s wall  {out.get('requests', 0):4d} requests"
             f"  ({out.get('requests_by_method', {}).get('GET', 0)} GET)")
-    servers = [s["seconds"] for s in out.get("servers", [])]
+    servers = [s["seconds"] for s in out.get("servers", []) if s.get("seconds") is not None]
     if servers:
         text += f"; per server {min(servers):.1f}-{max(servers):.1f} s"
     phases: dict[str, list[float]] = {}
