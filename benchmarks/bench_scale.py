@@ -15,6 +15,8 @@ here, beforehand, with plain openstacksdk): one of 1 server, one of N (default 8
   * deploy of 1 with --parallel 1 and with --parallel N (the same path: one server);
   * rotate of that 1 server;
   * deploy of N with --parallel N, then rotate of the N with --parallel P (default 4);
+  * converge of the N after 3 of them drifted (a new flavor), --max-unavailable 3 (the line
+    ``converge N (3 drifted) --max-unavailable 3 / rotate 1``: target <= 1.5x wall);
   * deploy of N with --parallel 1 (after deleting the N servers; --skip-sequential skips it).
 The last two lines compare N to 1 (targets: deploy <= 1.3x wall and <= 2x requests; rotate
 <= 2.3x wall). Everything made is deleted at the end.
@@ -76,7 +78,7 @@ def make_world(conn, root: Path, env: str, prefix: str, count: int) -> World:
 def line(label: str, out: dict) -> str:
     text = (f"{label:<34} {out['wall']:6.1f} s wall  {out.get('requests', 0):4d} requests"
             f"  ({out.get('requests_by_method', {}).get('GET', 0)} GET)")
-    servers = [s["seconds"] for s in out.get("servers", [])]
+    servers = [s["seconds"] for s in out.get("servers", []) if s.get("seconds") is not None]
     if servers:
         text += f"; per server {min(servers):.1f}-{max(servers):.1f} s"
     phases: dict[str, list[float]] = {}
@@ -137,6 +139,18 @@ def main() -> None:
                                                         "--parallel", str(p))
             print(line(f"rotate {n} --parallel {p}", results[f"rotate {n} --parallel {p}"]),
                   flush=True)
+            # three of the N drift (a new flavor): converge rotates those, three at a time
+            drifted = list(many.servers)[:3]
+            for name in drifted:
+                many.servers[name]["flavor"] = "m1.small"
+            many.write()
+            label = f"converge {n} ({len(drifted)} drifted) --max-unavailable 3"
+            results[label] = run(many, "converge", "--max-unavailable", "3")
+            print(line(label, results[label]), flush=True)
+            rotated = sorted(s["name"] for s in results[label]["servers"]
+                             if s.get("outcome") == "rotated")
+            if rotated != sorted(drifted):
+                raise RuntimeError(f"converge rotated {rotated}, not {sorted(drifted)}")
             if not args.skip_sequential:
                 delete_servers(many)
                 results[f"deploy {n} --parallel 1"] = run(many, "deploy", "--parallel", "1")
@@ -161,6 +175,10 @@ def main() -> None:
     print(f"(every run's JSON: {saved})")
     print(f"deploy {n} parallel / deploy 1: {wall_x:.2f}x wall, {req_x:.2f}x requests")
     print(f"rotate {n} parallel {p} / rotate 1: {rot_x:.2f}x wall")
+    cv = next(v for k, v in results.items() if k.startswith("converge"))
+    cv_x = cv["wall"] / r1["wall"]
+    print(f"converge {n} (3 drifted) --max-unavailable 3 / rotate 1: {cv_x:.2f}x wall "
+          f"(target <= 1.5x: {'OK' if cv_x <= 1.5 else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from ivc_tasks.tasks._common import usage
 
 def namespace() -> Collection:
     """Return ivc's task namespace (what ``tasks.py`` exposes to invoke)."""
-    from ivc_tasks.tasks import demo, devcloud, rotate, steps  # noqa: PLC0415
+    from ivc_tasks.tasks import converge, demo, devcloud, rotate, steps  # noqa: PLC0415
 
     ns = Collection()
     for step in (steps.ensure_secgroups, steps.create_instance, steps.attach_volume,
@@ -37,6 +37,7 @@ def namespace() -> Collection:
         ns.add_task(step)
     for lifecycle in (rotate.rotate_instance, rotate.status, rotate.destroy, rotate.inventory):
         ns.add_task(lifecycle)
+    ns.add_task(converge.converge)
     ns.add_task(demo.demo)
     ns.add_collection(Collection.from_module(devcloud))
     return ns

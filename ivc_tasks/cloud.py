@@ -46,9 +46,42 @@ from ivc_tasks.settings import Settings
 
 log = logging.getLogger("ivc")
 T = TypeVar("T")
-EAGER_FIRST_POLL = 0.05  # seconds: the first poll of an eager wait
-EAGER_GROWTH = 0.1  # then each wait is this share of the time waited so far
-LONG_WAIT_CAP = 2.0  # seconds: the shared poller's longest wait between two looks (resources.poller)
+# The one polling schedule (``next_interval``), for a lone waiter (``Cloud.poll``) and the shared
+# poller (``resources.poller``) alike:
+EAGER_FIRST_POLL = 0.05  # seconds: the first look of an eager wait
+EAGER_FLOOR = 0.2  # seconds: the shortest wait between two eager looks after the first
+EAGER_GROWTH = 0.1  # eager: each wait is this share of the time waited so far (<= poll_interval)
+LAZY_GROWTH = 0.25  # lazy: each wait is this share of the time waited (>= poll_interval) ...
+LONG_WAIT_CAP = 2.5  # ... and at most this many seconds (or poll_interval if that is longer)
+
+
+def next_interval(waited: float, *, poll_interval: float, eager: bool) -> float:
+    """Seconds until the next look at something awaited for ``waited`` seconds.
+
+    *Eager* waits are inside an outage (the old server stopping, volumes and the address
+    moving, a rollback): first look after 50 ms, then every 0.2 s or 10% of the time waited,
+    at most ``poll_interval``: what polling adds to the outage stays under ~10% of each wait
+    (a real cloud's 2 s attach or 5 s stop is seen as soon as with looks every 50 ms, at half
+    the requests).
+    *Lazy* waits cost no outage (a server booting before the old one stops, the old one
+    deleting after the address moved, the steps' boots and attaches): every ``poll_interval``,
+    then 25% of the time waited, at most ``LONG_WAIT_CAP`` (2.5 s): a 31 s boot costs 20 looks
+    instead of ~60, seen ~1 s after it is ACTIVE on average.
+    ``poll_interval`` 0 (tests): no waiting at all.
+    """
+    if poll_interval <= 0:
+        return 0.0
+    if eager:
+        if waited < EAGER_FIRST_POLL:
+            return min(poll_interval, EAGER_FIRST_POLL)
+        return min(poll_interval, max(EAGER_FLOOR, EAGER_GROWTH * waited))
+    return min(max(poll_interval, LONG_WAIT_CAP), max(poll_interval, LAZY_GROWTH * waited))
+
+
+def is_eager(pace: Any, item: Any) -> bool:
+    """Whether the next look is eager: ``pace`` is a bool, or a function of the last item seen
+    (None before the first look)."""
+    return bool(pace(item)) if callable(pace) else bool(pace)
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # keystoneauth's own retries of a connection failure, for the requests ivc's calls do not send
@@ -215,17 +248,16 @@ class Cloud:
         done: Callable[[T], bool],
         failed: Callable[[T], str | None],
         timeout: float,
-        eager: bool = False,
+        eager: bool | Callable[[Any], bool] = False,
     ) -> T:
-        """Fetch something every ``poll_interval`` until it is done, has failed, or time is up.
+        """Fetch something on ``next_interval``'s schedule until it is done, has failed, or
+        time is up (the shared poller follows the same schedule).
 
         Logs a progress line on stderr whenever the state changes (and every 5 s).
 
-        ``eager``: poll soon after the request, then less and less often: each wait is 10% of
-        the time waited so far (at least 50 ms, at most ``poll_interval``), so a 0.4 s attach
-        is seen within ~50 ms and a long boot is polled every ``poll_interval`` as before; what
-        polling adds to an operation stays under ~10% of it, for more GETs (rotate uses it,
-        where the outage counts; the steps keep the fixed interval and fewer requests).
+        :param eager: True inside an outage (look soon, then less often), False where a wait
+            costs no outage (look lazily), or a function of the last item seen (None before
+            the first look) that says which: ``waits.wait_server`` is lazy while a server boots.
 
         :param what: the subject of the progress lines ("server web1").
         :param fetch: one GET (already retried by the caller through ``call``).
@@ -235,13 +267,10 @@ class Cloud:
         """
         start = self.clock()
         verdict = PollVerdict(what, state, done, failed, timeout, start)
-        cap = max(self.poll_interval, 0.0)
+        item: Any = None
         while True:
-            if eager and cap:
-                waited = self.clock() - start
-                self.sleep(min(cap, max(EAGER_FIRST_POLL, EAGER_GROWTH * waited)))
-            else:
-                self.sleep(self.poll_interval)
+            self.sleep(next_interval(self.clock() - start, poll_interval=self.poll_interval,
+                                     eager=is_eager(eager, item)))
             item = fetch()
             if verdict.done(item, self.clock()):
                 return item

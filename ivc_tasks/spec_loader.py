@@ -28,7 +28,7 @@ from ivc_tasks.spec_model import (
     Spec,
 )
 from ivc_tasks.spec_rules import SecGroupReader
-from ivc_tasks.userdata import CLOUD_CONFIG_HEADER, RESERVED_VARS, render_userdata
+from ivc_tasks.userdata import CLOUD_CONFIG_HEADER, RESERVED_VARS, render_userdata_digest
 
 SERVER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # one DNS label, lower case
 KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_ -]{1,255}$")  # what every Nova microversion accepts
@@ -144,7 +144,7 @@ class Loader(SecGroupReader, ChecksReader):
     def rendered(self, spec: Spec, server: Server) -> Server:
         """The server with its user_data rendered and checked against cloud-init's schema, and
         ``checks.cloud_init`` decided (True for a ``#cloud-config``, unless said)."""
-        userdata = render_userdata(spec, server)
+        userdata, digest = render_userdata_digest(spec, server)
         text = (userdata or b"").decode("utf-8", errors="replace").lstrip("\ufeff")
         lines = text.split("\n", 2)
         is_cloud_config = text.startswith(CLOUD_CONFIG_HEADER) or (
@@ -157,7 +157,7 @@ class Loader(SecGroupReader, ChecksReader):
         checks = server.checks
         if checks.cloud_init is None:
             checks = replace(checks, cloud_init=is_cloud_config)
-        return replace(server, userdata=userdata, checks=checks)
+        return replace(server, userdata=userdata, userdata_digest=digest, checks=checks)
 
     def cloud_init_version(self, raw: Any) -> str:
         """``[defaults] cloud_init_version``, else ``IVC_CLOUD_INIT_VERSION``, else 22.4."""

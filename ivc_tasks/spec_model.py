@@ -126,6 +126,7 @@ class Server:
     files: tuple[FileSpec, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     userdata: bytes | None = None
+    userdata_digest: str | None = field(default=None, compare=False)  # canonical; set on load
     checks: Checks = field(default_factory=Checks)
     user: str = "debian"  # the login user (inventory, ssh); ``ssh_user`` in the declarations
 

@@ -3,8 +3,14 @@
 The template context is ``defaults.userdata_vars | server.userdata_vars`` plus ``server`` (the
 server's name), ``env`` (the environment's name) and ``metadata`` (the server's user metadata).
 Declared ``files`` become cloud-init ``write_files`` entries (``encoding: gz+b64``), so a server
-with files needs ``#cloud-config`` user_data. Output is deterministic (gzip without a timestamp),
-so ``userdata_sha256`` can detect a change.
+with files needs ``#cloud-config`` user_data.
+
+What ``ivc_userdata`` records is ``userdata_digest``, a hash of a canonical form that does not
+depend on the Python that renders: without files, the rendered bytes themselves; with files,
+the rendered template and each file's path, mode, owner and the sha256 of its raw content (not
+the gzip bytes: Python 3.13's gzip output differs from 3.11's for the same input).
+``legacy_digest`` is what earlier ivc recorded (the sha256 of the rendered bytes, gzip
+included): a server recorded with it is recognised, and re-recorded in place.
 
 A ``source`` may be a folder: every file under it (recursively, in sorted order) becomes one
 entry at the same place under ``path``, with its own mode (``0755`` stays ``0755``) unless
@@ -20,6 +26,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -43,6 +50,38 @@ def userdata_sha256(data: bytes | None) -> str:
     return hashlib.sha256(data or b"").hexdigest()
 
 
+DIGEST_SHORT = 16  # hex digits kept in the ivc_userdata metadata
+
+
+def canonical_digest(template_text: str | None, files: list[tuple[str, str, str | None, bytes]]
+                     ) -> str:
+    """The sha256 hex digest of user_data's canonical form (see the module's docstring).
+
+    :param template_text: the rendered template before files were added (None: no user_data).
+    :param files: ``(path, mode, owner, raw content)`` of every embedded file, in order.
+    """
+    if template_text is None:
+        return userdata_sha256(None)
+    if not files:
+        return userdata_sha256(template_text.encode("utf-8"))
+    form = {"canonical": 1, "template": template_text,
+            "files": [[path, mode, owner or "", hashlib.sha256(data).hexdigest()]
+                      for path, mode, owner, data in files]}
+    return hashlib.sha256(json.dumps(form, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def userdata_digest(server: Server) -> str:
+    """The short digest recorded in ``ivc_userdata`` for a declared server (canonical form)."""
+    digest = getattr(server, "userdata_digest", None)
+    return (digest or userdata_sha256(server.userdata))[:DIGEST_SHORT]
+
+
+def legacy_digest(server: Server) -> str:
+    """The short digest earlier ivc recorded: of the rendered bytes (gzip included), as this
+    Python renders them."""
+    return userdata_sha256(server.userdata)[:DIGEST_SHORT]
+
+
 def base64_size(data: bytes) -> int:
     """Return how many bytes ``data`` takes once base64-encoded."""
     return 4 * ((len(data) + 2) // 3)
@@ -55,13 +94,17 @@ def gzip_b64(data: bytes) -> str:
 
 def write_files_entry(file: FileSpec) -> dict[str, Any]:
     """Return the cloud-init ``write_files`` entry that writes one declared (single) file."""
+    return _entry(*_raw_file(file))
+
+
+def _raw_file(file: FileSpec) -> tuple[str, bytes, str, str | None]:
     try:
         data = file.source.read_bytes()
     except OSError as exc:
         raise ConfigError(clip_message(f"{file.source}: cannot read the file for {file.path}: "
                                        f"{exc.strerror or exc}; fix the source path or the "
                                        "file's permissions")) from None
-    return _entry(file.path, data, file.permissions or "0644", file.owner)
+    return file.path, data, file.permissions or "0644", file.owner
 
 
 def _entry(path: str, data: bytes, permissions: str, owner: str | None) -> dict[str, Any]:
@@ -111,8 +154,16 @@ def write_files_entries(file: FileSpec) -> list[dict[str, Any]]:
     :raises ConfigError: a file that cannot be read, a folder without files, a symlink to a
         folder or a special file in the tree.
     """
+    return [_entry(*raw) for raw in raw_files(file)]
+
+
+def raw_files(file: FileSpec) -> list[tuple[str, bytes, str, str | None]]:
+    """``(path, raw content, mode, owner)`` of every file one declaration writes.
+
+    :raises ConfigError: as ``write_files_entries``.
+    """
     if not file.source.is_dir():
-        return [write_files_entry(file)]
+        return [_raw_file(file)]
     files = tree_files(file.source)
     if not files:
         raise ConfigError(clip_message(f"{file.source}: the folder for {file.path} holds no "
@@ -126,8 +177,8 @@ def write_files_entries(file: FileSpec) -> list[dict[str, Any]]:
             raise ConfigError(clip_message(f"{path}: cannot read the file for "
                                            f"{file.path}: {exc.strerror or exc}; fix the file's "
                                            "permissions")) from None
-        entries.append(_entry(posixpath.join(file.path.rstrip("/") or "/", rel), data, mode,
-                              file.owner))
+        entries.append((posixpath.join(file.path.rstrip("/") or "/", rel), data, mode,
+                        file.owner))
     return entries
 
 
@@ -137,9 +188,17 @@ def render_userdata(spec: Spec, server: Server) -> bytes | None:
     :raises ConfigError: template missing or invalid, undefined variable, files without
         ``#cloud-config``, invalid cloud-config YAML, or a result over the 65535-byte limit.
     """
+    return render_userdata_digest(spec, server)[0]
+
+
+def render_userdata_digest(spec: Spec, server: Server) -> tuple[bytes | None, str]:
+    """Render one server's user_data and its canonical digest (``canonical_digest``, full).
+
+    :raises ConfigError: as ``render_userdata``.
+    """
     entry = f"servers.{server.name}.userdata"
     if server.userdata_template is None and not server.files:
-        return None
+        return None, canonical_digest(None, [])
     if server.userdata_template is None:
         text = CLOUD_CONFIG_HEADER + "\n"
     else:
@@ -152,8 +211,10 @@ def render_userdata(spec: Spec, server: Server) -> bytes | None:
               f"files need #cloud-config user_data but {server.userdata_template} renders "
               "something else", f"start the template with a '{CLOUD_CONFIG_HEADER}' line "
               "or drop 'files'")
+    template_text = text
+    canon: list[tuple[str, str, str | None, bytes]] = []
     if is_cloud_config:
-        text, weight = _with_files(spec.path, entry, text, server.files)
+        text, weight = _with_files(spec.path, entry, text, server.files, canon)
     else:
         weight = ""
     data = text.encode("utf-8")
@@ -163,7 +224,7 @@ def render_userdata(spec: Spec, server: Server) -> bytes | None:
               f"user_data is {size} bytes after base64, over Nova's limit of {USERDATA_LIMIT}"
               + (f" (embedded files: {weight})" if weight else ""),
               "shrink the template or the embedded files (or fetch large files at boot)")
-    return data
+    return data, canonical_digest(template_text, canon)
 
 
 def _render_template(spec_path: Path, entry: str, template: Path, context: dict) -> str:
@@ -214,8 +275,8 @@ def _template_line(exc: BaseException, template: Path) -> str:
     return f" line {lines[-1]}" if lines else ""
 
 
-def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, ...]
-                ) -> tuple[str, str]:
+def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, ...],
+                canon: list[tuple[str, str, str | None, bytes]]) -> tuple[str, str]:
     """Check cloud-config YAML and append the declared files to its ``write_files``; return
     the text and what the files weigh (for the size message)."""
     import yaml  # noqa: PLC0415
@@ -236,7 +297,7 @@ def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, .
         _fail(spec_path, entry, "the template's write_files is not a list",
               "make write_files a list or drop it")
     weight: dict[str, tuple[int, int]] = {}
-    write_files.extend(_embedded(spec_path, entry, files, write_files, weight))
+    write_files.extend(_embedded(spec_path, entry, files, write_files, weight, canon))
     body = yaml.dump(config, Dumper=_block_dumper(), sort_keys=False, default_flow_style=False,
                      allow_unicode=True)
     count = sum(n for n, _ in weight.values())
@@ -246,7 +307,8 @@ def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, .
 
 
 def _embedded(spec_path: Path, entry: str, files: tuple[FileSpec, ...], present: list[Any],
-              weight: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+              weight: dict[str, tuple[int, int]],
+              canon: list[tuple[str, str, str | None, bytes]]) -> list[dict[str, Any]]:
     """The entries of every declared file and folder, checked for paths written twice and
     refused as soon as their content alone passes Nova's limit (before reading the rest)."""
     files_entry = entry.replace(".userdata", ".files")
@@ -257,7 +319,9 @@ def _embedded(spec_path: Path, entry: str, files: tuple[FileSpec, ...], present:
     for i, file in enumerate(files):
         where = f"{files_entry}[{i}]"
         label = f"{where} ({file.source})"
-        for item in write_files_entries(file):
+        for path, data, mode, owner in raw_files(file):
+            canon.append((path, mode, owner, data))
+            item = _entry(path, data, mode, owner)
             if item["path"] in owner_of:
                 _fail(spec_path, where, f"{file.source} writes {item['path']}, which "
                       f"{owner_of[item['path']]} writes too", "write each path once")

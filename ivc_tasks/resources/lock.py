@@ -25,6 +25,7 @@ Limitations (by design of the primitive):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -32,7 +33,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,4 +306,48 @@ def acquire_all(cloud: Cloud, names: Iterable[str], *, op: str) -> list[ServerLo
 
 def release_all(locks: Iterable[ServerLock]) -> None:
     for lock in locks:
+        lock.release()
+
+
+GROUPS_LOCK = ".secgroups"  # not a server name (a dot first): the environment's shared things
+
+
+def acquire_waiting(cloud: Cloud, name: str, *, op: str, timeout: float | None = None
+                    ) -> ServerLock:
+    """Take server ``name``'s lock, waiting (lazily) while another live run holds it: the
+    caller then looks again at what that run made. For the commands that create (deploy,
+    create-instance, converge), where the second of two runs should wait, not fail.
+
+    :param timeout: seconds to wait (default the run's ``lock_ttl``).
+    :raises Locked: still held after ``timeout``.
+    """
+    from ivc_tasks.cloud import next_interval  # noqa: PLC0415
+
+    lock = ServerLock(cloud, name, op=op)
+    start = cloud.clock()
+    limit = cloud.settings.lock_ttl if timeout is None else timeout
+    said = False
+    while True:
+        try:
+            lock.acquire()
+            return lock
+        except Locked as exc:
+            waited = cloud.clock() - start
+            if waited >= limit:
+                raise
+            if not said:
+                log.info("%s; waiting for it (up to %g s)", str(exc).split(";")[0], limit)
+                said = True
+            cloud.sleep(max(0.2, next_interval(waited, poll_interval=cloud.poll_interval,
+                                               eager=False)))
+
+
+@contextlib.contextmanager
+def held(cloud: Cloud, name: str, *, op: str, timeout: float | None = None
+         ) -> Iterator[ServerLock]:
+    """``acquire_waiting`` for the block, released at its end."""
+    lock = acquire_waiting(cloud, name, op=op, timeout=timeout)
+    try:
+        yield lock
+    finally:
         lock.release()

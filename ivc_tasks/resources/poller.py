@@ -15,11 +15,12 @@ The poller never takes more than a third of an API's time: a list is sent at the
 list takes ~30 ms, so an attach is still seen within ~0.1 s; on a loaded one, looks space out
 instead of queueing in front of the creates, stops and attaches of the run).
 
-When a waiter is due follows one schedule (``next_interval``), the same as ``Cloud.poll``'s:
-soon after the request for an eager wait (50 ms), else ``poll_interval``; then 10% of the time
-waited, at most ``LONG_WAIT_CAP`` (2 s; never below ``poll_interval``): a 60 s boot costs
-a few dozen list requests whatever the number of servers, and an attach started while boots are
-awaited is still seen within ~0.1 s (its own schedule makes the next list due).
+When a waiter is due follows ``cloud.next_interval``, the schedule ``Cloud.poll`` follows for a
+lone waiter (stated there once): eager inside an outage, lazy where a wait costs none. A 60 s
+boot costs a few dozen list requests whatever the number of servers, and an attach started
+while boots are awaited is still seen soon (its own schedule makes the next list due). Time
+is the cloud's: ``cloud.clock`` and ``cloud.sleep`` (a test injects both; nothing here waits
+in real time but for another thread's request to end).
 
 A list that fails (after ``Cloud.call``'s retries) fails the waits it was made for, each with
 the cloud's message; the next waiter to be due makes a fresh request.
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ivc_tasks.cloud import EAGER_FIRST_POLL, EAGER_GROWTH, LONG_WAIT_CAP, Cloud, PollVerdict
+from ivc_tasks.cloud import Cloud, PollVerdict, is_eager, next_interval
 from ivc_tasks.resources.servers import GONE_STATUSES as GONE_SERVER_STATUSES
 
 T = TypeVar("T")
@@ -44,14 +45,6 @@ SERVERS, VOLUMES = "servers", "volumes"
 LIST_SPACING = 2.0  # a list waits this many times its last duration after the previous one
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")  # safe inside Nova's name regex
 _NOTHING = object()
-
-
-def next_interval(waited: float, *, poll_interval: float, eager: bool) -> float:
-    """Seconds until the next look at something awaited for ``waited`` seconds."""
-    if poll_interval <= 0:
-        return 0.0
-    floor = min(EAGER_FIRST_POLL, poll_interval) if eager else poll_interval
-    return min(max(poll_interval, LONG_WAIT_CAP), max(floor, EAGER_GROWTH * waited))
 
 
 @dataclass(eq=False)
@@ -133,8 +126,12 @@ class Poller:
                 if state.fetching:
                     self._cond.wait(timeout=1.0)
                     continue
-                if now < due:
-                    self._cond.wait(timeout=due - now)
+                if now < due:  # sleep on the cloud's time; a fetch made meanwhile is kept
+                    self._cond.release()
+                    try:
+                        self.cloud.sleep(due - now)
+                    finally:
+                        self._cond.acquire()
                     continue
                 batch = list(state.waiters)
                 for w in batch:
@@ -158,14 +155,15 @@ class Poller:
 
     def wait(self, kind: str, item_id: str, what: str, fetch_one: Callable[[], T],
              state: Callable[[T], str], *, done: Callable[[T], bool],
-             failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
+             failed: Callable[[T], str | None], timeout: float,
+             eager: bool | Callable[[Any], bool] = False) -> T:
         """``Cloud.poll``'s contract, served by the shared fetches (``fetch_one``: the waiter's
         own GET, used while it waits alone). The item is None when the list does not hold it
         (gone)."""
         clock, interval = self.cloud.clock, self.cloud.poll_interval
         start = clock()
         waiter = _Waiter(item_id, fetch_one, due=start + next_interval(
-            0.0, poll_interval=interval, eager=eager))
+            0.0, poll_interval=interval, eager=is_eager(eager, None)))
         with self._cond:
             self._kinds.setdefault(kind, _Kind()).waiters.append(waiter)
             self._cond.notify_all()
@@ -178,7 +176,7 @@ class Poller:
                     return item
                 with self._cond:
                     waiter.due = clock() + next_interval(now - start, poll_interval=interval,
-                                                         eager=eager)
+                                                         eager=is_eager(eager, item))
         finally:
             with self._cond:
                 self._kinds[kind].waiters.remove(waiter)
@@ -187,7 +185,8 @@ class Poller:
 
 def poll(cloud: Cloud, kind: str, item_id: str, what: str, fetch: Callable[[], T],
          state: Callable[[T], str], *, done: Callable[[T], bool],
-         failed: Callable[[T], str | None], timeout: float, eager: bool = False) -> T:
+         failed: Callable[[T], str | None], timeout: float,
+         eager: bool | Callable[[Any], bool] = False) -> T:
     """Wait for one server or volume: through the run's shared poller when one is installed
     (``shared_poller``), else ``Cloud.poll`` with ``fetch`` (one GET per look)."""
     poller = cloud.shared.poller

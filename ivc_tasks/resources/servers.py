@@ -23,7 +23,7 @@ from ivc_tasks.errors import ConfigError, clip, clip_repr
 from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.resources.resolve import forget, list_servers
 from ivc_tasks.spec import Server, Spec
-from ivc_tasks.userdata import userdata_sha256
+from ivc_tasks.userdata import userdata_digest
 
 META_MANAGED = "ivc_managed"
 META_ENV = "ivc_env"
@@ -135,7 +135,7 @@ def server_metadata(declared: Server, env: str, run_id: str, *, gen: int = 1,
         META_NAME: declared.name,
         META_RUN: run_id,
         META_GEN: str(gen),
-        META_USERDATA: userdata_sha256(declared.userdata)[:USERDATA_SHORT],
+        META_USERDATA: userdata_digest(declared),
         **{volume_key(ref): vid for ref, vid in (volumes or {}).items()},
         **({META_SPEC: spec_id} if spec_id else {}),
     }

@@ -2,9 +2,11 @@
 for every step (``resolve.get_or_none`` and ``resolve.delete_or_gone`` for any other thing).
 
 Every wait runs on ``Cloud.poll``, or on the run's shared poller when several waits run side by
-side (``resources.poller``). ``eager`` polls soon after the request and then less and less
-often (rotate and destroy, where the outage counts); without it the fixed ``poll_interval``
-is used (the steps, fewer requests). A 404 on a GET or a DELETE means "gone", never an error.
+side (``resources.poller``), on one schedule (``cloud.next_interval``): eager inside an outage,
+lazy where a wait costs none. ``wait_server`` is lazy while the server is in BUILD (a boot:
+rotate's new server boots before the old one stops) and eager otherwise (a stop, a start);
+``delete_server_and_wait`` is lazy (rotate's old server is deleted after the address moved).
+A 404 on a GET or a DELETE means "gone", never an error.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ def get_volume(cloud: Cloud, volume_id: str) -> Any | None:
 
 
 def wait_server(cloud: Cloud, server_id: str, what: str, status: str, timeout: float, *,
-                eager: bool = True, error_hint: str | None = None) -> Any:
+                eager: bool | None = None, error_hint: str | None = None) -> Any:
     """Wait until the server is ``status`` with no task under way.
 
+    :param eager: None (default): lazy while the server is in BUILD, else eager; True or
+        False: always eager or always lazy.
     :param what: the subject of the progress lines ("new server web1").
     :param error_hint: what to do when it goes to ERROR, added to the message.
     :raises CloudError: it went to ERROR (with its fault), is gone, or timed out.
@@ -51,7 +55,12 @@ def wait_server(cloud: Cloud, server_id: str, what: str, status: str, timeout: f
     return poll(cloud, SERVERS, server_id, what, lambda: get_server(cloud, server_id),
                 server_state,
                 done=lambda s: s is not None and s.status == status and not s.task_state,
-                      failed=failed, timeout=timeout, eager=eager)
+                failed=failed, timeout=timeout, eager=booting_is_lazy if eager is None else eager)
+
+
+def booting_is_lazy(server: Any | None) -> bool:
+    """The pace of a server wait: lazy (False) while it boots, eager otherwise."""
+    return server is None or str(server.status).upper() != "BUILD"
 
 
 def wait_power_settled(cloud: Cloud, server: Any, what: str, timeout: float) -> Any:
@@ -84,6 +93,6 @@ def delete_server_and_wait(cloud: Cloud, server_id: str, what: str, timeout: flo
                            lambda: conn.compute.delete_server(server_id, ignore_missing=False))
     if there:
         poll(cloud, SERVERS, server_id, what, lambda: get_server(cloud, server_id), server_state,
-             done=lambda s: s is None, failed=lambda s: None, timeout=timeout, eager=True)
+             done=lambda s: s is None, failed=lambda s: None, timeout=timeout, eager=False)
     forget(cloud, "servers")
     return there

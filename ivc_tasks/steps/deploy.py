@@ -24,18 +24,18 @@ from ivc_tasks.errors import IvcError
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
 from ivc_tasks.resources.servers import made_by_run
+from ivc_tasks.resources.lock import GROUPS_LOCK, held
 from ivc_tasks.result import StepResult
 from ivc_tasks.spec import Spec
 from ivc_tasks.steps.checks import console_preflight
 from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
-from ivc_tasks.steps.instances import (
-    apply_instance,
-    describe_instance,
-    plan_instance,
-)
+from ivc_tasks.steps.instances import apply_instance_locked, describe_instance, plan_instance
 from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs, take_keypairs
 from ivc_tasks.steps.parallel import run_jobs
-from ivc_tasks.steps.secgroups import apply_secgroups, describe_secgroups, plan_secgroups
+from ivc_tasks.steps.quota_check import check_quota
+from ivc_tasks.steps.secgroups import (
+    SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
+)
 from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 
 STEP = "deploy"
@@ -140,6 +140,8 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
         console_preflight(cloud, [p.declared for p in instance_plans if p.existing is None],
                           next((p.existing.id for p in instance_plans if p.existing), None))
     result = DeployResult(dry_run=dry_run)
+    if not dry_run:  # every server it creates, before any change (exit 2, nothing changed)
+        check_quota(cloud, spec, creates=[p.name for p in instance_plans if p.existing is None])
     if dry_run:
         result.steps.append(describe_secgroups(sg_plan))
         if keypairs:
@@ -163,7 +165,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
             result.steps.append(outcome)
         return outcome
 
-    groups = run("ensure-secgroups", None, apply_secgroups, cloud, sg_plan)
+    groups = run("ensure-secgroups", None, ensure_secgroups_locked, cloud, spec, sg_plan)
     group_ids = {**sg_plan.ids, **groups.info.get("ids", {})}
     if keypairs:
         run("ensure-keypairs", None, apply_keypairs, cloud, keypairs)
@@ -172,7 +174,7 @@ def deploy(cloud: Cloud, spec: Spec, *, dry_run: bool = False, timeout: float | 
         return _side_by_side(cloud, spec, instance_plans, attach_plans, group_ids, result,
                              timeout=timeout, workers=workers, skip_checks=skip_checks)
     for plan in instance_plans:
-        made = run("create-instance", plan.name, apply_instance, cloud, plan,
+        made = run("create-instance", plan.name, apply_instance_locked, cloud, spec, plan,
                    group_ids=group_ids, timeout=timeout)
         if plan.declared.volumes:
             run("attach-volume", plan.name, _attach, cloud, spec, plan.name,
@@ -201,7 +203,8 @@ def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict
         done: list[StepResult] = []
         step = "create-instance"
         try:
-            made = apply_instance(view, plan, group_ids=group_ids, timeout=timeout)
+            made = apply_instance_locked(view, spec, plan, group_ids=group_ids,
+                                         timeout=timeout)
             done.append(made)
             if plan.declared.volumes:
                 step = "attach-volume"
@@ -240,6 +243,18 @@ def _side_by_side(cloud: Cloud, spec: Spec, plans: list[Any], attach_plans: dict
         failed = next(s.name for s in result.servers if s.outcome == "failed")
         raise DeployFailed(step, failed, cause, result)
     return result
+
+
+def ensure_secgroups_locked(cloud: Cloud, spec: Spec, plan: SecGroupsPlan) -> StepResult:
+    """ensure-secgroups under the environment's groups lock when it creates anything (two
+    deploys at once would otherwise both create a group of the same name); planned again
+    under the lock."""
+    if not any(gp.existing is None for gp in plan.groups):
+        return apply_secgroups(cloud, plan)
+    with held(cloud, GROUPS_LOCK, op="ensure-secgroups"):
+        forget(cloud, "security_groups")
+        return apply_secgroups(cloud, plan_secgroups(cloud, spec, [gp.declared.name
+                                                                   for gp in plan.groups]))
 
 
 def _changed_before_failing(cloud: Cloud, plan: Any) -> bool:

@@ -37,35 +37,23 @@ from ivc_tasks.resources.floating_ips import (
 from ivc_tasks.resources.ports import ensure_kept_ports, kept_port_name, plan_kept_ports
 from ivc_tasks.resources.resolve import (
     find_images,
+    forget,
     list_flavors,
     list_networks,
     list_volumes,
     pick,
 )
 from ivc_tasks.resources.servers import (
-    META_RUN,
-    META_USERDATA,
-    USERDATA_SHORT,
-    WAITING_STATES,
-    check_same_spec,
-    create_server,
-    declared_server,
-    error_hint,
-    fault_message,
-    generation,
-    managed_servers,
-    server_info,
-    server_metadata,
-    spec_identity,
-    twin_error,
-    unmanaged_twins,
+    META_RUN, META_USERDATA, WAITING_STATES, check_same_spec, create_server, declared_server,
+    error_hint, fault_message, generation, managed_servers, server_info,
+    server_metadata, spec_identity, twin_error, unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.result import Action, StepResult, userdata_summary
 from ivc_tasks.spec import Server, Spec, needs_config_drive
 from ivc_tasks.steps.keypairs import ensure_keypair, plan_keypair
 from ivc_tasks.steps.secgroups import groups_by_name
-from ivc_tasks.userdata import userdata_sha256
+from ivc_tasks.userdata import legacy_digest, userdata_digest
 
 log = logging.getLogger("ivc")
 STEP = "create-instance"
@@ -290,8 +278,8 @@ def _existing_warnings(plan: InstancePlan) -> list[str]:
         out.append(f"server {plan.name}: older servers of this name are still there: {ids}")
     if plan.existing is not None:
         had = (plan.existing.metadata or {}).get(META_USERDATA)
-        now = userdata_sha256(plan.declared.userdata)[:USERDATA_SHORT]
-        if had and had != now:
+        now = userdata_digest(plan.declared)
+        if had and had not in (now, legacy_digest(plan.declared)):
             out.append(f"server {plan.name}: its user_data ({had}) differs from the declared one "
                        f"({now}); `invoke rotate --name {plan.name}` applies it")
     return out
@@ -348,5 +336,28 @@ def create_instance(cloud: Cloud, spec: Spec, name: str, *, dry_run: bool = Fals
     plan = plan_instance(cloud, spec, name)
     if dry_run:
         return describe_instance(cloud, plan)
-    return apply_instance(cloud, plan, timeout=timeout)
+    return apply_instance_locked(cloud, spec, plan, timeout=timeout)
+
+
+def apply_instance_locked(cloud: Cloud, spec: Spec, plan: InstancePlan, *,
+                          group_ids: Mapping[str, str] | None = None,
+                          timeout: float | None = None) -> StepResult:
+    """``apply_instance`` under the server's lock when it creates: another run (a second CI
+    pipeline) creating the same server is waited for, then the server is looked for again
+    (planned afresh), so that the second run finds it and changes nothing.
+
+    :raises Locked: another run held the lock for longer than ``cloud.settings.lock_ttl``.
+    """
+    from ivc_tasks.resources.lock import held  # noqa: PLC0415
+
+    if plan.existing is not None:
+        return apply_instance(cloud, plan, group_ids=group_ids, timeout=timeout)
+    with held(cloud, plan.name, op=STEP):
+        forget(cloud, "servers", "floating_ips")
+        fresh = plan_instance(cloud, spec, plan.name, pending_groups=set(group_ids or ()))
+        if fresh.existing is not None:
+            log.info("server %s: made by another run meanwhile (%s)", plan.name,
+                     fresh.existing.id)
+        fresh.create_keypair = plan.create_keypair if fresh.existing is None else None
+        return apply_instance(cloud, fresh, group_ids=group_ids, timeout=timeout)
 

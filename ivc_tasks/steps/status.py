@@ -14,6 +14,10 @@ rotation under way (markers) or a lock held, and ``drift``: how it differs from 
 declaration. ``rotate_due`` is True when the image, flavor, user_data (``ivc_userdata`` metadata
 vs the rendered declaration) or networks differ, i.e. when only a new server applies the
 declaration; missing volumes or floating IP are reported too, but other steps fix those.
+``keypair`` is a rotate reason too (Nova cannot change a server's keypair); ``security_groups``
+and ``metadata`` (declared keys only) are changed in place by ``converge``.
+``userdata_record``: the same user_data recorded in earlier ivc's form (the hash of the gzip
+bytes, which depends on the Python); ``converge`` re-records it in place, no rotate.
 """
 
 from __future__ import annotations
@@ -39,21 +43,17 @@ from ivc_tasks.resources.resolve import (
     value_of,
 )
 from ivc_tasks.resources.servers import (
-    META_NAME,
-    META_USERDATA,
-    USERDATA_SHORT,
-    addresses,
-    attached_ids,
-    generation,
-    managed_servers,
-    server_state,
-    unmanaged_twins,
+    META_NAME, META_USERDATA, addresses, attached_ids, generation,
+    managed_servers, server_state, unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
-from ivc_tasks.userdata import userdata_sha256
+from ivc_tasks.userdata import legacy_digest, userdata_digest
 
 STEP = "status"
-ROTATE_FIELDS = ("image", "flavor", "userdata", "networks")
+ROTATE_FIELDS = ("image", "flavor", "userdata", "networks", "keypair")
+_UNSAID = object()
+IN_PLACE_FIELDS = ("security_groups", "metadata")  # converge changes these in place
+USERDATA_RECORD = "userdata_record"  # same user_data, recorded in the old (gzip) form: re-record
 
 
 @dataclass
@@ -195,9 +195,12 @@ def _drift(cloud: Cloud, declared: Server, server: Any,
     if not (flavor_name in names or (flavor_id and flavor_id in ids)):
         add("flavor", declared.flavor, flavor_name or flavor_id)
     had = (server.metadata or {}).get(META_USERDATA)
-    now = userdata_sha256(declared.userdata)[:USERDATA_SHORT]
+    now = userdata_digest(declared)
     if had != now:
-        add("userdata", now, had)
+        if had == legacy_digest(declared):  # recorded by an earlier ivc: same user_data
+            add(USERDATA_RECORD, now, had)
+        else:
+            add("userdata", now, had)
     nets = list_networks(cloud)
     wanted_nets = []
     for ref in declared.networks:
@@ -217,7 +220,33 @@ def _drift(cloud: Cloud, declared: Server, server: Any,
         add("volumes", list(declared.volumes), f"not attached: {', '.join(missing)}")
     if declared.floating_ip and not floating:
         add("floating_ip", True, False)
+    key_name = getattr(server, "key_name", _UNSAID)
+    if key_name is not _UNSAID and (declared.keypair or None) != (key_name or None):
+        add("keypair", declared.keypair, key_name)
+    groups = server_groups(server)
+    if groups is not None and declared_groups(declared) != groups:
+        add("security_groups", declared_groups(declared), groups)
+    meta = server.metadata or {}
+    stale = {k: v for k, v in declared.metadata.items() if meta.get(k) != v}
+    if stale:
+        add("metadata", dict(sorted(stale.items())),
+            {k: meta.get(k) for k in sorted(stale)})
     return out
+
+
+def declared_groups(declared: Server) -> list[str]:
+    """The groups a server should be in, sorted: none declared means Nova's ``default``."""
+    return sorted(set(declared.security_groups)) or ["default"]
+
+
+def server_groups(server: Any) -> list[str] | None:
+    """The names of a server's security groups as Nova lists them (once each, sorted); None
+    when the listing does not say."""
+    groups = getattr(server, "security_groups", None)
+    if groups is None:
+        return None
+    return sorted({(g.get("name") if isinstance(g, dict) else getattr(g, "name", None)) or ""
+                   for g in groups} - {""})
 
 
 def _floating(server: Any) -> list[str]:

@@ -42,7 +42,8 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
                     detach_undeclared=False, skip_checks=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
-    from ivc_tasks.steps.rotate import RotateOptions, rotate  # noqa: PLC0415
+    from ivc_tasks.steps.quota_check import rotate_within_quota  # noqa: PLC0415
+    from ivc_tasks.steps.rotate import RotateOptions  # noqa: PLC0415
 
     with usage("rotate-instance", json=json):
         require(name, "--name", "the declared server(s) to rotate")
@@ -51,7 +52,8 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
         if adopt is not None and not str(adopt).strip():
             raise Exit("rotate-instance: --adopt needs a server id or name", code=EXIT_INVALID)
     run_step("rotate-instance",
-             lambda cloud, spec: rotate(cloud, spec, name, dry_run=dry_run, options=RotateOptions(
+             lambda cloud, spec: rotate_within_quota(
+                 cloud, spec, name, dry_run=dry_run, options=RotateOptions(
                  stop=stop, boot_timeout=seconds,
                  parallel=workers if parallel is not None else cloud.settings.parallel,
                  adopt=str(adopt).strip() if adopt else None,

@@ -18,7 +18,6 @@ Run alone: ``python3 -m pytest tests/integration/test_public_network.py -s`` pri
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 

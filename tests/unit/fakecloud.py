@@ -148,6 +148,19 @@ FINISHED_CONSOLE = (
     "DataSourceConfigDrive [net,ver=2][source=/dev/sr0].  Up 7.0 seconds\n")
 
 
+def is_lock_call(key: str, args: tuple, kwargs: dict) -> bool:
+    """A call on one of ivc's lock keypairs (``ivc-lock-...``)."""
+    if "keypair" not in key:
+        return False
+    name = kwargs.get("name") or (args[0] if args else "")
+    return str(getattr(name, "name", name)).startswith("ivc-lock-")
+
+
+def value_of_flavor(server) -> str | None:
+    flavor = getattr(server, "flavor", None)
+    return flavor.get("id") if isinstance(flavor, dict) else getattr(flavor, "id", None)
+
+
 class FakeConnection:
     """The parts of openstacksdk's Connection that ivc uses."""
 
@@ -184,6 +197,7 @@ class FakeConnection:
         # the shared poller's list (no arguments: ivc's other listings pass details=True)
         # advances every server or volume as a GET of each would
         self.advance_on_list = True
+        self.limits = {"instances": -1, "cores": -1, "ram": -1, "ports": -1, "floating_ips": -1}
         self._lock = threading.RLock()
         self.network = _Proxy(self, "network")
         self.compute = _Proxy(self, "compute")
@@ -273,10 +287,16 @@ class FakeConnection:
             out[next((m for prefix, m in verbs if name.startswith(prefix)), "GET")] += 1
         return out
 
-    def mutations(self) -> list[str]:
-        """The calls that change something, in order."""
+    def mutations(self, *, locks: bool = True) -> list[str]:
+        """The calls that change something, in order (the per-server locks' keypairs left out
+        when ``locks`` is False)."""
         prefixes = ("create", "update", "delete", "set", "stop", "start", "add")
-        return [k for k, _, _ in self.calls if k.split(".", 1)[1].startswith(prefixes)]
+        return [k for k, args, kw in self.calls if k.split(".", 1)[1].startswith(prefixes)
+                and (locks or not is_lock_call(k, args, kw))]
+
+    def count_keypairs(self, key: str) -> int:
+        """Calls ``key`` (``compute.create_keypair``...) on keypairs other than ivc's locks."""
+        return sum(1 for k, args, kw in self.calls if k == key and not is_lock_call(k, args, kw))
 
     def server(self, server_id: str) -> FakeServer | None:
         """The cloud's record of a server (None when it is gone)."""
@@ -344,6 +364,24 @@ class FakeConnection:
         key = Resource(name=keypair_name, public_key=public_key, created_at=created_at or _now())
         self.keys.append(key)
         return key
+
+    # -- quota --------------------------------------------------------------------------------
+    def compute_get_limits(self):
+        """Nova's absolute limits: ``self.limits`` (-1 unlimited), use from the servers."""
+        live = [s for s in self.servers if s.status not in ("DELETED", "SOFT_DELETED")]
+        flavors = {f.id: f for f in self.flavors}
+        cores = sum(getattr(flavors.get(value_of_flavor(s)), "vcpus", 1) for s in live)
+        ram = sum(getattr(flavors.get(value_of_flavor(s)), "ram", 512) for s in live)
+        return SimpleNamespace(absolute=SimpleNamespace(
+            instances=self.limits["instances"], instances_used=len(live),
+            total_cores=self.limits["cores"], total_cores_used=cores,
+            total_ram=self.limits["ram"], total_ram_used=ram))
+
+    def network_get_quota(self, project_id, details=False):
+        return SimpleNamespace(
+            ports={"limit": self.limits["ports"], "used": len(self.ports), "reserved": 0},
+            floating_ips={"limit": self.limits["floating_ips"], "used": len(self.fips),
+                          "reserved": 0})
 
     # -- network ------------------------------------------------------------------------------
     def network_security_groups(self, project_id=None):

@@ -20,7 +20,7 @@ from invoking import run
 from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.settings import load_settings, make_settings
+from ivc_tasks.settings import load_settings
 
 SECRET = "swordfish-7-do-not-print"  # a template variable, never printed
 PASSWORD = "hunter2-never-printed"  # a password in clouds.yaml, never printed

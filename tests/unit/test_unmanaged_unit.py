@@ -122,7 +122,7 @@ def assert_hand_made_serves(conn, old, fip):
 def test_two_servers_sharing_a_new_keypair_deploy_in_one_run_with_one_create(conn, spec_of,
                                                                               public_key):
     result = deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
-    assert conn.count("compute.create_keypair") == 1
+    assert conn.count_keypairs("compute.create_keypair") == 1
     assert conn.count("compute.create_server") == 2
     assert [s.step for s in result.steps] == ["ensure-secgroups", "ensure-keypairs",
                                               "create-instance", "check", "create-instance",
@@ -142,7 +142,7 @@ def test_the_deploy_dry_run_shows_the_keypair_once(conn, spec_of):
 def test_an_existing_keypair_with_the_same_key_is_done(conn, spec_of, public_key):
     conn.add_lock("shared", public_key.rsplit(" ", 1)[0] + " another comment")
     deploy(new_cloud(conn), spec_of(TWO_SHARING_A_KEY))
-    assert conn.count("compute.create_keypair") == 0 and conn.count("compute.create_server") == 2
+    assert conn.count_keypairs("compute.create_keypair") == 0 and conn.count("compute.create_server") == 2
 
 
 def test_a_different_key_under_the_name_is_exit_2_before_any_change(conn, spec_of):
