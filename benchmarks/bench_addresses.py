@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.rotateworld import CLOUDS_YAML, connection  # noqa: E402
+from tests.integration.rotateworld import CLOUDS_YAML, connection
 
 SHAPES = {  # name: (clouds.yaml entry, server declaration)
     "demo": ("ivc-local", 'networks = ["private"]\nfloating_ip = true'),

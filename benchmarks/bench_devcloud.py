@@ -24,8 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ivc_tasks.devcloud import guests as guests_mod, layout as layout_mod, procs  # noqa: E402
-from ivc_tasks.devcloud.services import all_services  # noqa: E402
+from ivc_tasks.devcloud import guests as guests_mod
+from ivc_tasks.devcloud import layout as layout_mod
+from ivc_tasks.devcloud import procs
+from ivc_tasks.devcloud.services import all_services
 
 
 def timed_up() -> float:
@@ -183,9 +185,9 @@ def guest_figures(layout, runs: int = 3) -> list[tuple]:
         rows.append(("idle guest PSS (median of 8)", statistics.median(per_guest), 60, "MiB"))
         cloud, _ = pss_gib(cloud_pids(layout))
         rows.append(("cloud + 8 idle guests PSS", cloud + sum(per_guest) / 1024, 3, "GiB"))
-        print(f"(guest boots {['%.1f' % t if t else 'none' for t in singles]}; 8 at once "
+        print(f"(guest boots {[f'{t:.1f}' if t else 'none' for t in singles]}; 8 at once "
               f"{sorted(round(t, 1) for t in finished)}; guests' PSS "
-              f"{['%.0f' % p for p in per_guest]} MiB)")
+              f"{[f'{p:.0f}' for p in per_guest]} MiB)")
     finally:
         for server in made:
             conn.compute.delete_server(server, ignore_missing=True)
@@ -237,8 +239,8 @@ def main() -> None:
                  "s"))
     rows += guest_figures(layout, args.runs)
     print_rows(rows)
-    print(f"(RSS summed, for comparison: {rss:.2f} GiB; boots {['%.2f' % b for b in boots]}, "
-          f"attaches {['%.2f' % a for a in attaches]})")
+    print(f"(RSS summed, for comparison: {rss:.2f} GiB; boots {[f'{b:.2f}' for b in boots]}, "
+          f"attaches {[f'{a:.2f}' for a in attaches]})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
    server's stop -> floating IP on the new server's port) and rotate's phases.
 2. ``rotate --parallel P`` of S servers (each with a floating IP) next to S sequential
    rotations (``--parallel 1``), both as processes.
-3. The Heat reference measured earlier on the same local cloud (recorded in the project's shared notes, openstack-facts.md).
+3. The Heat reference measured earlier on the same local cloud (recorded in the project's
+   shared notes, openstack-facts.md).
 
 Everything the benchmark made is deleted at the end.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.rotateworld import World, connection  # noqa: E402
+from tests.integration.rotateworld import World, connection
 
 HEAT = ("Heat 27 on the same cloud (user_data change, two volumes, floating IP): 15-24 s; the "
         "floating IP was on no server for 7-11 s; its rollback failed in both faults tried "
@@ -195,7 +196,7 @@ def main() -> None:
                 print(f"  cloud  {key:<22} {med([r[key] for r in refs]):6.2f} s")
             print(f"  cloud  {'sum (its own time)':<22} {cloud_total:6.2f} s")
             rotate_wall = med([r["wall"] for r in ivcs])
-            ratios = [i["wall"] / sum(r[k] for k in ops) for i, r in zip(ivcs, refs)]
+            ratios = [i["wall"] / sum(r[k] for k in ops) for i, r in zip(ivcs, refs, strict=False)]
             print(f"  ivc    rotate, in process     {rotate_wall:6.2f} s  = "
                   f"{rotate_wall / cloud_total:.2f}x the cloud's own time (target <= 1.1x), "
                   f"{med([r['requests'] for r in ivcs]):.0f} requests (auth and discovery "

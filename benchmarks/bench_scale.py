@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ivc_tasks.devcloud import lifecycle  # noqa: E402
-from tests.integration.rotateworld import World, connection  # noqa: E402
+from ivc_tasks.devcloud import lifecycle
+from tests.integration.rotateworld import World, connection
 
 LATENCY_MINUTES = 25
 

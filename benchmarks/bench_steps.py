@@ -73,7 +73,7 @@ def run(root: Path, env: str, *args: str) -> tuple[dict, float]:
 
 
 def connect():
-    import openstack  # noqa: PLC0415
+    import openstack
 
     config = openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)])
     return openstack.connection.Connection(config=config.get_one(cloud="ivc-local"))

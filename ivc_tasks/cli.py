@@ -29,7 +29,7 @@ from ivc_tasks.tasks._common import usage
 
 def namespace() -> Collection:
     """Return ivc's task namespace (what ``tasks.py`` exposes to invoke)."""
-    from ivc_tasks.tasks import converge, demo, devcloud, rotate, steps  # noqa: PLC0415
+    from ivc_tasks.tasks import converge, demo, devcloud, rotate, steps
 
     ns = Collection()
     for step in (steps.ensure_secgroups, steps.create_instance, steps.attach_volume,
@@ -94,7 +94,7 @@ def exit_2_on_usage_errors() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``ivc`` console script."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         release = version("ivc")

@@ -344,7 +344,7 @@ def open_connection(settings: Settings, counter: RequestCounter, *,
     :raises ConfigError: no such cloud entry, a clouds file missing or malformed, or missing
         credentials; the message names the entry, the file and the fix.
     """
-    import openstack  # noqa: PLC0415 (keep `invoke --list` light)
+    import openstack
 
     origin = "the environment" if "OS_PASSWORD" in os.environ else str(settings.env_file)
     with _environment(settings.os_vars):
@@ -417,7 +417,7 @@ def authenticate(cloud: Cloud, creds: Credentials) -> None:
                 f"({clip(describe_cloud_error(exc.original), 300)}); credentials: {creds.source}; "
                 "check the password or application credential of that entry") from None
         raise CloudCallError(f"authenticate to {creds.where}", exc.original) from None
-    except Exception as exc:  # noqa: BLE001 keystoneauth's bare Exception("... is a required attribute")
+    except Exception as exc:
         if type(exc) is not Exception:
             raise
         raise ConfigError(f"{creds.where}: {clip(str(exc))}; {MISSING_SECRET_FIX}") from None

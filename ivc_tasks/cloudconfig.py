@@ -56,17 +56,17 @@ def _validator(version: str) -> Any:
     """A Draft 4 validator of the schema with cloud-init's ``deprecated`` keyword: a deprecated
     value yields a ``Deprecated`` error, which ``anyOf``/``oneOf`` do not count as failing
     (as ``cloudinit.config.schema.get_jsonschema_validator`` does)."""
-    from jsonschema import Draft4Validator, ValidationError  # noqa: PLC0415
-    from jsonschema.validators import extend  # noqa: PLC0415
+    from jsonschema import Draft4Validator, ValidationError
+    from jsonschema.validators import extend
 
     class Deprecated(ValidationError):
         pass
 
-    def deprecated(validator, value, instance, schema):  # noqa: ANN001, ARG001
+    def deprecated(validator, value, instance, schema):
         if value:
             yield Deprecated(f"DEPRECATED: {schema.get('description', '')}".strip())
 
-    def split(validator, subschemas, instance, one: bool):  # noqa: ANN001
+    def split(validator, subschemas, instance, one: bool):
         errors, warnings, valid = [], [], 0
         for index, sub in enumerate(subschemas):
             found = list(validator.descend(instance, sub, schema_path=index))
@@ -99,7 +99,7 @@ def _validator(version: str) -> Any:
 def line_of(text: str, path: list[Any]) -> int | None:
     """The 1-based line of ``text`` (YAML) where the node at ``path`` (keys and indexes) starts;
     for a mapping key, the key's line. None when the path is not found."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -129,8 +129,8 @@ def problems(text: str, version: str) -> tuple[list[tuple[str, int | None, str]]
     :returns: ``(errors, warnings)``; each error is ``(key path, line, problem)``, the best
         match first (jsonschema's ``relevance``); warnings name deprecated values.
     """
-    import yaml  # noqa: PLC0415
-    from jsonschema.exceptions import relevance  # noqa: PLC0415
+    import yaml
+    from jsonschema.exceptions import relevance
 
     config = yaml.safe_load(text)
     if not isinstance(config, dict):

@@ -60,7 +60,7 @@ class Credentials:
 
 def interactive() -> bool:
     """Return True when ivc may prompt: stdin is a terminal and ``CI`` is not set."""
-    import sys  # noqa: PLC0415
+    import sys
 
     try:
         tty = sys.stdin is not None and sys.stdin.isatty()
@@ -70,14 +70,14 @@ def interactive() -> bool:
 
 
 def _getpass(text: str) -> str:
-    import getpass  # noqa: PLC0415
+    import getpass
 
     return getpass.getpass(text)
 
 
 def clouds_files() -> list[str]:
     """The clouds.yaml files openstacksdk reads, in its order (``OS_CLIENT_CONFIG_FILE`` first)."""
-    from openstack.config import loader  # noqa: PLC0415
+    from openstack.config import loader
 
     files = list(loader.CONFIG_FILES)
     override = os.environ.get("OS_CLIENT_CONFIG_FILE")
@@ -93,7 +93,7 @@ def check_clouds_file(settings: Settings) -> str | None:
     :raises ConfigError: ``OS_CLIENT_CONFIG_FILE`` names a file that does not exist, or the
         file is not readable, not UTF-8, not YAML, or not a mapping.
     """
-    import yaml  # noqa: PLC0415
+    import yaml
 
     override = os.environ.get("OS_CLIENT_CONFIG_FILE")
     if override:
@@ -145,9 +145,9 @@ def resolve_credentials(settings: Settings, *, prompt: Callable[[str], str] | No
 
     :raises ConfigError: naming the entry, the file and the fix.
     """
-    import openstack  # noqa: PLC0415
-    from keystoneauth1 import exceptions as ksa  # noqa: PLC0415
-    from keystoneauth1 import loading  # noqa: PLC0415
+    import openstack
+    from keystoneauth1 import exceptions as ksa
+    from keystoneauth1 import loading
 
     path = check_clouds_file(settings)
     try:

@@ -69,7 +69,7 @@ def clip_repr(value: object, limit: int = CLIP) -> str:
 def clip_message(message: str, *, word: int = 200, limit: int = MESSAGE_LIMIT) -> str:
     """Cut a whole message for output: every run of more than ``word`` non-blank characters,
     then the message itself beyond ``limit`` characters (the lengths are given)."""
-    import re  # noqa: PLC0415
+    import re
 
-    message = re.sub(r"\S{%d,}" % (word + 1), lambda m: clip(m.group(0), CLIP), str(message))
+    message = re.sub(r"\S{" + str(word + 1) + ",}", lambda m: clip(m.group(0), CLIP), str(message))
     return clip(message, limit)

@@ -35,7 +35,7 @@ def tcp(address: str, port: int, timeout: float) -> tuple[bool, str]:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A 3xx is an answer (the service runs), not something to follow."""
 
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def redirect_request(self, *args, **kwargs):
         return None
 
 
@@ -61,7 +61,7 @@ def command(line: str, timeout: float) -> tuple[bool, str]:
     ``timeout`` seconds; the answer is its exit status and last line of output."""
     argv = shlex.split(line)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,  # noqa: S603
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, check=False)
     except FileNotFoundError:
         return False, f"{argv[0]}: command not found"

@@ -65,12 +65,12 @@ def status_code(exc: BaseException) -> int | None:
 def _connection_error_classes() -> tuple[type[BaseException], ...]:
     classes: list[type[BaseException]] = []
     try:
-        from keystoneauth1 import exceptions as ksa  # noqa: PLC0415 (keep imports light)
+        from keystoneauth1 import exceptions as ksa
         classes += [ksa.ConnectFailure, ksa.ConnectTimeout]
     except ImportError:  # pragma: no cover - keystoneauth1 comes with openstacksdk
         pass
     try:
-        import requests  # noqa: PLC0415
+        import requests
         classes += [requests.ConnectionError, requests.Timeout]
     except ImportError:  # pragma: no cover
         pass
@@ -135,7 +135,7 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
     return max(seconds, 0.0)
 
 
-class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801 (tenacity's naming)
+class wait_retry_after(tenacity.wait.wait_base):
     """Wait what a 429's ``Retry-After`` asks (at most ``cap`` seconds), else ``fallback``."""
 
     def __init__(self, fallback: tenacity.wait.wait_base, cap: float = RETRY_AFTER_CAP):
@@ -155,8 +155,8 @@ class Throttle:
     request, not only the one that got it (that one waits through its own retry)."""
 
     def __init__(self, clock: Any = None):
-        import threading  # noqa: PLC0415
-        import time  # noqa: PLC0415
+        import threading
+        import time
 
         self._clock = clock or time.monotonic
         self._lock = threading.Lock()

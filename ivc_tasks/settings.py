@@ -134,7 +134,7 @@ def load_settings(
     :param environ: the real environment (default ``os.environ``); its values win over the file.
     :raises ConfigError: unknown env name or missing env file, or a value that is not valid.
     """
-    from dotenv import dotenv_values  # noqa: PLC0415 (keep `invoke --list` light)
+    from dotenv import dotenv_values
 
     environ = os.environ if environ is None else environ
     root = Path(root or environ.get("IVC_ROOT") or find_root()).resolve()
@@ -143,7 +143,8 @@ def load_settings(
     if not _ENV_NAME.match(name):
         raise ConfigError(
             f"{clip(str(env_file))}: IVC_ENV: {clip_repr(name)} is not an environment name; use "
-            f"up to 64 letters, digits, '.', '_' or '-' (available: {', '.join(available_envs(root)) or 'none'})"
+            f"up to 64 letters, digits, '.', '_' or '-' "
+            f"(available: {', '.join(available_envs(root)) or 'none'})"
         )
     if not (root / "env").is_dir():
         raise ConfigError(
@@ -204,6 +205,7 @@ def _number(raw: str | None, key: str, default: float, kind: type, where: str) -
         ) from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(
-            f"{where}: {key}: {clip_repr(raw)} must be greater than 0; set it to e.g. {default:g} or remove it"
+            f"{where}: {key}: {clip_repr(raw)} must be greater than 0; set it to e.g. {default:g} "
+            "or remove it"
         )
     return value

@@ -161,7 +161,7 @@ class Loader(SecGroupReader, ChecksReader):
 
     def cloud_init_version(self, raw: Any) -> str:
         """``[defaults] cloud_init_version``, else ``IVC_CLOUD_INIT_VERSION``, else 22.4."""
-        import os  # noqa: PLC0415
+        import os
 
         entry = "defaults.cloud_init_version"
         if raw is None:
@@ -369,10 +369,10 @@ def public_key_problem(text: str) -> str | None:
     ``load_ssh_public_key`` (which checks the base64 and that the type inside it matches the
     type in front), then base64-decodes its second space-separated field; so does this.
     """
-    import base64  # noqa: PLC0415
-    import binascii  # noqa: PLC0415
+    import base64
+    import binascii
 
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization
 
     if "\n" in text or "\r" in text:
         return "holds more than one line (one key per file)"

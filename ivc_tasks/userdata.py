@@ -228,7 +228,7 @@ def render_userdata_digest(spec: Spec, server: Server) -> tuple[bytes | None, st
 
 
 def _render_template(spec_path: Path, entry: str, template: Path, context: dict) -> str:
-    import jinja2  # noqa: PLC0415 (keep `invoke --list` light)
+    import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template.parent)),
@@ -268,7 +268,7 @@ def _render_template(spec_path: Path, entry: str, template: Path, context: dict)
 
 def _template_line(exc: BaseException, template: Path) -> str:
     """`` line N`` where the template raised (Jinja maps its frames back to the template)."""
-    import traceback  # noqa: PLC0415
+    import traceback
 
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
              if frame.filename == str(template) or frame.filename.endswith(f"/{template.name}")]
@@ -279,7 +279,7 @@ def _with_files(spec_path: Path, entry: str, text: str, files: tuple[FileSpec, .
                 canon: list[tuple[str, str, str | None, bytes]]) -> tuple[str, str]:
     """Check cloud-config YAML and append the declared files to its ``write_files``; return
     the text and what the files weigh (for the size message)."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     try:
         config = yaml.safe_load(text)
@@ -345,7 +345,7 @@ def _heaviest(weight: dict[str, tuple[int, int]]) -> str:
 
 
 def _block_dumper() -> type:
-    import yaml  # noqa: PLC0415
+    import yaml
 
     class BlockDumper(yaml.SafeDumper):
         """Dump multi-line strings as literal blocks, so the user_data stays readable."""

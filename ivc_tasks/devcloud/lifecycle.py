@@ -25,10 +25,10 @@ from . import bootstrap, configs, guestnet, guests, procs, readiness, seed
 from .bootstrap import DevcloudError
 from .latency import LATENCY_ENV, LATENCY_SERVICES, latency, set_latency
 from .layout import Layout, default_layout, load_secrets
+from .readiness import START_TIMEOUT
 from .services import Service, all_services, process_env
 
 LOCK_FILE = Path("/tmp/ivc-devcloud.lock")
-from .readiness import START_TIMEOUT
 
 
 class Progress:
@@ -277,7 +277,7 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
         if not _seeded(layout):
             try:
                 seed.seed_demo(layout, secrets, say)
-            except Exception as exc:  # seen once: a 403 from a service just started; idempotent
+            except Exception as exc:  # noqa: BLE001 (seen once: a 403 from a service just started; idempotent)
                 say(f"seeding failed ({type(exc).__name__}: {str(exc)[:160]}); trying once more")
                 time.sleep(3)
                 seed.seed_demo(layout, secrets, say)

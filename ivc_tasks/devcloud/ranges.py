@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from openstack import exceptions
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import bootstrap, procs, seed
 from .bootstrap import DevcloudError
@@ -27,7 +27,7 @@ def reported_since(records: list, started: float) -> bool:
         stamp = record.updated_at
         if record.state != "up" or not stamp:
             continue
-        written = datetime.fromisoformat(str(stamp).rstrip("Z")).replace(tzinfo=timezone.utc)
+        written = datetime.fromisoformat(str(stamp).rstrip("Z")).replace(tzinfo=UTC)
         if written.timestamp() >= int(started):
             return True
     return False

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -114,7 +115,7 @@ def demo_connection(secrets: dict):
 def _find(find: Callable[..., Any], name_or_id: str, **attrs: Any) -> Any | None:
     """``find(name_or_id)`` of an openstacksdk proxy, None when absent (the find_* default
     ``ignore_missing=True`` is deprecated in openstacksdk 4.x: RemovedInSDK60Warning)."""
-    from openstack import exceptions  # noqa: PLC0415
+    from openstack import exceptions
 
     try:
         return find(name_or_id, ignore_missing=False, **attrs)

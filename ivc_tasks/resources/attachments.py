@@ -80,7 +80,7 @@ def server_ref(server_id: str) -> Any:
     """A Server resource that holds only an id: the SDK then makes no lookup of its own
     (``delete_volume_attachment`` given a bare id GETs the server to check the argument order).
     """
-    from openstack.compute.v2.server import Server  # noqa: PLC0415
+    from openstack.compute.v2.server import Server
 
     return Server.new(id=server_id)
 

@@ -44,7 +44,7 @@ def console_text(cloud: Cloud, server_id: str, what: str, length: int | None) ->
     :raises ConsoleRefused: 403/404/501 (remembered: later calls raise without a request).
     :raises CloudError: any other failure.
     """
-    from ivc_tasks.cloud import CloudCallError  # noqa: PLC0415
+    from ivc_tasks.cloud import CloudCallError
 
     refused = cloud.shared.console_refused
     if refused is not None:
@@ -99,7 +99,7 @@ class ConsoleReader:
 def server_address(cloud: Cloud, server_id: str) -> str | None:
     """The address clients use (see the module's docstring); None when the server has none.
     Two requests (ports, floating IPs), the networks from the run's listing."""
-    from ivc_tasks.resources.resolve import list_floating_ips  # noqa: PLC0415
+    from ivc_tasks.resources.resolve import list_floating_ips
 
     ports = server_ports(cloud, server_id)
     return pick_address(ports, list_floating_ips(cloud, refresh=True), list_networks(cloud))

@@ -113,7 +113,7 @@ def parse_created_at(value: Any) -> float | None:
     except ValueError:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.timestamp()
 
 
@@ -157,8 +157,8 @@ def expiry_reason(holder: Holder | None, created_at: float | None, *, now: float
 
 def throwaway_public_key() -> str:
     """A fresh ed25519 public key in OpenSSH format; the private half is discarded."""
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
 
     return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode("ascii")
@@ -321,7 +321,7 @@ def acquire_waiting(cloud: Cloud, name: str, *, op: str, timeout: float | None =
     :param timeout: seconds to wait (default the run's ``lock_ttl``).
     :raises Locked: still held after ``timeout``.
     """
-    from ivc_tasks.cloud import next_interval  # noqa: PLC0415
+    from ivc_tasks.cloud import next_interval
 
     lock = ServerLock(cloud, name, op=op)
     start = cloud.clock()

@@ -8,7 +8,8 @@ fetches that kind for all of them: Nova ``GET /servers/detail``, Cinder ``GET /v
 poller has seen the awaited servers' names: Nova's ``name`` regex, the names' common prefix
 (``^web``; Nova here matches no alternation), so that its cost follows the awaited servers, not
 the project's; an awaited server missing from a filtered list is looked for in the unfiltered
-one before it counts as gone. The volume list is the project's, read for the awaited ids. While a single waiter of a kind is registered, its own GET is used.
+one before it counts as gone. The volume list is the project's, read for the awaited ids. While
+a single waiter of a kind is registered, its own GET is used.
 
 The poller never takes more than a third of an API's time: a list is sent at the soonest
 ``LIST_SPACING`` times its own last duration after the previous one ended (on an idle cloud a

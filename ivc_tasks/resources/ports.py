@@ -36,12 +36,13 @@ def kept_port_name(env: str, name: str, network_name: str) -> str:
 
 def kept_networks(declared: Server, networks: Sequence[Any]) -> list[Any]:
     """The resolved networks (``networks`` in declared order) whose address is kept."""
-    return [net for ref, net in zip(declared.networks, networks) if ref in declared.keep_address]
+    return [net for ref, net in zip(declared.networks, networks, strict=False)
+            if ref in declared.keep_address]
 
 
 def get_port(cloud: Cloud, port_id: str) -> Any | None:
     """The port as Neutron shows it now; None when it is gone."""
-    from ivc_tasks.resources.resolve import get_or_none  # noqa: PLC0415
+    from ivc_tasks.resources.resolve import get_or_none
     conn = cloud.conn
     return get_or_none(cloud, f"get port {port_id}", lambda: conn.network.get_port(port_id))
 

@@ -157,9 +157,11 @@ def plan_need(cloud: Cloud, spec: Any, *, creates: list[str] = (), rotations: li
               in_flight: int = 1, flag: str = "--max-unavailable") -> Need:
     """The peak need of creating ``creates`` and rotating ``rotations``, ``in_flight`` at once
     (from the listings: flavors, floating IPs)."""
-    from ivc_tasks.resources.floating_ips import floating_marker  # noqa: PLC0415
-    from ivc_tasks.resources.resolve import (  # noqa: PLC0415
-        list_flavors, list_floating_ips, matching,
+    from ivc_tasks.resources.floating_ips import floating_marker
+    from ivc_tasks.resources.resolve import (
+        list_flavors,
+        list_floating_ips,
+        matching,
     )
 
     need = Need(rotations=len(rotations), in_flight=in_flight, flag=flag)

@@ -263,7 +263,7 @@ def console_preflight(cloud: Any, servers: Sequence[Server], existing_id: str | 
         s.checks.tcp or s.checks.http or s.checks.command)]
     if not only or existing_id is None:
         return
-    from ivc_tasks.resources.console import console_text  # noqa: PLC0415
+    from ivc_tasks.resources.console import console_text
 
     try:
         console_text(cloud, existing_id, f"server {existing_id}", 1)

@@ -21,10 +21,10 @@ from typing import Any
 
 from ivc_tasks.cloud import Cloud
 from ivc_tasks.errors import IvcError
+from ivc_tasks.resources.lock import GROUPS_LOCK, held
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.resolve import forget, list_security_groups, list_servers, prefetch
 from ivc_tasks.resources.servers import made_by_run
-from ivc_tasks.resources.lock import GROUPS_LOCK, held
 from ivc_tasks.result import StepResult
 from ivc_tasks.spec import Spec
 from ivc_tasks.steps.checks import console_preflight
@@ -34,7 +34,10 @@ from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs, take_key
 from ivc_tasks.steps.parallel import run_jobs
 from ivc_tasks.steps.quota_check import check_quota
 from ivc_tasks.steps.secgroups import (
-    SecGroupsPlan, apply_secgroups, describe_secgroups, plan_secgroups,
+    SecGroupsPlan,
+    apply_secgroups,
+    describe_secgroups,
+    plan_secgroups,
 )
 from ivc_tasks.steps.volumes import AttachPlan, apply_attach, describe_attach, plan_attach
 

@@ -153,7 +153,7 @@ def status_with_checks(cloud: Any, spec: Spec, names: Iterable[str] = ()) -> Che
 
     :raises StatusChecksFailed: a check failed (exit 1).
     """
-    from ivc_tasks.steps.status import status  # noqa: PLC0415
+    from ivc_tasks.steps.status import status
 
     wanted = list(names or ())
     result = CheckedStatus(status(cloud, spec, wanted))

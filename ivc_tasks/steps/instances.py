@@ -44,9 +44,21 @@ from ivc_tasks.resources.resolve import (
     pick,
 )
 from ivc_tasks.resources.servers import (
-    META_RUN, META_USERDATA, WAITING_STATES, check_same_spec, create_server, declared_server,
-    error_hint, fault_message, generation, managed_servers, server_info,
-    server_metadata, spec_identity, twin_error, unmanaged_twins,
+    META_RUN,
+    META_USERDATA,
+    WAITING_STATES,
+    check_same_spec,
+    create_server,
+    declared_server,
+    error_hint,
+    fault_message,
+    generation,
+    managed_servers,
+    server_info,
+    server_metadata,
+    spec_identity,
+    twin_error,
+    unmanaged_twins,
 )
 from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.result import Action, StepResult, userdata_summary
@@ -348,7 +360,7 @@ def apply_instance_locked(cloud: Cloud, spec: Spec, plan: InstancePlan, *,
 
     :raises Locked: another run held the lock for longer than ``cloud.settings.lock_ttl``.
     """
-    from ivc_tasks.resources.lock import held  # noqa: PLC0415
+    from ivc_tasks.resources.lock import held
 
     if plan.existing is not None:
         return apply_instance(cloud, plan, group_ids=group_ids, timeout=timeout)

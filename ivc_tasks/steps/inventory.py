@@ -66,7 +66,7 @@ class InventoryResult:
             return ssh_config(self.hosts)
         if self.format == "ansible":
             return ansible(self.hosts, self.env)
-        import json  # noqa: PLC0415
+        import json
 
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
@@ -88,7 +88,7 @@ def ssh_config(hosts: Iterable[Host]) -> str:
 def ansible(hosts: Iterable[Host], env: str) -> str:
     """A YAML inventory (Ansible's ``yaml`` inventory plugin) with each host's connection vars
     and its groups as children of ``all``."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     all_hosts: dict[str, Any] = {}
     children: dict[str, Any] = {}
@@ -122,7 +122,7 @@ def inventory(cloud: Any, spec: Spec, *, fmt: str = "ssh-config", key_file: str 
 
     :raises ConfigError: an unknown format.
     """
-    from ivc_tasks.steps.status import list_ports  # noqa: PLC0415
+    from ivc_tasks.steps.status import list_ports
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -39,7 +39,7 @@ def rotate_within_quota(cloud: Cloud, spec: Spec, names: Iterable[str], *, optio
 
     :raises QuotaTooLow: too little quota (nothing changed, no lock taken).
     """
-    from ivc_tasks.steps.rotate import rotate  # noqa: PLC0415
+    from ivc_tasks.steps.rotate import rotate
 
     names = list(names or ())
     if not dry_run and names:

@@ -368,7 +368,7 @@ def _create_group_rules(cloud: Cloud, groups: Sequence[GroupPlan], ids: Mapping[
 
         try:
             cloud.call(f"create {len(batch)} security group rules",
-                       lambda: list(conn.network.create_security_group_rules(batch)),
+                       lambda batch=batch: list(conn.network.create_security_group_rules(batch)),
                        done_already=rules_made)
             return
         except CloudCallError as exc:

@@ -43,8 +43,14 @@ from ivc_tasks.resources.resolve import (
     value_of,
 )
 from ivc_tasks.resources.servers import (
-    META_NAME, META_USERDATA, addresses, attached_ids, generation,
-    managed_servers, server_state, unmanaged_twins,
+    META_NAME,
+    META_USERDATA,
+    addresses,
+    attached_ids,
+    generation,
+    managed_servers,
+    server_state,
+    unmanaged_twins,
 )
 from ivc_tasks.spec import Server, Spec
 from ivc_tasks.userdata import legacy_digest, userdata_digest

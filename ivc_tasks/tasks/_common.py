@@ -36,7 +36,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it between tests)."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -61,8 +61,8 @@ def load_inputs() -> tuple[Any, Any]:
 
     :raises ConfigError: anything invalid, before any cloud call.
     """
-    from ivc_tasks.settings import find_root, load_settings  # noqa: PLC0415 (keep `invoke --list` light)
-    from ivc_tasks.spec import load_spec  # noqa: PLC0415
+    from ivc_tasks.settings import find_root, load_settings
+    from ivc_tasks.spec import load_spec
 
     try:
         settings = load_settings()
@@ -144,9 +144,9 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
     try:
         settings, spec = load_inputs()
         if connect is None:
-            from ivc_tasks.cloud import connect  # noqa: PLC0415
+            from ivc_tasks.cloud import connect
         cloud = connect(settings)
-        from ivc_tasks.known_hosts import known_hosts_path  # noqa: PLC0415
+        from ivc_tasks.known_hosts import known_hosts_path
         cloud.shared.known_hosts = cloud.shared.known_hosts or known_hosts_path(
             settings.root, settings.env, settings.values)  # where host keys are written
         key = settings.values.get("IVC_SSH_KEY", "").strip()  # for `inventory`
@@ -154,7 +154,7 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
         result = action(cloud, spec)
     except IvcError as exc:
         _fail(step, exc, exc.exit_code, json=json, cloud=cloud, start=start)
-    except Exception as exc:  # noqa: BLE001 (never a traceback; IVC_DEBUG=1 logs it)
+    except Exception as exc:
         if os.environ.get("IVC_DEBUG"):
             logging.getLogger("ivc").exception("unexpected error")
         _fail(step, exc, EXIT_CLOUD, json=json, cloud=cloud, start=start)
@@ -174,8 +174,8 @@ def run_step(step: str, action: Callable[[Any, Any], Any], *, json: bool,
 
 def _describe(exc: BaseException) -> str:
     """One line for an exception that is not an IvcError."""
-    from ivc_tasks.cloud import is_cloud_exception  # noqa: PLC0415
-    from ivc_tasks.retry import describe_cloud_error  # noqa: PLC0415
+    from ivc_tasks.cloud import is_cloud_exception
+    from ivc_tasks.retry import describe_cloud_error
 
     if is_cloud_exception(exc):
         return describe_cloud_error(exc)

@@ -21,7 +21,7 @@ from ivc_tasks.tasks._common import count_flag, run_step, usage
 })
 def converge(c, max_unavailable=1, prune=False, dry_run=False, json=False):
     """Make the environment match its declarations: create, update in place, rotate what drifted."""
-    from ivc_tasks.steps.converge import converge as run_converge  # noqa: PLC0415
+    from ivc_tasks.steps.converge import converge as run_converge
 
     with usage("converge", json=json):
         workers = count_flag(max_unavailable, "--max-unavailable")

@@ -18,9 +18,9 @@ def up(c, json=False):
     try:
         result = lifecycle.up()
     except lifecycle.DevcloudError as exc:
-        raise Exit(f"devcloud.up failed: {exc}", code=1)
-    except Exception as exc:  # a cloud call while seeding: say what, without a traceback
-        raise Exit(f"devcloud.up failed: {type(exc).__name__}: {exc}", code=1)
+        raise Exit(f"devcloud.up failed: {exc}", code=1) from None
+    except Exception as exc:  # noqa: BLE001 (a cloud call while seeding: say what, without a traceback)
+        raise Exit(f"devcloud.up failed: {type(exc).__name__}: {exc}", code=1) from None
     if json:
         print(jsonlib.dumps(result.__dict__, indent=2))
 
@@ -70,7 +70,7 @@ def latency(c, mode=None, minutes=30, only=None):
         try:
             lifecycle.set_latency(mode, minutes=float(minutes) or None, only=only)
         except (lifecycle.DevcloudError, ValueError) as exc:
-            raise Exit(f"devcloud.latency: {exc}", code=2)
+            raise Exit(f"devcloud.latency: {exc}", code=2) from None
     print(jsonlib.dumps(lifecycle.latency()))
 
 
@@ -81,7 +81,7 @@ def reset(c):
     try:
         lifecycle.reset()
     except lifecycle.DevcloudError as exc:
-        raise Exit(f"devcloud.reset failed: {exc}", code=1)
+        raise Exit(f"devcloud.reset failed: {exc}", code=1) from None
 
 
 @task(help={"mode": "on or off (default: show the switch).",
@@ -97,7 +97,7 @@ def guests(c, mode=None, only=None):
         try:
             lib.set_mode(mode, only, layout)
         except ValueError as exc:
-            raise Exit(f"devcloud.guests: {exc}", code=2)
+            raise Exit(f"devcloud.guests: {exc}", code=2) from None
     print(lib.describe_mode(lib.mode(layout)))
 
 
@@ -119,6 +119,6 @@ def guest(c, name, project="ivc"):
         uuid = lib.find_server_uuid(seed.admin_connection(load_secrets(layout)), name, project)
         code = lib.exec_in(layout, uuid, argv)
     except DevcloudError as exc:
-        raise Exit(f"devcloud.guest: {exc}", code=2)
+        raise Exit(f"devcloud.guest: {exc}", code=2) from None
     if code:
         raise Exit(code=code)

@@ -42,8 +42,8 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=None,
                     detach_undeclared=False, skip_checks=False, dry_run=False, json=False):
     """Replace servers by new ones (new generation), moving volumes and floating IP; resumable."""
-    from ivc_tasks.steps.quota_check import rotate_within_quota  # noqa: PLC0415
-    from ivc_tasks.steps.rotate import RotateOptions  # noqa: PLC0415
+    from ivc_tasks.steps.quota_check import rotate_within_quota
+    from ivc_tasks.steps.rotate import RotateOptions
 
     with usage("rotate-instance", json=json):
         require(name, "--name", "the declared server(s) to rotate")
@@ -68,12 +68,12 @@ def rotate_instance(c, name=None, parallel=None, stop=True, timeout=None, adopt=
 })
 def status(c, name=None, check=False, json=False):
     """Show every managed server: generation, state, addresses, volumes, and whether it drifted."""
-    from ivc_tasks.steps.status import status as show  # noqa: PLC0415
+    from ivc_tasks.steps.status import status as show
 
     if check:
-        from ivc_tasks.steps.gates import status_with_checks  # noqa: PLC0415
+        from ivc_tasks.steps.gates import status_with_checks
 
-        show = status_with_checks  # noqa: F811
+        show = status_with_checks
     run_step("status", lambda cloud, spec: show(cloud, spec, name or ()), json=json)
 
 
@@ -87,7 +87,7 @@ def status(c, name=None, check=False, json=False):
 })
 def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json=False):
     """Delete a server, detaching its volumes first (never deleting them)."""
-    from ivc_tasks.steps.destroy import destroy as run_destroy  # noqa: PLC0415
+    from ivc_tasks.steps.destroy import destroy as run_destroy
 
     with usage("destroy", json=json):
         require(name, "--name", "the declared server to destroy")
@@ -103,9 +103,9 @@ def destroy(c, name=None, yes=False, keep_floating_ip=False, dry_run=False, json
     "format": "ssh-config (default; `ssh -F <(invoke inventory) NAME`), ansible (a YAML "
               "inventory) or json.",
 })
-def inventory(c, format="ssh-config"):  # noqa: A002 (the flag's name)
+def inventory(c, format="ssh-config"):
     """Print every managed server (address from Neutron, user, key, known_hosts, groups)."""
-    from ivc_tasks.steps.inventory import FORMATS  # noqa: PLC0415
+    from ivc_tasks.steps.inventory import FORMATS
     from ivc_tasks.steps.inventory import inventory as listing
 
     with usage("inventory", json=format == "json"):

@@ -23,7 +23,7 @@ JSON = "Print one JSON object on stdout (changed, actions, requests...); progres
 })
 def ensure_secgroups(c, name=None, prune=False, dry_run=False, json=False):
     """Create missing security groups and rules; with --prune, delete undeclared rules."""
-    from ivc_tasks.steps.secgroups import ensure_secgroups as ensure  # noqa: PLC0415
+    from ivc_tasks.steps.secgroups import ensure_secgroups as ensure
 
     run_step("ensure-secgroups",
              lambda cloud, spec: ensure(cloud, spec, name or (), prune=prune, dry_run=dry_run),
@@ -38,7 +38,7 @@ def ensure_secgroups(c, name=None, prune=False, dry_run=False, json=False):
 })
 def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
     """Create a declared server if ivc has none, wait for ACTIVE, add its floating IP."""
-    from ivc_tasks.steps.instances import create_instance as create  # noqa: PLC0415
+    from ivc_tasks.steps.instances import create_instance as create
 
     with usage("create-instance", json=json):
         require(name, "--name", "the declared server to create")
@@ -57,7 +57,7 @@ def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
 })
 def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=False):
     """Attach a server's declared, existing volumes to it (never creates one)."""
-    from ivc_tasks.steps.volumes import attach_volume as attach  # noqa: PLC0415
+    from ivc_tasks.steps.volumes import attach_volume as attach
 
     with usage("attach-volume", json=json):
         require(name, "--name", "the declared server to attach volumes to")
@@ -79,7 +79,7 @@ def attach_volume(c, name=None, volume=None, timeout=None, dry_run=False, json=F
 })
 def deploy(c, timeout=None, parallel=None, skip_checks=False, dry_run=False, json=False):
     """Ensure the security groups, then create every declared server and attach its volumes."""
-    from ivc_tasks.steps.deploy import deploy as run_deploy  # noqa: PLC0415
+    from ivc_tasks.steps.deploy import deploy as run_deploy
 
     with usage("deploy", json=json):
         seconds = seconds_flag(timeout, "--timeout")

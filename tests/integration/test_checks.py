@@ -50,7 +50,7 @@ class Listener:
         self.seen: list[str] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 owner.seen.append(self.path)
                 self.send_response(200 if owner.healthy else 503)
                 self.end_headers()

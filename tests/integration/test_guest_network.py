@@ -23,7 +23,7 @@ from ivc_tasks.devcloud import guestnet
 from ivc_tasks.devcloud.layout import PLUGIN_DIR
 
 sys.path.insert(0, str(PLUGIN_DIR))
-from ivc_devcloud_plugin import netmodel, netplumb  # noqa: E402
+from ivc_devcloud_plugin import netmodel, netplumb
 
 pytestmark = pytest.mark.cloud
 RULE_DEADLINE = 5.0   # seconds: a changed rule is in force within this

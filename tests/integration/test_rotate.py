@@ -12,6 +12,7 @@ import json
 import uuid
 
 import pytest
+
 from tests.integration.faultproxy import proxied_clouds_yaml, start_proxies
 from tests.integration.rotateworld import CLOUDS_YAML, World, connection
 
@@ -282,7 +283,7 @@ def test_two_rotations_started_together_one_runs_the_other_exits_4(world):
     outputs = [p.communicate(timeout=240) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 4], outputs
-    loser = next(err for p, (_, err) in zip(procs, outputs) if p.returncode == 4)
+    loser = next(err for p, (_, err) in zip(procs, outputs, strict=False) if p.returncode == 4)
     assert "holds the lock" in loser and "pid" in loser and "run" in loser
     world.assert_serving(world.main, gen=gen + 1, gone=(old_id,))
 

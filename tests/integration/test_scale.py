@@ -8,6 +8,7 @@ import json
 import uuid
 
 import pytest
+
 from tests.integration.rotateworld import World, connection
 
 pytestmark = pytest.mark.cloud

@@ -103,7 +103,7 @@ def _id(thing: Any) -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 class Resource(SimpleNamespace):
@@ -129,7 +129,7 @@ class FakeServer(Resource):
 
 
 class _Proxy:
-    def __init__(self, cloud: "FakeConnection", service: str):
+    def __init__(self, cloud: FakeConnection, service: str):
         self._cloud, self._service = cloud, service
 
     def __getattr__(self, name: str):
@@ -814,12 +814,12 @@ def ticking_cloud(conn: FakeConnection, env: str, *, tick: float = 0.5, **fields
     that ticks ``tick`` seconds at every look, so that a wait that never ends times out after a
     few hundred polls instead of minutes. ``fields`` override any Cloud field (e.g. ``sleep``
     to record the waits) or Settings field (``parallel``, ``floating_network``...)."""
-    import tenacity  # noqa: PLC0415
+    import dataclasses
 
-    from ivc_tasks.cloud import Cloud  # noqa: PLC0415
-    from ivc_tasks.settings import make_settings  # noqa: PLC0415
+    import tenacity
 
-    import dataclasses  # noqa: PLC0415
+    from ivc_tasks.cloud import Cloud
+    from ivc_tasks.settings import make_settings
 
     ticks = itertools.count()
     cloud_fields = {f.name for f in dataclasses.fields(Cloud)}

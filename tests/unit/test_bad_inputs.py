@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from fakecloud import FakeConnection
 from invoking import run
 
-from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.cloud import connect as REAL_CONNECT  # kept before any test replaces it
+from ivc_tasks.credentials import resolve_credentials
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.settings import load_settings
 
@@ -250,8 +250,8 @@ CASES = [
      ["deploy"], 2,
      ("{root}/env/unit.toml: servers.app2.keypair: 'a/b' is not a valid keypair name; use "
       "1-255 letters, digits, '_', '-' or inner spaces")),
-    ("declarations", "keypair name leading space", spec_text('[servers.app2]\nkeypair = "x "\n'
-                                                             '[keypairs." x"]\npublic_key_file = "key.pub"\n'),
+    ("declarations", "keypair name leading space", spec_text(
+        '[servers.app2]\nkeypair = "x "\n[keypairs." x"]\npublic_key_file = "key.pub"\n'),
      ["deploy"], 2,
      ("{root}/env/unit.toml: keypairs. x: ' x' is not a valid keypair name; use 1-255 "
       "letters, digits, '_', '-' or inner spaces")),
@@ -264,7 +264,8 @@ CASES = [
      ("{root}/env/unit.toml: secgroups.g.description: is 256 characters, over Neutron's "
       "255; shorten it")),
     ("declarations", "rule description 256",
-     spec_text(f'[secgroups.g]\nrules = [ {{ protocol = "tcp", ports = "80", description = "{"d" * 256}" }} ]\n'),
+     spec_text('[secgroups.g]\nrules = [ { protocol = "tcp", ports = "80", description = "'
+               + "d" * 256 + '" } ]\n'),
      ["deploy"], 2,
      ("{root}/env/unit.toml: secgroups.g.rules[0].description: is 256 characters, over "
       "Neutron's 255; shorten it")),
@@ -272,7 +273,8 @@ CASES = [
      ("{root}/env/unit.toml: secgroups." + "g" * 70 + "... (266 characters): '" + "g" * 80
       + "'... (256 characters) is not a usable group name; pick a non-empty name of at most "
       "255 characters other than 'default'")),
-    ("declarations", "port 70000", spec_text('[secgroups.g]\nrules = [ { protocol = "tcp", ports = "70000" } ]\n'),
+    ("declarations", "port 70000",
+     spec_text('[secgroups.g]\nrules = [ { protocol = "tcp", ports = "70000" } ]\n'),
      ["deploy"], 2,
      ("{root}/env/unit.toml: secgroups.g.rules[0].ports: '70000' is outside 1-65535; use "
       "ports from 1 to 65535")),

@@ -158,7 +158,7 @@ def test_command_probe_no_shell():
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         code = {"/health": 200, "/moved": 302, "/broken": 500}.get(self.path, 404)
         self.send_response(code)
         if code == 302:

@@ -236,7 +236,7 @@ def test_connect_hooks_the_counter_before_any_request(tmp_path, monkeypatch):
 @pytest.mark.parametrize("tty,ci,expected", [(True, None, True), (True, "true", False),
                                              (False, None, False)])
 def test_ivc_asks_only_at_a_terminal_outside_ci(monkeypatch, tty, ci, expected):
-    from ivc_tasks.credentials import interactive  # noqa: PLC0415
+    from ivc_tasks.credentials import interactive
 
     monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: tty))
     if ci is None:

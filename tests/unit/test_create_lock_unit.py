@@ -9,9 +9,9 @@ from fakecloud import FakeConnection
 from test_ops import SPEC  # noqa: F401 (conftest's spec_of reads SPEC)
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import Locked
 from ivc_tasks.resources.lock import acquire_waiting, lock_name
+from ivc_tasks.settings import make_settings
 from ivc_tasks.steps.instances import create_instance
 
 HOLDER = ("ssh-ed25519 AAAAx ivc-lock op=create-instance run=other1 host=ci-runner-9 pid=4242 "

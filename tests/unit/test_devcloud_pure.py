@@ -4,6 +4,7 @@ import configparser
 import os
 import subprocess
 import sys
+from datetime import UTC
 from types import SimpleNamespace
 
 import pytest
@@ -125,11 +126,11 @@ def _record(state, updated_at):
 
 
 def test_a_service_counts_as_started_only_once_it_reported_since_its_start():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from ivc_tasks.devcloud.readiness import reported_since
 
-    started = datetime(2026, 11, 25, 13, 1, 25, 600000, tzinfo=timezone.utc).timestamp()
+    started = datetime(2026, 11, 25, 13, 1, 25, 600000, tzinfo=UTC).timestamp()
     # the predecessor's heartbeat, still "up" for a minute: not this process
     assert not reported_since([_record("up", "2026-11-25T13:01:03.000000")], started)
     # the database keeps whole seconds: a record of the same second counts

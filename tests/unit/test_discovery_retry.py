@@ -13,7 +13,13 @@ from keystoneauth1 import discover
 from keystoneauth1 import session as ksa_session
 from openstack import exceptions as sdk
 
-from ivc_tasks.cloud import DISCOVERY_CONNECT_RETRIES, Cloud, CloudCallError, connect, retry_discovery
+from ivc_tasks.cloud import (
+    DISCOVERY_CONNECT_RETRIES,
+    Cloud,
+    CloudCallError,
+    connect,
+    retry_discovery,
+)
 from ivc_tasks.retry import is_transient
 from ivc_tasks.settings import load_settings, make_settings
 

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 from fakecloud import FINISHED_CONSOLE, FakeConnection, ticking_cloud
+from test_rotate_unit import ENV, assert_serving, deployed, mid_rotation, web1_servers
 
 from ivc_tasks.errors import ConfigError, RolledBack
 from ivc_tasks.known_hosts import entries, known_hosts_path, record, rewrite
@@ -15,7 +16,6 @@ from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.steps.gates import StatusChecksFailed, status_with_checks
 from ivc_tasks.steps.rotate import RotateOptions, rotate
-from test_rotate_unit import ENV, assert_serving, deployed, mid_rotation, web1_servers
 
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHkm6Y7mZkR0c1H4cVqvVn0l8m7m1o2aQ3n6q8kT5yXb"
 FAILED_RUNCMD = FINISHED_CONSOLE.replace(

@@ -13,7 +13,11 @@ from fakecloud import FakeConnection, ticking_cloud
 from test_destroy_status_unit import SPEC, tags
 
 from ivc_tasks.resources.servers import (
-    GONE_STATUSES, is_gone, managed_servers, present, unmanaged_twins,
+    GONE_STATUSES,
+    is_gone,
+    managed_servers,
+    present,
+    unmanaged_twins,
 )
 from ivc_tasks.resources.waits import get_server
 from ivc_tasks.spec import load_spec

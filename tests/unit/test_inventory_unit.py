@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from fakecloud import FakeConnection, ticking_cloud
+from test_rotate_unit import ENV, deployed, mid_rotation
 
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.inventory import Host, ansible, groups_of, inventory, ssh_config
-from test_rotate_unit import ENV, deployed, mid_rotation
 
 WEB = Host("web1", "id-1", "203.0.113.5", "debian", "/k/ivc-demo.key", "/r/.ivc/known_hosts.t",
            ["t", "web"])

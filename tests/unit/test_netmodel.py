@@ -9,9 +9,8 @@ import pytest
 from ivc_tasks.devcloud.layout import PLUGIN_DIR
 
 sys.path.insert(0, str(PLUGIN_DIR))
-from ivc_devcloud_plugin import netmodel  # noqa: E402
-from ivc_devcloud_plugin.netmodel import (  # noqa: E402
-    FloatingIp, NetState, Port, Router, Rule, Subnet)
+from ivc_devcloud_plugin import netmodel
+from ivc_devcloud_plugin.netmodel import FloatingIp, NetState, Port, Router, Rule, Subnet
 
 R = Rule
 
@@ -68,19 +67,19 @@ def test_ruleset_secured_port_default_deny_stateful_and_unsecured_port_open():
                             {"net1", "ext"})
     lines = text.splitlines()
     chain = "ivc-i-p1"
-    assert [l for l in lines if l.startswith(f"-A {chain}")] == [
+    assert [x for x in lines if x.startswith(f"-A {chain}")] == [
         f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         f"-A {chain} -m conntrack --ctstate INVALID -j DROP",
         f"-A {chain} -p tcp -m tcp --dport 8080 -j RETURN",
         f"-A {chain} -j DROP"]
     assert "-A ivc-ingress -d 10.0.0.5/32 -o ivcb-net1 -j ivc-i-p1" in lines
-    assert [l for l in lines if l.startswith("-A ivc-egress")] == [
+    assert [x for x in lines if x.startswith("-A ivc-egress")] == [
         "-A ivc-egress -m physdev --physdev-in ivct-p1 -j ivc-s-p1",
         "-A ivc-egress -m physdev --physdev-in ivct-p1 -j ivc-o-p1"]
-    assert [l for l in lines if l.startswith("-A ivc-s-p1")] == [
+    assert [x for x in lines if x.startswith("-A ivc-s-p1")] == [
         "-A ivc-s-p1 -s 10.0.0.5/32 -j RETURN", "-A ivc-s-p1 -j DROP"]
     assert "-A ivc-o-p1 -j RETURN" in lines                   # egress: any, as declared
-    assert not [l for l in lines if "p2" in l]                 # port security off: no filter
+    assert not [x for x in lines if "p2" in x]                 # port security off: no filter
     # the router joins net1 and ext; floating IP NAT both ways; SNAT of the rest to the gateway
     assert "-A ivc-isolate -i ivcb-net1 -o ivcb-ext -j ACCEPT" in lines
     assert "-A PREROUTING -d 198.18.0.10/32 -j DNAT --to-destination 10.0.0.5" in lines
@@ -88,7 +87,7 @@ def test_ruleset_secured_port_default_deny_stateful_and_unsecured_port_open():
     assert "-A POSTROUTING -s 10.0.0.0/24 -o ivcb-ext -j SNAT --to-source 198.18.0.2" in lines
     assert ("-A PREROUTING -i ivcb-net1 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 "
             "-j MARK --set-xmark 0x1/0xffffffff") in lines
-    assert not [l for l in lines if "-i ivcb-ext -d 169.254.169.254" in l]
+    assert not [x for x in lines if "-i ivcb-ext -d 169.254.169.254" in x]
     assert lines[-1] == "COMMIT" and text.endswith("\n") and text.count("COMMIT") == 3
 
 

@@ -8,9 +8,9 @@ import pytest
 from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError
+from ivc_tasks.resources.servers import managed_servers, volume_key
 from ivc_tasks.steps.deploy import DeployFailed, deploy
 from ivc_tasks.steps.instances import create_instance
-from ivc_tasks.resources.servers import managed_servers, volume_key
 from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.steps.volumes import attach_volume
 from ivc_tasks.userdata import userdata_sha256

@@ -9,12 +9,11 @@ import pytest
 import tenacity
 from fakecloud import FakeConnection, http_error
 
-from ivc_tasks.cloud import Cloud, CloudCallError
-from ivc_tasks.settings import make_settings
-from ivc_tasks.steps.parallel import run_side_by_side
-from ivc_tasks.cloud import LONG_WAIT_CAP, next_interval
+from ivc_tasks.cloud import LONG_WAIT_CAP, Cloud, CloudCallError, next_interval
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.waits import wait_server
+from ivc_tasks.settings import make_settings
+from ivc_tasks.steps.parallel import run_side_by_side
 
 
 class FakeTime:

@@ -10,9 +10,9 @@ from ivc_tasks.errors import ConfigError
 from ivc_tasks.resources.floating_ips import is_public, plan_floating
 from ivc_tasks.resources.markers import PortMove, is_marker, port_move
 from ivc_tasks.resources.ports import address_changes, kept_port_name, public_addresses
+from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.rotate.decide import FINISH, FORWARD, ROLLBACK, ROTATE
 from ivc_tasks.steps.rotate.phases import plan_phases
-from ivc_tasks.spec import load_spec
 
 SPEC = """
 [defaults]

@@ -11,7 +11,11 @@ from openstack import exceptions as sdk
 from requests.structures import CaseInsensitiveDict
 
 from ivc_tasks.retry import (
-    cloud_retrying, describe_cloud_error, is_transient, request_id, retry_after_seconds,
+    cloud_retrying,
+    describe_cloud_error,
+    is_transient,
+    request_id,
+    retry_after_seconds,
     wait_retry_after,
 )
 
@@ -221,7 +225,7 @@ def discovery_failure(cause):
         try:
             raise cause
         except Exception as exc:
-            raise ksa.DiscoveryFailure(f"Could not find versioned identity endpoints. {exc}")
+            raise ksa.DiscoveryFailure(f"Could not find versioned identity endpoints. {exc}") from exc
     except ksa.DiscoveryFailure as failure:
         return failure
 

@@ -13,16 +13,30 @@ from fakecloud import http_error, ticking_cloud
 from invoking import load_namespace, run
 
 from ivc_tasks.cloud import Cloud
-from ivc_tasks.settings import make_settings
 from ivc_tasks.errors import CloudError, Locked
 from ivc_tasks.resources import lock as lockmod
-from ivc_tasks.resources.lock import Holder, ServerLock, expiry_reason, lock_name, parse_created_at, \
-    parse_holder, pid_alive
 from ivc_tasks.resources.floating_ips import pick_port
-from ivc_tasks.steps.rotate.decide import (
-    CONFLICT, CREATE, FINISH, FORWARD, ROLLBACK, ROTATE, Seen, decide,
+from ivc_tasks.resources.lock import (
+    Holder,
+    ServerLock,
+    expiry_reason,
+    lock_name,
+    parse_created_at,
+    parse_holder,
+    pid_alive,
 )
 from ivc_tasks.resources.markers import fip_markers, is_marker
+from ivc_tasks.settings import make_settings
+from ivc_tasks.steps.rotate.decide import (
+    CONFLICT,
+    CREATE,
+    FINISH,
+    FORWARD,
+    ROLLBACK,
+    ROTATE,
+    Seen,
+    decide,
+)
 
 
 def wait_until(cloud, what, fetch, state, **kw):
@@ -132,7 +146,7 @@ def test_eager_poll_polls_soon_then_less_often_up_to_the_poll_interval():
     assert clock.sleeps == sorted(clock.sleeps) and max(clock.sleeps) == 0.5
     early = [s for s in clock.sleeps if s < 0.5]
     assert all(s <= max(0.2, 0.15 * t) + 1e-9 or s == 0.05 for s, t in  # EAGER_FLOOR 0.2
-               zip(early, [sum(clock.sleeps[:i]) for i in range(len(early))]))
+               zip(early, [sum(clock.sleeps[:i]) for i in range(len(early))], strict=False))
     assert clock.now - 10 < 0.5  # seen within one poll interval
 
 

@@ -3,7 +3,12 @@
 import pytest
 
 from ivc_tasks.secgroup_rules import (
-    RulePlan, api_body, normalise_prefix, plan_rules, protocol_number, rule_key,
+    RulePlan,
+    api_body,
+    normalise_prefix,
+    plan_rules,
+    protocol_number,
+    rule_key,
 )
 from ivc_tasks.spec import Rule
 
@@ -200,7 +205,10 @@ def test_in_sync(plan, prune, expected):
 
 # -- environments and Neutron's default egress rules --------------------------------------------
 from ivc_tasks.secgroup_rules import (  # noqa: E402
-    DEFAULT_EGRESS, default_egress_wanted, marked_env, rule_marker,
+    DEFAULT_EGRESS,
+    default_egress_wanted,
+    marked_env,
+    rule_marker,
 )
 
 EGRESS_V4 = neutron(id="e4", direction="egress", description=None)
@@ -290,5 +298,5 @@ def test_without_an_environment_every_undeclared_rule_is_to_delete():
     ("ivc: web", "ivc: web"),
 ])
 def test_declared_description(description, declared):
-    from ivc_tasks.secgroup_rules import declared_description  # noqa: PLC0415
+    from ivc_tasks.secgroup_rules import declared_description
     assert declared_description(description) == declared

@@ -6,8 +6,8 @@ import pytest
 from fakecloud import FakeConnection, ticking_cloud
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.spec import load_spec
+from ivc_tasks.steps.secgroups import ensure_secgroups
 
 SHARED = """
 [secgroups.shared]

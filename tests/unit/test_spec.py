@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 
 from ivc_tasks.errors import ConfigError
-from ivc_tasks.spec import (  # noqa: I001
+from ivc_tasks.spec import (
     Checks,
-    FileSpec, Keypair, Rule, SecGroup, Server, load_spec, needs_config_drive,
+    FileSpec,
+    Keypair,
+    Rule,
+    SecGroup,
+    Server,
+    load_spec,
+    needs_config_drive,
 )
 
 REPO_ENV = Path(__file__).resolve().parents[2] / "env"

@@ -13,13 +13,13 @@ import pytest
 from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
+from ivc_tasks.resources.servers import spec_identity
+from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.deploy import deploy
 from ivc_tasks.steps.instances import create_instance
 from ivc_tasks.steps.rotate import RotateOptions, rotate
 from ivc_tasks.steps.rotate.decide import CONFLICT, FORWARD, ROLLBACK, ROTATE, Seen, decide
-from ivc_tasks.resources.servers import spec_identity
 from ivc_tasks.steps.status import status
-from ivc_tasks.spec import load_spec
 
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"

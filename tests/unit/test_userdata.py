@@ -11,7 +11,12 @@ import yaml
 from ivc_tasks.errors import ConfigError
 from ivc_tasks.spec import FileSpec, Server, Spec
 from ivc_tasks.userdata import (
-    USERDATA_LIMIT, base64_size, gzip_b64, render_userdata, userdata_sha256, write_files_entry,
+    USERDATA_LIMIT,
+    base64_size,
+    gzip_b64,
+    render_userdata,
+    userdata_sha256,
+    write_files_entry,
 )
 
 

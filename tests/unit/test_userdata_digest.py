@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 
 from ivc_tasks.spec import FileSpec, Server, Spec
-from ivc_tasks.steps.status import ServerStatus, USERDATA_RECORD
+from ivc_tasks.steps.status import USERDATA_RECORD, ServerStatus
 from ivc_tasks.userdata import (
-    legacy_digest, render_userdata, render_userdata_digest, userdata_digest, userdata_sha256,
+    legacy_digest,
+    render_userdata,
+    render_userdata_digest,
+    userdata_digest,
+    userdata_sha256,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

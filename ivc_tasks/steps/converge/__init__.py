@@ -25,11 +25,17 @@ from ivc_tasks.errors import EXIT_ROLLED_BACK, IvcError, RolledBack
 from ivc_tasks.resources.resolve import forget
 from ivc_tasks.result import StepResult
 from ivc_tasks.spec import Spec
-from ivc_tasks.steps.quota_check import check_quota
 from ivc_tasks.steps.converge.apply import create_one, ensure_shared, update_one
 from ivc_tasks.steps.converge.plan import (
-    CREATE, ROTATE, UNCHANGED, UNDECLARED, UPDATE, ServerPlan, plan_converge,
+    CREATE,
+    ROTATE,
+    UNCHANGED,
+    UNDECLARED,
+    UPDATE,
+    ServerPlan,
+    plan_converge,
 )
+from ivc_tasks.steps.quota_check import check_quota
 
 log = logging.getLogger("ivc")
 STEP = "converge"
@@ -154,7 +160,7 @@ def _timed(cloud: Cloud, plan: ServerPlan, outcome: str,
 def _rotate(cloud: Cloud, spec: Spec, plans: list[ServerPlan], max_unavailable: int,
             failed: list[tuple[ServerPlan, IvcError]]) -> None:
     """Rotate the servers through rotate's entry point, ``max_unavailable`` at a time."""
-    from ivc_tasks.steps.rotate import RotateFailed, RotateOptions, rotate  # noqa: PLC0415
+    from ivc_tasks.steps.rotate import RotateFailed, RotateOptions, rotate
 
     names = [p.name for p in plans]
     by_name = {p.name: p for p in plans}
@@ -194,7 +200,7 @@ def _rotate(cloud: Cloud, spec: Spec, plans: list[ServerPlan], max_unavailable: 
 
 def _prune(cloud: Cloud, spec: Spec, plans: list[ServerPlan],
            failed: list[tuple[ServerPlan, IvcError]]) -> None:
-    from ivc_tasks.steps.destroy import destroy  # noqa: PLC0415
+    from ivc_tasks.steps.destroy import destroy
 
     done: set[str] = set()
     for p in plans:

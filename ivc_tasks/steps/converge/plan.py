@@ -24,7 +24,11 @@ from ivc_tasks.cloud import Cloud
 from ivc_tasks.resources.resolve import find_images, list_images, value_of
 from ivc_tasks.spec import Spec
 from ivc_tasks.steps.status import (
-    IN_PLACE_FIELDS, ROTATE_FIELDS, USERDATA_RECORD, ServerStatus, status,
+    IN_PLACE_FIELDS,
+    ROTATE_FIELDS,
+    USERDATA_RECORD,
+    ServerStatus,
+    status,
 )
 
 CREATE, UPDATE, ROTATE, UNCHANGED, UNDECLARED = (

@@ -50,7 +50,7 @@ def main():
                 client.prepare().call(ctx, "update_floatingip_statuses",
                                       router_id=router_id, fip_statuses=statuses)
                 print(f"fip-status: {statuses}", flush=True)
-        except Exception as exc:  # keep reporting; the log says what went wrong
+        except Exception as exc:  # noqa: BLE001 (keep reporting; the log says what went wrong)
             print(f"fip-status: {type(exc).__name__}: {exc}", flush=True)
             time.sleep(4)
         time.sleep(1)

@@ -294,7 +294,7 @@ def disks(uuid, base=None):
     for line in lines:
         parts = line.split()
         if len(parts) == 5:
-            out.append(dict(zip(("device", "majmin", "by_id", "loop", "file"), parts)))
+            out.append(dict(zip(("device", "majmin", "by_id", "loop", "file"), parts, strict=False)))
     return out
 
 

@@ -153,7 +153,7 @@ def main(argv=None) -> None:
     while True:
         try:
             agent.round()
-        except Exception as exc:  # keep reconciling; the log says what went wrong
+        except Exception as exc:  # noqa: BLE001 (keep reconciling; the log says what went wrong)
             say(f"{type(exc).__name__}: {exc}")
             time.sleep(3)
         time.sleep(1)
