@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,3 +314,35 @@ def rule_text(rule: Mapping[str, Any] | Any, names_by_id: Mapping[str, str] | No
     text = " ".join(str(p) for p in parts)
     description = declared_description(get("description"))
     return text + (f" ({description})" if description else "")
+
+
+def group_tag(env: str) -> str:
+    """The Neutron tag that says environment ``env`` manages a security group."""
+    return f"{MARKER_PREFIX}{env}"
+
+
+def tagged_envs(group: Any) -> list[str]:
+    """The environments whose tag a group carries."""
+    return sorted(t[len(MARKER_PREFIX):] for t in (getattr(group, "tags", None) or [])
+                  if t.startswith(MARKER_PREFIX))
+
+
+def is_default_egress(rule: Any) -> bool:
+    return rule_key(rule) in DEFAULT_EGRESS
+
+
+def undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str],
+                        env: str) -> str:
+    texts = "; ".join(rule_text(r, names_by_id) for r in rules)
+    note = f"made in environment {env}"
+    if any(is_default_egress(r) for r in rules):
+        note = ("Neutron's default egress among them: default_egress = false, or the egress rules "
+                "the group declares, replace it")
+    return (f"security group {name}: {len(rules)} undeclared rule(s) kept ({texts}); --prune "
+            f"deletes them ({note})")
+
+
+def neutron_defaults() -> list[dict[str, Any]]:
+    """The rules Neutron puts in a group it creates (for planning a group not made yet)."""
+    return [{"direction": key[0], "ethertype": key[1], "description": None}
+            for key in DEFAULT_EGRESS]

@@ -321,7 +321,7 @@ def acquire_waiting(cloud: Cloud, name: str, *, op: str, timeout: float | None =
     :param timeout: seconds to wait (default the run's ``lock_ttl``).
     :raises Locked: still held after ``timeout``.
     """
-    from ivc_tasks.cloud import next_interval
+    from ivc_tasks.polling import next_interval
 
     lock = ServerLock(cloud, name, op=op)
     start = cloud.clock()

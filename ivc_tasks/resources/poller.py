@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ivc_tasks.cloud import Cloud, PollVerdict, is_eager, next_interval
+from ivc_tasks.cloud import Cloud
+from ivc_tasks.polling import PollVerdict, is_eager, next_interval
 from ivc_tasks.resources.servers import GONE_STATUSES as GONE_SERVER_STATUSES
 
 T = TypeVar("T")

@@ -35,13 +35,15 @@ from ivc_tasks.hints import did_you_mean, listed
 from ivc_tasks.resources.resolve import delete_or_gone, forget, list_security_groups
 from ivc_tasks.result import Action, StepResult
 from ivc_tasks.secgroup_rules import (
-    DEFAULT_EGRESS,
-    MARKER_PREFIX,
     RulePlan,
+    group_tag,
+    is_default_egress,
+    neutron_defaults,
     plan_rules,
-    rule_key,
     rule_marker,
     rule_text,
+    tagged_envs,
+    undeclared_warning,
 )
 from ivc_tasks.spec import NEUTRON_NAME_MAX, SecGroup, Spec
 
@@ -109,17 +111,6 @@ def groups_by_name(cloud: Cloud, spec: Spec, names: Iterable[str], *, entry: str
     return out
 
 
-def group_tag(env: str) -> str:
-    """The Neutron tag that says environment ``env`` manages a security group."""
-    return f"{MARKER_PREFIX}{env}"
-
-
-def tagged_envs(group: Any) -> list[str]:
-    """The environments whose tag a group carries."""
-    return sorted(t[len(MARKER_PREFIX):] for t in (getattr(group, "tags", None) or [])
-                  if t.startswith(MARKER_PREFIX))
-
-
 def group_rules(cloud: Cloud, declared: SecGroup, existing_rules: Iterable[Any],
                 ids: Mapping[str, str], shared_with: Sequence[str]) -> RulePlan:
     """Compare one declared group with its existing rules, for this run's environment."""
@@ -176,38 +167,17 @@ def plan_secgroups(cloud: Cloud, spec: Spec, names: Iterable[str] = (), *, prune
     return plan
 
 
-def _is_default_egress(rule: Any) -> bool:
-    return rule_key(rule) in DEFAULT_EGRESS
-
-
-def _undeclared_warning(name: str, rules: Sequence[Any], names_by_id: Mapping[str, str],
-                        env: str) -> str:
-    texts = "; ".join(rule_text(r, names_by_id) for r in rules)
-    note = f"made in environment {env}"
-    if any(_is_default_egress(r) for r in rules):
-        note = ("Neutron's default egress among them: default_egress = false, or the egress rules "
-                "the group declares, replace it")
-    return (f"security group {name}: {len(rules)} undeclared rule(s) kept ({texts}); --prune "
-            f"deletes them ({note})")
-
-
 def _unmanaged_warning(gp: GroupPlan, rules: Sequence[Any], names_by_id: Mapping[str, str]
                        ) -> str:
     texts = "; ".join(rule_text(r, names_by_id) for r in rules)
     name = gp.declared.name
-    if all(_is_default_egress(r) for r in rules):
+    if all(is_default_egress(r) for r in rules):
         return (f"security group {name}: Neutron's default egress rules kept ({texts}): this "
                 f"declaration does not want them, but environment(s) "
                 f"{', '.join(gp.shared_with)} share the group; delete them by hand if none needs "
                 "outbound traffic")
     return (f"security group {name}: {len(rules)} rule(s) that no ivc environment made kept "
             f"({texts}); --prune leaves them: declare them, or delete them by hand")
-
-
-def neutron_defaults() -> list[dict[str, Any]]:
-    """The rules Neutron puts in a group it creates (for planning a group not made yet)."""
-    return [{"direction": key[0], "ethertype": key[1], "description": None}
-            for key in DEFAULT_EGRESS]
 
 
 def _planned_actions(plan: SecGroupsPlan, env: str) -> tuple[list[Action], list[str]]:
@@ -233,7 +203,7 @@ def _planned_actions(plan: SecGroupsPlan, env: str) -> tuple[list[Action], list[
                                {"id": rule["id"]} if rule.get("id") else {})
                         for rule in undeclared]
         elif undeclared:
-            warnings.append(_undeclared_warning(name, undeclared, names_by_id, env))
+            warnings.append(undeclared_warning(name, undeclared, names_by_id, env))
         if gp.rules.unmanaged:
             warnings.append(_unmanaged_warning(gp, gp.rules.unmanaged, names_by_id))
     return actions, warnings
@@ -306,7 +276,7 @@ def _prune_group(cloud: Cloud, gp: GroupPlan, plan: SecGroupsPlan, current: list
     rules = group_rules(cloud, gp.declared, current, ids, gp.shared_with)
     undeclared = rules.delete
     if undeclared and not plan.prune:
-        result.warnings.append(_undeclared_warning(name, undeclared, names_by_id, cloud.env))
+        result.warnings.append(undeclared_warning(name, undeclared, names_by_id, cloud.env))
         undeclared = []
     if rules.unmanaged:
         result.warnings.append(_unmanaged_warning(gp, rules.unmanaged, names_by_id))

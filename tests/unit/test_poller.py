@@ -9,7 +9,8 @@ import pytest
 import tenacity
 from fakecloud import FakeConnection, http_error
 
-from ivc_tasks.cloud import LONG_WAIT_CAP, Cloud, CloudCallError, next_interval
+from ivc_tasks.cloud import Cloud, CloudCallError
+from ivc_tasks.polling import LONG_WAIT_CAP, next_interval
 from ivc_tasks.resources.poller import shared_poller
 from ivc_tasks.resources.waits import wait_server
 from ivc_tasks.settings import make_settings
