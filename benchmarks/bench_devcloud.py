@@ -107,9 +107,9 @@ def _finished(conn, server) -> bool:
 
 
 def _boot_servers(conn, names, config_drive=True):
-    image = conn.image.find_image("ivc-tiny")
-    flavor = conn.compute.find_flavor("m1.tiny")
-    net = conn.network.find_network("private")
+    image = next(iter(conn.image.images(name="ivc-tiny")))  # not find_image (deprecated)
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    net = conn.network.find_network("private", ignore_missing=False)
     return [conn.compute.create_server(name=name, image_id=image.id, flavor_id=flavor.id,
                                        networks=[{"uuid": net.id}], config_drive=config_drive,
                                        key_name="ivc-demo") for name in names]

@@ -139,7 +139,7 @@ def find_server_uuid(conn, name: str, project: str) -> str:
 
     :raises DevcloudError: no such project or server, or several servers of that name.
     """
-    found = conn.identity.find_project(project)
+    found = _project(conn, project)
     if found is None:
         raise DevcloudError(f"no project {project!r} in the local cloud")
     servers = [s for s in conn.compute.servers(all_projects=True, project_id=found.id,
@@ -161,7 +161,7 @@ def volume_disk_path(volume: str, project: str = "ivc", layout: Layout | None = 
     from .layout import default_layout, load_secrets
     from .seed import admin_connection
     conn = admin_connection(load_secrets(layout or default_layout()))
-    found = conn.identity.find_project(project)
+    found = _project(conn, project)
     matches = [v for v in conn.block_storage.volumes(all_projects=True, name=volume,
                                                      project_id=found.id if found else None)
                if v.name == volume]
@@ -201,3 +201,14 @@ def remove_disks(layout: Layout, say: Say) -> None:
     stop_all(layout, say)
     for sub in ("guests", "volumes"):
         shutil.rmtree(layout.data / sub, ignore_errors=True)
+
+
+def _project(conn, name: str):
+    """The project called ``name`` (None when absent; find_* with ignore_missing=True is
+    deprecated in openstacksdk 4.x)."""
+    from openstack import exceptions
+
+    try:
+        return conn.identity.find_project(name, ignore_missing=False)
+    except exceptions.NotFoundException:
+        return None

@@ -67,9 +67,10 @@ def console_text(cloud: Cloud, server_id: str, what: str, length: int | None) ->
 def _server_exists(cloud: Cloud, server_id: str) -> bool:
     """A 404 on the action of a server that exists: the cloud has no console log API."""
     try:
-        return cloud.conn.compute.find_server(server_id, ignore_missing=True) is not None
-    except Exception:  # noqa: BLE001
+        cloud.conn.compute.get_server(server_id)
         return True
+    except Exception as exc:  # noqa: BLE001 (anything but a 404: assume it exists)
+        return getattr(exc, "status_code", None) != 404
 
 
 class ConsoleReader:

@@ -59,7 +59,7 @@ class ConvergeWorld(World):
 
     def publish(self, name: str, **props) -> str:
         """Upload a copy of ivc-tiny as image ``name`` (private to the project)."""
-        tiny = self.conn.image.find_image("ivc-tiny")
+        tiny = next(iter(self.conn.image.images(name="ivc-tiny")))  # not find_image (deprecated)
         data = self.conn.image.download_image(tiny).content
         image = self.conn.image.create_image(name=name, data=data, disk_format="raw",
                                              container_format="bare", **props)
@@ -222,12 +222,12 @@ def own_project(tmp_path):
     ident = admin.identity
     name = f"cvq-{uuid.uuid4().hex[:6]}"
     password = secrets.token_urlsafe(16)
-    domain = ident.find_domain("Default")
+    domain = ident.find_domain("Default", ignore_missing=False)
     project = ident.create_project(name=name, domain_id=domain.id)
     user = ident.create_user(name=name, password=password, domain_id=domain.id,
                              default_project_id=project.id)
     for role in ("member", "reader"):
-        ident.assign_project_role_to_user(project, user, ident.find_role(role))
+        ident.assign_project_role_to_user(project, user, ident.find_role(role, ignore_missing=False))
     base = yaml.safe_load(CLOUDS_YAML.read_text())["clouds"]["ivc-local"]
     entry = {**base, "auth": {**base["auth"], "username": name, "password": password,
                               "project_name": name}}
