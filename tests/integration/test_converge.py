@@ -29,7 +29,8 @@ class ConvergeWorld(World):
             "OS_CLOUD=ivc-local\n"
             f"OS_CLIENT_CONFIG_FILE={self.conn_config()}\n"
             f"IVC_SPEC=env/{self.env}.toml\nIVC_POLL_INTERVAL=0.2\n")
-        (env_dir / "t.j2").write_text('#cloud-config\nfinal_message: "{{ greeting }}"\n')
+        # not final_message: it replaces the final line that the cloud_init check waits for
+        (env_dir / "t.j2").write_text('#cloud-config\nbootcmd:\n  - echo "{{ greeting }}"\n')
         lines = ['[defaults]', 'image = "ivc-tiny"', 'flavor = "m1.tiny"',
                  'keypair = "ivc-demo"', 'userdata = "t.j2"', 'networks = ["private"]',
                  'userdata_vars = { greeting = "v1" }', '']
@@ -62,7 +63,8 @@ class ConvergeWorld(World):
         tiny = next(iter(self.conn.image.images(name="ivc-tiny")))  # not find_image (deprecated)
         data = self.conn.image.download_image(tiny).content
         image = self.conn.image.create_image(name=name, data=data, disk_format="raw",
-                                             container_format="bare", **props)
+                                             container_format="bare", allow_duplicates=True,
+                                             **props)  # (without it, a find_image: deprecated)
         self.images.append(image.id)
         return image.id
 
