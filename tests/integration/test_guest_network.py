@@ -64,7 +64,7 @@ class Guests:
     def __init__(self, conn, admin_conn, tmp_path, prefix):
         self.conn, self.admin, self.tmp, self.prefix = conn, admin_conn, tmp_path, prefix
         self.servers, self.made_ns, self.procs, self.cleanups = [], [], [], []
-        self.image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+        self.image = next(iter(conn.image.images(name="ivc-tiny")))  # not find_image
         self.flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
 
     def network(self, name="private"):
@@ -338,7 +338,8 @@ def test_teardown_leaves_nothing(tmp_path):
         assert ns not in netplumb.namespaces()
         assert host_dev not in netplumb.links()
         assert netplumb.host_routes() == before_routes
-        assert [n for n in netplumb.links(guest) if n != "lo"] == []   # the guest's end went too
+        # the guest's end went too (the kernel removes a veth's peer a moment later)
+        assert eventually(lambda: [n for n in netplumb.links(guest) if n != "lo"], [], 5)[0] == []
     finally:
         subprocess.run(["ip", "netns", "del", guest], check=False)
         guestnet.teardown(ns, host_dev)

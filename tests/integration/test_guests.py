@@ -179,7 +179,7 @@ def test_a_file_on_a_volume_survives_a_rotate(gvc, conn):
 
 def test_no_config_drive_and_no_network_finds_no_datasource(conn):
     name = f"{GUEST_PREFIX}{uuid.uuid4().hex[:8]}-bare"
-    image = conn.image.find_image("ivc-tiny", ignore_missing=False)
+    image = next(iter(conn.image.images(name="ivc-tiny")))  # not find_image (deprecated)
     flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
     user_data = base64.b64encode(b"#cloud-config\nruncmd:\n  - touch /var/tmp/ran\n").decode()
     server = conn.compute.create_server(name=name, image_id=image.id, flavor_id=flavor.id,

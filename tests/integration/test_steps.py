@@ -198,7 +198,9 @@ def test_deploy_twice_one_private_server_with_one_volume_within_budget(ivc, conn
     name = f"{ivc.prefix}-s1"
     ivc.write_spec(SERVER + f'volumes = ["{volume.name}"]\n')
     first = assert_ok(ivc.run("deploy", "--json"), True)
-    assert first["requests"] <= 22, first["requests_by_method"]
+    # issue 18's bound for one server: its lock (create, check, delete), the groups' lock and the
+    # quota look-ups came on top of the 22 of before
+    assert first["requests"] <= 35, first["requests_by_method"]
     assert [(s["step"], s["changed"]) for s in first["steps"]] == [
         ("ensure-secgroups", True), ("create-instance", True), ("attach-volume", False)]
     (server,) = ivc.servers()
