@@ -202,7 +202,8 @@ def test_deploy_twice_one_private_server_with_one_volume_within_budget(ivc, conn
     # quota look-ups came on top of the 22 of before
     assert first["requests"] <= 35, first["requests_by_method"]
     assert [(s["step"], s["changed"]) for s in first["steps"]] == [
-        ("ensure-secgroups", True), ("create-instance", True), ("attach-volume", False)]
+        ("ensure-secgroups", True), ("create-instance", True), ("attach-volume", False),
+        ("check", False)]  # a new server's checks (none declared here: cloud_init = false)
     (server,) = ivc.servers()
     volume = conn.block_storage.get_volume(volume.id)
     assert volume.status == "in-use" and [a["server_id"] for a in volume.attachments] == [server.id]
