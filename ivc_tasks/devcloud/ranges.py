@@ -16,8 +16,6 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from openstack import exceptions
-
 from .layout import plugin_module
 
 POOL = ipaddress.ip_network("198.18.0.0/15")
@@ -81,6 +79,8 @@ def ensure_subnet(net: Any, network: Any, name: str, preferred: str, say: Callab
     """
     routes = host_routes() if routes is None else routes
     taken = [s.cidr for s in net.subnets() if s.ip_version == 4 and s.name != name]
+    from openstack import exceptions  # lazy: devcloud status/down need no openstacksdk
+
     try:   # find_* with ignore_missing=True is deprecated (openstacksdk 4.x)
         subnet = net.find_subnet(name, network_id=network.id, ignore_missing=False)
     except exceptions.NotFoundException:
