@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from declared import DEFAULTS, WEB1
 from fakecloud import WALL_NOW, http_error, ticking_cloud
 
 from ivc_tasks.errors import ConfigError, Locked
@@ -20,18 +21,7 @@ from ivc_tasks.steps.status import status
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
-
+SPEC = DEFAULTS + WEB1 + """
 [servers.web2]
 networks = ["private"]
 floating_ip = false
