@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procs
 from .layout import plugin_module
 
 NETNS_DIR = Path("/run/netns")
@@ -102,16 +103,16 @@ def plan(root: Path, uuids: set[str], view: HostView, me: int = -1,
                 known.add(uuid)
     namespaces = sorted(n for n in view.namespaces
                         if n.startswith(GUEST_NS_PREFIX) and n[len(GUEST_NS_PREFIX):] in known)
-    procs = [p for p in view.procs if p.pid != me and (
+    held = [p for p in view.procs if p.pid != me and (
         within(p.root, guests) or p.netns in namespaces
         or any(within(u, guests) for u in p.upperdirs))]
-    overlays = sorted({uuid for p in procs for u in p.upperdirs
+    overlays = sorted({uuid for p in held for u in p.upperdirs
                        if (uuid := _guest_of(u, guests)) is not None})
     mounts = sorted((m for m in view.mounts if within(m, guests)),
                     key=lambda m: (-m.count("/"), m))            # the deepest first
     loops = sorted((dev, f) for dev, f in view.loops.items()
                    if within(f, volumes) or recorded.get(dev) == f)
-    return Leftovers(Path(root), sorted(procs, key=lambda p: p.pid), overlays, mounts, loops,
+    return Leftovers(Path(root), sorted(held, key=lambda p: p.pid), overlays, mounts, loops,
                      namespaces)
 
 
@@ -155,13 +156,6 @@ def _readlink(path: str) -> str | None:
         return None
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _unescape(field_: str) -> str:
     """A mountinfo path: space, tab, newline and backslash are octal escapes."""
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
@@ -202,12 +196,9 @@ def host_view() -> HostView:
             continue
     own_mnt = _readlink("/proc/self/ns/mnt")
     upper_by_mnt: dict[str, tuple[str, ...]] = {own_mnt: ()}
-    procs = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        start = _start_time(pid)
+    found = []
+    for pid in procs.pids():
+        start = procs.start_time(pid)
         if start is None:
             continue
         net = _readlink(f"/proc/{pid}/ns/net") or ""
@@ -218,7 +209,7 @@ def host_view() -> HostView:
                 upper_by_mnt[mnt] = overlay_upperdirs(Path(f"/proc/{pid}/mountinfo").read_text())
             except OSError:
                 upper_by_mnt[mnt] = ()
-        procs.append(HostProc(pid, start, _readlink(f"/proc/{pid}/root") or "/", netns,
+        found.append(HostProc(pid, start, _readlink(f"/proc/{pid}/root") or "/", netns,
                               upper_by_mnt.get(mnt, ())))
     loops = {}
     for block in Path("/sys/block").glob("loop*"):
@@ -231,7 +222,7 @@ def host_view() -> HostView:
         mounts = mount_points(Path("/proc/self/mountinfo").read_text())
     except OSError:
         mounts = ()
-    return HostView(tuple(procs), frozenset(names), loops, mounts)
+    return HostView(tuple(found), frozenset(names), loops, mounts)
 
 
 def guest_uuids(root: Path) -> set[str]:
@@ -254,25 +245,18 @@ def _run(*argv: str) -> bool:
                           stdin=subprocess.DEVNULL).returncode == 0
 
 
-def _kill(procs: list[HostProc], timeout: float = 5.0) -> None:
+def _kill(targets: list[HostProc], timeout: float = 5.0) -> None:
     """SIGKILL (a guest's power-off), each only while it is still the process listed."""
-    for proc in procs:
-        if _start_time(proc.pid) == proc.start:
+    for proc in targets:
+        if procs.start_time(proc.pid) == proc.start:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_running(p) for p in procs):
+    while time.monotonic() < deadline and \
+            any(procs.alive(procs.Proc(p.pid, p.start)) for p in targets):
         time.sleep(0.05)
-
-
-def _running(proc: HostProc) -> bool:
-    try:
-        stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return stat[19] == proc.start and stat[0] != "Z"
 
 
 def apply(left: Leftovers) -> Leftovers:
