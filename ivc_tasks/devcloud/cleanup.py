@@ -251,7 +251,7 @@ def _kill(targets: list[HostProc], timeout: float = 5.0) -> None:
         if procs.start_time(proc.pid) == proc.start:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):  # gone, or not ours to stop: said after
                 pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and \
