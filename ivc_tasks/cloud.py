@@ -117,6 +117,8 @@ class Cloud:
     :param sleep: how the run waits: between polls, before a retry, out a 429's pause.
     :param clock: the run's monotonic clock (waits' timeouts, the 429 pause, phase timings).
         Tests inject both (``tests/unit/fakecloud.ticking_cloud``); no wait needs real time.
+    :param wall_clock: the run's wall clock (unix time), for what is compared with times the
+        cloud or another run recorded: a lock's age and expiry. Tests inject it too.
     :param listings: what this view has listed (``resources.resolve``).
     :param shared: what every view of the run shares (the throttle, the shared poller).
     """
@@ -128,6 +130,7 @@ class Cloud:
     retry_overrides: Mapping[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
     listings: Listings = field(default_factory=Listings)
     shared: RunShared = field(default_factory=RunShared)
 
@@ -152,7 +155,8 @@ class Cloud:
         """
         return Cloud(conn=self.conn, settings=self.settings, counter=self.counter,
                      run_id=self.run_id, retry_overrides=self.retry_overrides, sleep=self.sleep,
-                     clock=self.clock, listings=self.listings.copy(**listed), shared=self.shared)
+                     clock=self.clock, wall_clock=self.wall_clock,
+                     listings=self.listings.copy(**listed), shared=self.shared)
 
     def call(
         self,

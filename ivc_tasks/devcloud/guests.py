@@ -1,5 +1,5 @@
 """The local cloud's guests, seen from ivc's side: the shared Debian root, the switch, exec,
-and clean-up at ``down``/``reset``.
+and clean-up at ``down``/``reset`` (``cleanup.py``).
 
 The guests themselves are booted by the fake virt driver (plugin ``guest.py``, which this
 module loads from the plugin folder: it imports nothing of OpenStack's).
@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import cleanup
 from .bootstrap import DevcloudError, Say, run
 from .layout import Layout, plugin_module
 
@@ -187,13 +188,11 @@ def exec_in(layout: Layout, uuid: str, argv: list[str]) -> int:
 
 # -- clean-up ------------------------------------------------------------------------------------
 
-def stop_all(layout: Layout, say: Say) -> list[str]:
-    """Stop every guest; free their network namespaces and loop devices (disks kept)."""
-    guest = plugin_module("guest")
-    stopped = guest.stop_all(layout.root)
-    if stopped:
-        say(f"guests: stopped {len(stopped)}; their namespaces and loop devices removed")
-    return stopped
+def stop_all(layout: Layout, say: Say, label: str = "guests") -> list[str]:
+    """Stop every guest of this cloud and remove what they hold on the host (processes,
+    overlay mounts, network namespaces, loop devices: ``cleanup.py``); their disks stay.
+    Return the uuids of the guests that were running."""
+    return cleanup.remove_guests(layout.root, say, label)
 
 
 def remove_disks(layout: Layout, say: Say) -> None:

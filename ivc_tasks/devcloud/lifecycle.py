@@ -80,7 +80,9 @@ def _answers(service: Service) -> bool:
 
 
 def _stop_foreign(layout: Layout, say) -> list[str]:
-    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded.
+    """Stop OpenStack processes marked by another cache folder, or by ours but not recorded;
+    then the guests of those other clouds and, unless this cloud's network agent runs, the
+    cloud network they left (``_remove_foreign_guests``).
 
     Recorded means in any PID file of this cache folder, not only those of this checkout's
     services: a checkout that predates a service (netagent, say) must not stop it."""
@@ -88,7 +90,7 @@ def _stop_foreign(layout: Layout, say) -> list[str]:
             if (p := procs.read_pidfile(f)) and procs.alive(p)}
     groups: dict[int, tuple[str, str]] = {}
     for pid, (root, name) in procs.marked_processes().items():
-        if name in ("mariadb", "epmd", "rabbitmq") or pid == os.getpid():
+        if name in guestnet.MACHINE_SERVICES or pid == os.getpid():
             continue
         try:
             pgid = os.getpgid(pid)
@@ -104,6 +106,22 @@ def _stop_foreign(layout: Layout, say) -> list[str]:
         say(f"stopping {name} (pid {pgid}): {whose} holds the cloud's ports and queues")
         stopped.append(f"{name}@{root}")
     procs.stop(*(procs.Proc(pgid, procs.start_time(pgid) or "0") for pgid in groups))
+    foreign = sorted({root for root, _ in groups.values() if root != str(layout.root)})
+    return stopped + _remove_foreign_guests(layout, foreign, say)
+
+
+def _remove_foreign_guests(layout: Layout, roots: list[str], say) -> list[str]:
+    """The guests of the clouds at ``roots`` (whose processes were just stopped), and the
+    cloud network their network agent made, unless this cloud's own agent runs (then it is
+    this cloud's). Returns ``guest <uuid>@<root>`` for each guest that was running."""
+    stopped = []
+    for root in roots:
+        stopped += [f"guest {uuid}@{root}" for uuid in
+                    guests.stop_all(Layout(Path(root)), say, label=f"guests of {root}")]
+    agent = next((s for s in all_services(layout) if s.name == "netagent"), None)
+    if roots and not (agent and _recorded(layout, agent)):
+        for what in guestnet.teardown():
+            say(f"network of {', '.join(roots)}: removed {what}")
     return stopped
 
 
@@ -293,7 +311,9 @@ def up(layout: Layout | None = None, say=None) -> UpResult:
 
 
 def down(layout: Layout | None = None, say=None) -> list[str]:
-    """Stop exactly the processes this checkout's ``up`` started (its PID files), last first."""
+    """Stop exactly the processes this checkout's ``up`` started (its PID files), last first;
+    then its guests, and what they hold on the host (``cleanup.py``), and the cloud network
+    unless another cloud runs. Says what it removed, one line per kind."""
     layout = layout or default_layout()
     say = say or Progress()
     stopped = []
@@ -308,15 +328,22 @@ def down(layout: Layout | None = None, say=None) -> list[str]:
                 stopped.append(service.name)
         for service in all_services(layout):
             layout.pidfile(service.name).unlink(missing_ok=True)
-        stopped += [f"guest {uuid}" for uuid in guests.stop_all(layout, say)]
         # Anything still marked with this cache folder escaped its process group: stop it too.
         strays = {pid: name for pid, (root, name) in procs.marked_processes().items()
                   if root == str(layout.root) and pid != os.getpid()}
         procs.stop(*(procs.Proc(pid, procs.start_time(pid) or "0") for pid in strays))
         for pid, name in strays.items():
             say(f"{name}: stopped a stray process (pid {pid})")
-        for what in guestnet.teardown():   # the guests' network, once its agent has stopped
-            say(f"network: removed {what}")
+        # The guests once the agent and nova-compute have stopped (neither plugs nor boots one
+        # again), then the network: only when no other cloud runs, whose network it would be.
+        stopped += [f"guest {uuid}" for uuid in guests.stop_all(layout, say)]
+        others = guestnet.other_clouds(str(layout.root), procs.marked_processes())
+        if others:
+            say(f"network: kept namespace {guestnet.CLOUD_NS} and veth {guestnet.HOST_DEV}: "
+                f"they are the running cloud's of {', '.join(others)}")
+        else:
+            for what in guestnet.teardown():
+                say(f"network: removed {what}")
     if not stopped:
         say("nothing of this checkout's devcloud was running")
     return stopped

@@ -89,6 +89,11 @@ def stop(*targets: Proc, timeout: float = 10.0) -> None:
             time.sleep(0.1)
 
 
+def pids() -> list[int]:
+    """Every process id in /proc."""
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
 def environ_of(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
@@ -116,16 +121,13 @@ def marked_processes() -> dict[int, tuple[str, str]]:
     directory: a devcloud starts its services in its cache folder, which holds a marker file.
     """
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
+    for pid in pids():
         env = environ_of(pid)
         if MARK in env:
             found[pid] = (env[MARK], env.get("IVC_DEVCLOUD_SERVICE", "?"))
             continue
         try:
-            cwd = os.readlink(entry / "cwd")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
         if os.path.exists(os.path.join(cwd, MARKER_FILE)):

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,8 +75,9 @@ class Holder:
         return (f"{COMMENT_TAG} op={self.op} run={self.run} host={self.host} pid={self.pid} "
                 f"start={int(self.start)}" + (f" ttl={self.ttl:g}" if self.ttl else ""))
 
-    def describe(self, now: float | None = None) -> str:
-        age = (now if now is not None else time.time()) - self.start
+    def describe(self, now: float) -> str:
+        """Who, and how long ago it started, at unix time ``now`` (the run's wall clock)."""
+        age = now - self.start
         return (f"{self.op} run {self.run} on host {self.host}, pid {self.pid}, "
                 f"started {age:.0f} s ago")
 
@@ -96,10 +96,10 @@ def parse_holder(public_key: str | None) -> Holder | None:
         return None
 
 
-def lock_text(keypair: Any, now: float | None = None) -> str:
+def lock_text(keypair: Any, now: float) -> str:
     """Who holds a lock, from its keypair (status and the dry run print it): ``locked by
     rotate run R on host H, pid P, started S s ago`` (``locked (keypair K)`` when the
-    keypair's comment is not ivc's)."""
+    keypair's comment is not ivc's). ``now``: unix time, the run's ``Cloud.wall_clock()``."""
     holder = parse_holder(getattr(keypair, "public_key", None))
     return f"locked by {holder.describe(now)}" if holder else f"locked (keypair {keypair.name})"
 
@@ -178,7 +178,7 @@ class ServerLock:
     ttl: float | None = None  # default: the run's IVC_LOCK_TTL (cloud.settings.lock_ttl)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
-    now: Callable[[], float] = time.time
+    now: Callable[[], float] | None = None  # default: the run's wall clock (Cloud.wall_clock)
     held: bool = False
 
     @property
@@ -191,6 +191,8 @@ class ServerLock:
                       op=self.op, ttl=self.ttl)
 
     def __post_init__(self) -> None:
+        if self.now is None:
+            self.now = self.cloud.wall_clock
         self._start = self.now()
         if self.ttl is None:
             self.ttl = self.cloud.settings.lock_ttl

@@ -304,7 +304,7 @@ def status(cloud: Cloud, spec: Spec, names: Iterable[str] = ()) -> StatusResult:
             item.rotation = {"id": marks.rotation, "role": marks.role or "?"}
         lock = locks.get(lock_name(cloud.env, name))
         if lock is not None:
-            item.lock = lock_text(lock)
+            item.lock = lock_text(lock, cloud.wall_clock())
         if declared is not None:
             item.drift = _drift(cloud, declared, server, seen_by_neutron)
         result.servers.append(item)

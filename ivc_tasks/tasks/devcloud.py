@@ -27,7 +27,7 @@ def up(c, json=False):
 
 @task
 def down(c):
-    """Stop exactly the processes this checkout's devcloud started (PID files)."""
+    """Stop this checkout's devcloud: its processes (PID files), its guests, their network."""
     _lifecycle().down()
 
 

@@ -66,23 +66,34 @@ class World:
     secgroup: str | None = None
 
     # -- files --------------------------------------------------------------------------------
-    def write(self) -> None:
+    def write_env(self, extra: str = "") -> Path:
+        """The environment file ``env/<env>.env`` (the local cloud, the declarations
+        ``env/<env>.toml``, then ``extra``); return the ``env`` folder."""
         env_dir = self.root / "env"
         env_dir.mkdir(parents=True, exist_ok=True)
         (env_dir / f"{self.env}.env").write_text(
             "OS_CLOUD=ivc-local\n"
             f"OS_CLIENT_CONFIG_FILE={CLOUDS_YAML}\n"
-            f"IVC_SPEC=env/{self.env}.toml\n")
+            f"IVC_SPEC=env/{self.env}.toml\n" + extra)
+        return env_dir
+
+    def secgroup_lines(self, description: str) -> list[str]:
+        """The declaration of the world's security group (SSH from anywhere), if it has one."""
+        if not self.secgroup:
+            return []
+        return [f'[secgroups.{self.secgroup}]', f'description = "{description}"',
+                'rules = [ { protocol = "tcp", ports = "22", '
+                'remote_ip_prefix = "0.0.0.0/0" } ]', '']
+
+    def write(self) -> None:
+        env_dir = self.write_env()
         (env_dir / "t.j2").write_text('#cloud-config\nfinal_message: "{{ greeting }}"\n')
         lines = ['[defaults]', 'image = "ivc-tiny"', 'flavor = "m1.tiny"',
                  'keypair = "ivc-demo"', 'userdata = "t.j2"',
                  f'userdata_vars = {{ greeting = "{self.greeting}" }}', '',
                  # today's local cloud runs no guest: nothing prints cloud-init's final line
                  '[defaults.checks]', 'cloud_init = false', '']
-        if self.secgroup:
-            lines += [f'[secgroups.{self.secgroup}]', 'description = "ivc rotate test"',
-                      'rules = [ { protocol = "tcp", ports = "22", '
-                      'remote_ip_prefix = "0.0.0.0/0" } ]', '']
+        lines += self.secgroup_lines("ivc rotate test")
         for name, opts in self.servers.items():
             vols = ", ".join(f'"{v}"' for v in opts.get("volumes", ()))
             groups = f'["{self.secgroup}"]' if self.secgroup else "[]"

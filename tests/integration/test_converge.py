@@ -23,21 +23,13 @@ class ConvergeWorld(World):
     images: list[str] = field(default_factory=list)  # image ids made here (deleted at the end)
 
     def write(self) -> None:
-        env_dir = self.root / "env"
-        env_dir.mkdir(parents=True, exist_ok=True)
-        (env_dir / f"{self.env}.env").write_text(
-            "OS_CLOUD=ivc-local\n"
-            f"OS_CLIENT_CONFIG_FILE={self.conn_config()}\n"
-            f"IVC_SPEC=env/{self.env}.toml\nIVC_POLL_INTERVAL=0.2\n")
+        env_dir = self.write_env("IVC_POLL_INTERVAL=0.2\n")
         # not final_message: it replaces the final line that the cloud_init check waits for
         (env_dir / "t.j2").write_text('#cloud-config\nbootcmd:\n  - echo "{{ greeting }}"\n')
         lines = ['[defaults]', 'image = "ivc-tiny"', 'flavor = "m1.tiny"',
                  'keypair = "ivc-demo"', 'userdata = "t.j2"', 'networks = ["private"]',
                  'userdata_vars = { greeting = "v1" }', '']
-        if self.secgroup:
-            lines += [f'[secgroups.{self.secgroup}]', 'description = "ivc converge test"',
-                      'rules = [ { protocol = "tcp", ports = "22", '
-                      'remote_ip_prefix = "0.0.0.0/0" } ]', '']
+        lines += self.secgroup_lines("ivc converge test")
         for name, opts in self.servers.items():
             lines += [f'[servers.{name}]',
                       *([f'image = "{opts["image"]}"'] if opts.get("image") else []),
@@ -46,11 +38,6 @@ class ConvergeWorld(World):
                         if opts.get("greeting") else []),
                       f'security_groups = {json.dumps(opts.get("groups", []))}', '']
         (env_dir / f"{self.env}.toml").write_text("\n".join(lines))
-
-    @staticmethod
-    def conn_config() -> str:
-        from tests.integration.rotateworld import CLOUDS_YAML
-        return str(CLOUDS_YAML)
 
     def converge(self, *args: str, expect: int = 0) -> dict:
         proc = self.run("converge", *args, "--json", timeout=600)

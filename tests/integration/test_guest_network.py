@@ -334,7 +334,8 @@ def test_teardown_leaves_nothing(tmp_path):
             netmodel.NetState(ports=[port]), [port], {}, set(), {"net-" + tag}))
         assert "-A ivc-i-port" in ns_run(ns, "iptables", "-S").stdout
         assert guestnet.teardown(ns, host_dev) == [       # what `devcloud.down` runs
-            f"namespace {ns}", f"veth {host_dev} and the host routes through it"]
+            f"veth {host_dev}", f"host routes through {host_dev}: 198.19.99.0/24",
+            f"namespace {ns}"]
         assert ns not in netplumb.namespaces()
         assert host_dev not in netplumb.links()
         assert netplumb.host_routes() == before_routes

@@ -219,9 +219,14 @@ def test_down_stops_every_guest_and_frees_its_namespace_and_loop_devices(tmp_pat
         guest.attach_disk(uid, "0123456789abcdef0123456789", volume, "/dev/vdb", base)
         assert subprocess.run(guest.exec_argv(pid, ["test", "-b", "/dev/disk/by-id/virtio-"
                                                     "0123456789abcdef0123"])).returncode == 0
+        loop = guest.disks(uid, base)[0]["loop"]
         said = []
         assert guests.stop_all(Layout(base), said.append) == [uid]
-        assert said == ["guests: stopped 1; their namespaces and loop devices removed"]
+        assert said[0] == f"guests: stopped 1 ({uid})"       # then one line per kind
+        assert said[1].startswith("guests: ended ") and f"{pid}" in said[1]
+        assert said[2:] == [f"guests: 1 overlay mounts went with their processes ({uid})",
+                            f"guests: freed loop devices {loop} (vol.img)",
+                            f"guests: removed network namespaces ivcg-{uid}"]
         assert not Path(f"/proc/{pid}").exists() or guest._zombie(pid)
         assert subprocess.run(["losetup", "-j", str(volume)], capture_output=True,
                               text=True).stdout == ""
@@ -230,3 +235,47 @@ def test_down_stops_every_guest_and_frees_its_namespace_and_loop_devices(tmp_pat
     finally:
         guest.destroy(uid, base)
     assert leftovers(uid, base)["state"] is False
+
+
+def test_removing_one_folders_guests_leaves_another_folders_running(tmp_path):
+    """What ``up`` does to the guests of a cloud started from another checkout (and ``down``
+    to its own), on two folders of this test's own: only that folder's guest, loop device and
+    namespace go; the other's guest runs on with its disk."""
+    from ivc_tasks.devcloud import guests
+    from ivc_tasks.devcloud.layout import Layout
+
+    guest = guests.plugin_module("guest")
+    started = {}
+    for side in ("a", "b"):
+        base = tmp_path / ("devcloud" if side == "a" else "devcloud2")   # b's starts with a's
+        (base / "guest-root").mkdir(parents=True)
+        (base / "guest-root" / "bookworm").symlink_to(DEVCLOUD / "guest-root" / "bookworm")
+        uid = f"{GUEST_PREFIX}two-{side}-{uuid.uuid4().hex[:8]}"
+        guest.prepare(uid, hostname=f"g-two-{side}", seed={}, base=base)
+        volume = base / "data" / "volumes" / f"{side}.img"
+        volume.parent.mkdir(parents=True)
+        with open(volume, "wb") as handle:
+            handle.truncate(64 * 1024 ** 2)
+        started[side] = (base, uid, guest.start(uid, base), volume)
+    try:
+        for base, uid, _, volume in started.values():
+            guest.attach_disk(uid, "0123456789abcdef0123456789", volume, "/dev/vdb", base)
+        base_a, uid_a, pid_a, vol_a = started["a"]
+        base_b, uid_b, pid_b, vol_b = started["b"]
+        said = []
+        assert guests.stop_all(Layout(base_a), said.append, label="guests of A") == [uid_a]
+        assert said[0] == f"guests of A: stopped 1 ({uid_a})"
+        assert not guest.running(uid_a, base_a)
+        assert leftovers(uid_a, base_a) == {"netns": False, "state": True, "loop": False,
+                                            "overlay": False}
+        assert subprocess.run(["losetup", "-j", str(vol_a)], capture_output=True,
+                              text=True).stdout == ""
+        # the other folder's guest: running, its namespace and its loop device still there
+        assert guest.init_pid(uid_b, base_b) == pid_b
+        assert Path(f"/run/netns/ivcg-{uid_b}").exists()
+        assert str(vol_b) in subprocess.run(["losetup", "-j", str(vol_b)], capture_output=True,
+                                            text=True).stdout
+        assert all(uid_b not in line and str(base_b) not in line for line in said), said
+    finally:
+        for base, uid, _, _ in started.values():
+            guest.destroy(uid, base)

@@ -2,7 +2,9 @@
 
 A test module declares what its world holds, as module constants; the fixtures read them:
 
-- ``SPEC`` (required by ``spec_of``, ``spec`` and ``task_env``): the declarations (TOML).
+- ``SPEC`` (required by ``spec_of``, ``spec`` and ``task_env``): the declarations (TOML),
+  composed from the shared pieces of ``declared.py`` (``DEFAULTS``, ``WEB1``) plus the module's
+  own lines, or imported from the module whose world it shares.
 - ``ENV`` (default ``"test"``): the environment's name the declarations are loaded for.
 - ``VOLUMES`` (default none): the volumes the fake cloud holds before the test (``conn``).
 - ``TEMPLATE`` (default ``hostname: {{ server }}``): the user_data template ``t.j2``.

@@ -53,6 +53,9 @@ from openstack import exceptions as sdk
 from requests.structures import CaseInsensitiveDict
 
 PROJECT = "p-1"
+# The fake cloud's wall clock (unix time: 2026-01-01T00:00:00Z), and the default of the runs
+# ``ticking_cloud`` makes: a lock keypair's created_at and a run's "now" agree, whatever the day.
+WALL_NOW = 1767225600.0
 _ids = itertools.count(1)
 # the metadata and attach/detach checks of Nova (check_instance_state): vm states allowed
 METADATA_STATES = ("ACTIVE", "PAUSED", "SUSPENDED", "SHUTOFF")
@@ -104,6 +107,11 @@ def _id(thing: Any) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _stamp(unix: float) -> str:
+    """A unix time as Nova writes created_at (UTC, no zone)."""
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 class Resource(SimpleNamespace):
@@ -167,6 +175,7 @@ class FakeConnection:
     current_project_id = PROJECT
 
     def __init__(self):
+        self.wall_clock = lambda: WALL_NOW   # a keypair's created_at (the locks' age)
         self.calls: list[tuple[str, tuple, dict]] = []
         self.failures: dict[str, list] = {}
         self.groups: list[SimpleNamespace] = []
@@ -361,7 +370,8 @@ class FakeConnection:
 
     def add_lock(self, keypair_name: str, public_key: str, created_at: str | None = None):
         """A keypair as another run's lock leaves it."""
-        key = Resource(name=keypair_name, public_key=public_key, created_at=created_at or _now())
+        key = Resource(name=keypair_name, public_key=public_key,
+                       created_at=created_at or _stamp(self.wall_clock()))
         self.keys.append(key)
         return key
 
@@ -760,7 +770,7 @@ class FakeConnection:
     def compute_create_keypair(self, name, public_key):
         if any(k.name == name for k in self.keys):
             raise conflict(f"Key pair '{name}' already exists.")
-        key = Resource(name=name, public_key=public_key, created_at=_now())
+        key = Resource(name=name, public_key=public_key, created_at=_stamp(self.wall_clock()))
         self.keys.append(key)
         return key
 
@@ -812,7 +822,8 @@ def _name(keypair: Any) -> str:
 def ticking_cloud(conn: FakeConnection, env: str, *, tick: float = 0.5, **fields: Any):
     """A fresh run (new run id, empty cache) on the fake cloud, with no sleeping and a clock
     that ticks ``tick`` seconds at every look, so that a wait that never ends times out after a
-    few hundred polls instead of minutes. ``fields`` override any Cloud field (e.g. ``sleep``
+    few hundred polls instead of minutes; its wall clock is the fake cloud's (``WALL_NOW``).
+    ``fields`` override any Cloud field (e.g. ``sleep``
     to record the waits) or Settings field (``parallel``, ``floating_network``...)."""
     import dataclasses
 
@@ -825,6 +836,7 @@ def ticking_cloud(conn: FakeConnection, env: str, *, tick: float = 0.5, **fields
     cloud_fields = {f.name for f in dataclasses.fields(Cloud)}
     settings = {"poll_interval": 0} | {k: v for k, v in fields.items() if k not in cloud_fields}
     defaults = dict(sleep=lambda s: None, clock=lambda: next(ticks) * tick,
+                    wall_clock=getattr(conn, "wall_clock", lambda: WALL_NOW),
                     retry_overrides={"wait": tenacity.wait_none()})
     return Cloud(conn=conn, settings=make_settings(env, **settings),
                  **(defaults | {k: v for k, v in fields.items() if k in cloud_fields}))

@@ -19,7 +19,7 @@ def test_cloud_copies_no_settings_field():
     """Timings, retries, floating network, workers: read from ``cloud.settings`` only."""
     own = {f.name for f in dataclasses.fields(Cloud)}
     assert own == {"conn", "settings", "counter", "run_id", "retry_overrides", "sleep", "clock",
-                   "listings", "shared"}
+                   "wall_clock", "listings", "shared"}
     assert own & {f.name for f in dataclasses.fields(Settings)} == set()
 
 

@@ -1,11 +1,9 @@
 """create-instance under the server's lock (issue 18): a second run waits for the first's lock,
 then looks again and finds the server: one server, both done."""
 
-import time
-
 import pytest
 import tenacity
-from fakecloud import FakeConnection
+from fakecloud import WALL_NOW, FakeConnection
 from test_ops import SPEC  # noqa: F401 (conftest's spec_of reads SPEC)
 
 from ivc_tasks.cloud import Cloud
@@ -26,13 +24,14 @@ def cloud_on(conn, on_sleep=lambda: None):
         on_sleep()
 
     return Cloud(conn=conn, settings=make_settings("test", poll_interval=0), sleep=sleep,
-                 clock=lambda: ticks[0], retry_overrides={"wait": tenacity.wait_none()})
+                 clock=lambda: ticks[0], wall_clock=conn.wall_clock,
+                 retry_overrides={"wait": tenacity.wait_none()})
 
 
 def test_a_create_waits_for_another_runs_lock_then_finds_its_server(spec_of):
     conn = FakeConnection()
     spec = spec_of()
-    conn.add_lock(lock_name("test", "edge"), HOLDER.format(start=int(time.time())))
+    conn.add_lock(lock_name("test", "edge"), HOLDER.format(start=int(WALL_NOW)))
     made = []
 
     def the_other_run_ends():  # while we wait: its server made, its lock released
@@ -47,7 +46,7 @@ def test_a_create_waits_for_another_runs_lock_then_finds_its_server(spec_of):
 
 def test_a_lock_held_past_the_wait_is_locked_exit_4():
     conn = FakeConnection()
-    conn.add_lock(lock_name("test", "edge"), HOLDER.format(start=int(time.time())))
+    conn.add_lock(lock_name("test", "edge"), HOLDER.format(start=int(WALL_NOW)))
     with pytest.raises(Locked) as info:
         acquire_waiting(cloud_on(conn), "edge", op="create-instance", timeout=5)
     assert info.value.exit_code == 4

@@ -9,10 +9,10 @@ with the metadata ivc gives them.
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
-from fakecloud import http_error, ticking_cloud
+from declared import DEFAULTS, WEB1
+from fakecloud import WALL_NOW, http_error, ticking_cloud
 
 from ivc_tasks.errors import ConfigError, Locked
 from ivc_tasks.steps.destroy import destroy
@@ -21,18 +21,7 @@ from ivc_tasks.steps.status import status
 ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
-
+SPEC = DEFAULTS + WEB1 + """
 [servers.web2]
 networks = ["private"]
 floating_ip = false
@@ -176,7 +165,7 @@ def test_destroy_deletes_every_server_a_half_done_rotation_left(conn, spec):
 def test_destroy_of_a_server_locked_by_another_run_is_exit_4(conn, spec):
     web1, fip = deployed(conn, spec)
     conn.add_lock(LOCK, f"ssh-ed25519 AAAAx ivc-lock op=rotate run=other1 host=ci-runner-9 "
-                        f"pid=4242 start={int(time.time())} ttl=3600")
+                        f"pid=4242 start={int(WALL_NOW)} ttl=3600")
     with pytest.raises(Locked) as info:
         destroy(new_cloud(conn), spec, "web1")
     assert info.value.exit_code == 4
@@ -257,13 +246,15 @@ def test_status_shows_a_rotation_under_way_and_the_lock(conn, spec):
     new = conn.add_server("web1", networks=["net-priv"], metadata=tags(
         spec, gen=2, ivc_rotation="rot-1", ivc_role="new", ivc_replaces=web1.id))
     conn.add_lock(LOCK, f"ssh-ed25519 AAAAx ivc-lock op=rotate run=other1 host=ci-runner-9 "
-                        f"pid=4242 start={int(time.time())} ttl=3600")
+                        f"pid=4242 start={int(WALL_NOW) - 90} ttl=3600")
     result = status(new_cloud(conn), spec, ["web1"])
     items = [s for s in result.servers if s.name == "web1"]
     assert [s.id for s in items] == [new.id, web1.id]  # newest generation first
     assert items[0].rotation == {"id": "rot-1", "role": "new"} and items[1].rotation is None
     assert all(s.lock.startswith("locked by rotate run other1 on host ci-runner-9")
                for s in items)
+    assert items[0].lock == ("locked by rotate run other1 on host ci-runner-9, pid 4242, "
+                             "started 90 s ago")   # on the run's wall clock (the fake's)
     assert "rotation rot-1 under way (new)" in items[0].line()
     assert conn.mutations() == []
 

@@ -4,39 +4,23 @@ nothing. Against the in-memory fake cloud."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 from fakecloud import FakeConnection, ticking_cloud
-from test_destroy_status_unit import SPEC, deployed, tags
+from test_destroy_status_unit import SPEC, deployed, tags  # noqa: F401 (conftest reads SPEC)
 
 from ivc_tasks.resources.servers import managed_servers
-from ivc_tasks.spec import Keypair, load_spec
+from ivc_tasks.spec import Keypair
 from ivc_tasks.steps import destroy as destroy_step
 from ivc_tasks.steps.keypairs import apply_keypairs, describe_keypairs
 
 ENV = "test"
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them; spec and conn are conftest's
 
 
 def actions(result):
     return [a.to_dict() for a in result.actions]
-
-
-@pytest.fixture
-def spec(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    path = tmp_path / "spec.toml"
-    path.write_text(textwrap.dedent(SPEC))
-    return load_spec(path, env_name=ENV)
-
-
-@pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
 
 
 @pytest.mark.parametrize("status", ["ACTIVE", "ERROR"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from declared import DEFAULTS, WEB1
 from fakecloud import FINISHED_CONSOLE, FakeConnection, ticking_cloud
 from test_rotate_unit import ENV, assert_serving, deployed, mid_rotation, web1_servers
 
@@ -22,18 +23,7 @@ FAILED_RUNCMD = FINISHED_CONSOLE.replace(
     "-----BEGIN SSH", "2026-12-04 14:00:04,123 - cc_scripts_user.py[WARNING]: Failed to run "
     "module scripts-user (scripts in /var/lib/cloud/instance/scripts)\n-----BEGIN SSH", 1)
 NEVER_FINISHES = FINISHED_CONSOLE.split("-----BEGIN SSH")[0]
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
-
+SPEC = DEFAULTS + WEB1 + """
 [servers.web1.checks]
 timeout = 3
 interval = 1

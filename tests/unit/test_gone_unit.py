@@ -5,12 +5,11 @@ tests count it as gone."""
 
 from __future__ import annotations
 
-import textwrap
 from types import SimpleNamespace
 
 import pytest
 from fakecloud import FakeConnection, ticking_cloud
-from test_destroy_status_unit import SPEC, tags
+from test_destroy_status_unit import SPEC, tags  # noqa: F401 (conftest reads SPEC)
 
 from ivc_tasks.resources.servers import (
     GONE_STATUSES,
@@ -20,19 +19,10 @@ from ivc_tasks.resources.servers import (
     unmanaged_twins,
 )
 from ivc_tasks.resources.waits import get_server
-from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.destroy import destroy
 from ivc_tasks.steps.status import status
 
-ENV = "test"
-
-
-@pytest.fixture
-def spec(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-    path = tmp_path / "spec.toml"
-    path.write_text(textwrap.dedent(SPEC))
-    return load_spec(path, env_name=ENV)
+ENV = "test"   # SPEC is test_destroy_status_unit's; spec and conn are conftest's
 
 
 @pytest.mark.parametrize("server,gone", [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from declared import DEFAULTS, WEB1
 from fakecloud import FakeConnection, ticking_cloud
 from test_rotate_unit import ENV, deployed, mid_rotation
 
@@ -47,17 +48,7 @@ def test_groups_from_metadata(meta, expected):
     assert groups_of("prod", meta) == expected
 
 
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
+SPEC = DEFAULTS + WEB1 + """\
 ssh_user = "admin"
 metadata = { role = "web" }
 """

@@ -5,6 +5,7 @@ import base64
 import json
 
 import pytest
+from declared import DEFAULTS
 from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError
@@ -15,13 +16,7 @@ from ivc_tasks.steps.secgroups import ensure_secgroups
 from ivc_tasks.steps.volumes import attach_volume
 from ivc_tasks.userdata import userdata_sha256
 
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
+SPEC = DEFAULTS + """
 [secgroups.web]
 description = "web"
 rules = [

@@ -8,24 +8,18 @@ markers), not only what rotate returned.
 
 from __future__ import annotations
 
-import textwrap
 import threading
 
 import pytest
-from fakecloud import FakeConnection, http_error
+from declared import DEFAULTS
+from fakecloud import http_error
 from test_rotate_unit import ENV, LOCK, MARKERS, new_cloud, tags
 
 from ivc_tasks.errors import CloudError, RolledBack
-from ivc_tasks.spec import load_spec
 from ivc_tasks.steps.rotate import RotateFailed, RotateOptions, rotate
 
-KEPT = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
+VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
+KEPT = DEFAULTS + """
 [servers.web1]
 networks = ["public"]
 keep_address = ["public"]
@@ -35,27 +29,7 @@ metadata = { role = "web" }
 
 
 @pytest.fixture
-def conn():
-    fake = FakeConnection()
-    fake.add_volume("web1-data")
-    fake.add_volume("web1-logs")
-    return fake
-
-
-@pytest.fixture
-def spec_of(tmp_path):
-    (tmp_path / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n")
-
-    def make(text):
-        path = tmp_path / "spec.toml"
-        path.write_text(textwrap.dedent(text))
-        return load_spec(path, env_name=ENV)
-
-    return make
-
-
-@pytest.fixture
-def kept_spec(spec_of):
+def kept_spec(spec_of):    # spec_of and conn are conftest's
     return spec_of(KEPT)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from fakecloud import http_error, ticking_cloud
+from declared import DEFAULTS, WEB1
+from fakecloud import WALL_NOW, http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, Locked, RolledBack
 from ivc_tasks.steps.rotate import RotateOptions, rotate
@@ -21,17 +22,7 @@ ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 MARKERS = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback")
 VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
+SPEC = DEFAULTS + WEB1 + """\
 metadata = { role = "web" }
 """
 
@@ -350,11 +341,9 @@ def test_a_rerun_after_a_complete_rotation_rotates_again(conn, spec):
 
 # -- the lock, refusals, dry run ---------------------------------------------------------------
 def test_a_lock_held_by_another_live_run_is_exit_4_and_nothing_changes(conn, spec):
-    import time
-
     old, fip = deployed(conn, spec)
     conn.add_lock(LOCK, f"ssh-ed25519 AAAAx ivc-lock op=rotate run=other1 host=ci-runner-9 "
-                        f"pid=4242 start={int(time.time())} ttl=3600")
+                        f"pid=4242 start={int(WALL_NOW)} ttl=3600")
     with pytest.raises(Locked) as info:
         rotate(new_cloud(conn), spec, ["web1"])
     assert info.value.exit_code == 4

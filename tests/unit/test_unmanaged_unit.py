@@ -10,6 +10,7 @@ import hashlib
 import textwrap
 
 import pytest
+from declared import DEFAULTS, WEB1
 from fakecloud import http_error, ticking_cloud
 
 from ivc_tasks.errors import CloudError, ConfigError, RolledBack
@@ -25,18 +26,7 @@ ENV = "test"
 LOCK = f"ivc-lock-{ENV}-web1"
 MARKERS = ("ivc_rotation", "ivc_role", "ivc_replaces", "ivc_was", "ivc_rollback")
 VOLUMES = ("web1-data", "web1-logs")  # the fake cloud holds them (conftest's conn)
-SPEC = """
-[defaults]
-image = "ivc-tiny"
-flavor = "m1.tiny"
-keypair = "ivc-demo"
-userdata = "t.j2"
-
-[servers.web1]
-networks = ["private"]
-volumes = ["web1-data", "web1-logs"]
-floating_ip = true
-"""
+SPEC = DEFAULTS + WEB1
 TWO_SHARING_A_KEY = """
 [defaults]
 image = "ivc-tiny"

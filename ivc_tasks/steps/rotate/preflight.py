@@ -261,5 +261,5 @@ def lock_holder(cloud: Cloud, name: str) -> str | None:
     wanted = lock_name(cloud.env, name)
     for keypair in list_keypairs(cloud):
         if keypair.name == wanted:
-            return lock_text(keypair) + ": a real run would exit 4"
+            return lock_text(keypair, cloud.wall_clock()) + ": a real run would exit 4"
     return None

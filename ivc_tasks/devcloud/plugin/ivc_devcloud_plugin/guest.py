@@ -234,7 +234,7 @@ def destroy(uuid, base=None):
     stop(uuid, base)
     folder = state_dir(uuid, base)
     for disk in disks(uuid, base):
-        _run(["losetup", "-d", disk["loop"]], check=False)
+        free_loop(disk)
     delete_netns(uuid)
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -321,14 +321,26 @@ def attach_disk(uuid, volume_id, backing_file, device, base=None):
     return entry
 
 
-def _loop(entry):
-    """The entry with a loop device over its file (a new one unless its own still is)."""
+def _loop_holds(entry):
+    """Whether the entry's loop device is still over the entry's file (``down`` frees loop
+    devices; the kernel may give the number to another file since, of another cloud even)."""
     try:
         name = os.path.basename(entry["loop"])
-        if Path(f"/sys/block/{name}/loop/backing_file").read_text().strip() == entry["file"]:
-            return entry
+        return Path(f"/sys/block/{name}/loop/backing_file").read_text().strip() == entry["file"]
     except OSError:
-        pass
+        return False
+
+
+def free_loop(entry):
+    """Detach the entry's loop device, only while it is still over the entry's file."""
+    if _loop_holds(entry):
+        _run(["losetup", "-d", entry["loop"]], check=False)
+
+
+def _loop(entry):
+    """The entry with a loop device over its file (a new one unless its own still is)."""
+    if _loop_holds(entry):
+        return entry
     loop = _run(["losetup", "--find", "--show", entry["file"]]).stdout.strip()
     rdev = os.stat(loop).st_rdev
     return {**entry, "loop": loop, "majmin": f"{os.major(rdev)}:{os.minor(rdev)}"}
@@ -351,7 +363,7 @@ def detach_disk(uuid, device, base=None):
         if pid is not None:
             guest_exec(pid, ["sh", "-c", f"rm -f /dev/{entry['device']} "
                              f"/dev/disk/by-id/{entry['by_id']}"])
-        _run(["losetup", "-d", entry["loop"]], check=False)
+        free_loop(entry)
     return gone
 
 
@@ -367,24 +379,3 @@ def exec_argv(pid, argv):
 def guest_exec(pid, argv, check=False, **kwargs):
     return subprocess.run(exec_argv(pid, argv), check=check, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, **kwargs)
-
-
-# -- every guest (devcloud down) -------------------------------------------------------------
-
-def all_uuids(base=None):
-    folder = guests_dir(base)
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def stop_all(base=None):
-    """Stop every guest and free what it holds on the host (namespaces, loop devices); keep the
-    disks. Returns the uuids of the guests that were running."""
-    stopped = []
-    for uuid in all_uuids(base):
-        if running(uuid, base):
-            stopped.append(uuid)
-        stop(uuid, base)
-        for disk in disks(uuid, base):
-            _run(["losetup", "-d", disk["loop"]], check=False)
-        delete_netns(uuid)
-    return stopped
