@@ -140,3 +140,24 @@ def test_a_service_counts_as_started_only_once_it_reported_since_its_start():
     assert not reported_since([_record("up", None)], started)
     assert reported_since([_record("up", "2026-11-25T13:00:00"),
                            _record("up", "2026-11-25T13:01:40Z")], started)
+
+
+@pytest.mark.parametrize("missing, installs", [
+    ({"ssh"}, True),  # a bare Debian machine: no ssh client to reach the guests
+    ({"iptables-restore"}, True),
+    (set(), False),
+])
+def test_debian_packages_install_the_ssh_client_when_ssh_is_missing(monkeypatch, missing,
+                                                                   installs):
+    from ivc_tasks.devcloud import bootstrap
+
+    monkeypatch.setattr(bootstrap.shutil, "which",
+                        lambda name: None if name in missing else f"/usr/bin/{name}")
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    ran = []
+    monkeypatch.setattr(bootstrap, "run", lambda argv, **kw: ran.append(argv))
+    bootstrap.ensure_debian_packages(lambda text: None)
+    installed = [argv for argv in ran if argv[:2] == ["apt-get", "install"]]
+    assert bool(installed) == installs
+    if installs:
+        assert "openssh-client" in installed[0]
