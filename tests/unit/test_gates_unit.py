@@ -258,3 +258,26 @@ def test_deploy_dry_run_says_what_the_gate_would_check(world):
     assert check.lines() == ["check web1: would wait for cloud_init (console: 'Cloud-init v. "
                              "... finished'), tcp 22 (timeout 3 s, every 1 s)"]
     assert conn.mutations() == []
+
+
+def test_deploy_gate_waits_for_the_declared_final_message(world):
+    conn, spec_of, tmp = world
+    (tmp / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n"
+                              "final_message: \"{{ server }} is up after $uptime s\"\n")
+    spec = spec_of()
+    assert deploy(cloud_of(conn, tmp), spec, dry_run=True).steps[-1].lines() == [
+        "check web1: would wait for cloud_init (console: final_message 'web1 is up after "
+        "$uptime s') (timeout 3 s, every 1 s)"]
+    # cloud-init's own line is not printed when the user_data declares its own: timed out
+    with pytest.raises(DeployFailed, match="check cloud_init timed out"):
+        deploy(cloud_of(conn, tmp), spec)
+    conn = FakeConnection()  # a new world whose console prints the declared line
+    conn.add_volume("web1-data")
+    conn.add_volume("web1-logs")
+    conn.console_default = FINISHED_CONSOLE.replace(FINISHED_CONSOLE.splitlines()[-1],
+                                                    "web1 is up after 7.0 s")
+    result = deploy(cloud_of(conn, tmp), spec)
+    check = next(s for s in result.steps if s.step == "check")
+    assert check.info["checks"]["ok"] is True
+    assert check.lines()[0].startswith("check web1: check cloud_init: passed after ")
+    assert check.lines()[0].endswith(" s (web1 is up after 7.0 s)")
