@@ -332,3 +332,70 @@ def test_a_new_server_whose_cloud_init_fails_or_never_finishes_never_stops_the_o
             assert word in run.data["error"], (word, run.data["error"])
         back = web(ivc)
         assert back.id == old.id and back.status == "ACTIVE" and fip_of(conn, old.id)
+
+
+FINAL_MESSAGE_SPEC = """[defaults]
+image = "ivc-tiny"
+flavor = "m1.tiny"
+keypair = "ivc-demo"
+userdata = "templates/final.j2"
+
+[servers.PREFIX-fm]
+networks = ["private"]
+
+[servers.PREFIX-fm.checks]
+timeout = 240
+interval = 1
+"""
+
+
+def test_a_declared_final_message_is_the_line_the_gate_waits_for(givc, conn):
+    """cloud-init prints the declared final_message instead of its own "finished at" line: the
+    gate recognises it (deploy passes in seconds, not at the timeout); a final_message it
+    could not recognise is refused before any request."""
+    ivc = givc
+    template = ivc.root / "env" / "templates" / "final.j2"
+    template.write_text('#cloud-config\nfinal_message: "ivc {{ server }} up after $uptime s '
+                        '(cloud-init ${version})"\n')
+    ivc.write_spec(FINAL_MESSAGE_SPEC, guests=True)
+    name = f"{ivc.prefix}-fm"
+    start = time.monotonic()
+    run = ivc.run("deploy", "--json")
+    took = time.monotonic() - start
+    assert run.code == 0, (run.data or {}).get("error") or run
+    check = next(s for s in run.data["steps"] if s["step"] == "check")["info"]["checks"]
+    (cloud_init,) = check["checks"]
+    assert cloud_init["outcome"] == "passed", check
+    assert cloud_init["answer"].startswith(f"ivc {name} up after "), cloud_init
+    assert "(cloud-init 22.4" in cloud_init["answer"] and "$" not in cloud_init["answer"]
+    assert cloud_init["seconds"] < 120 and took < 200, (cloud_init, took)
+    log = conn.compute.get_server_console_output(web(ivc).id)["output"]
+    assert not [line for line in log.splitlines() if " finished at " in line], log[-2000:]
+
+    template.write_text('#cloud-config\nfinal_message: "$version $uptime"\n')
+    run = ivc.run("rotate", "--name", name, "--json")
+    assert run.code == 2 and run.data["requests"] == 0, run
+    for words in (f"servers.{name}.userdata: final_message", "no literal word",
+                  "set checks.cloud_init = false"):
+        assert words in run.data["error"], (words, run.data["error"])
+
+
+def test_create_instance_is_gated_as_deploy_is(ivc, tmp_path):
+    """create-instance alone: the new server is done only when its checks pass; a failing
+    check is exit 1 naming the server, the check and its last answer, the server left."""
+    marks = tmp_path / "ready"
+    marks.mkdir()
+    ivc.write_spec(HEAD.replace('volumes = ["PREFIX-data"]\n', "")
+                   + f'cloud_init = false\ncommand = ["test -e {marks}/{{id}}"]\n')
+    name = f"{ivc.prefix}-web"
+    dry = ivc.run("create-instance", "--name", name, "--dry-run")
+    assert dry.code == 0 and f"check {name}: would wait for command test -e" in dry.out, dry
+    run = ivc.run("create-instance", "--name", name, "--json")
+    assert run.code == 1, run
+    server = web(ivc)
+    for words in (f"server {name} ({server.id})", f"check command test -e {marks}/{{id}} "
+                  "timed out", "last answer: exit 1", "left as it is for inspection"):
+        assert words in run.data["error"], (words, run.data["error"])
+    assert server.status == "ACTIVE"
+    (marks / server.id).touch()
+    assert ivc.run("status", "--check").code == 0
