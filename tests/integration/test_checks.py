@@ -21,7 +21,10 @@ import time
 
 import pytest
 
+from .conftest import CLOUDS_YAML, cloud_state
+
 pytestmark = pytest.mark.cloud
+CLOUDS_DIR = CLOUDS_YAML.parent
 
 FAKE_CONSOLE = "FAKE CONSOLE OUTPUT"
 HEAD = """[defaults]
@@ -399,3 +402,70 @@ def test_create_instance_is_gated_as_deploy_is(ivc, tmp_path):
     assert server.status == "ACTIVE"
     (marks / server.id).touch()
     assert ivc.run("status", "--check").code == 0
+
+
+# -- a cloud that refuses the console log -------------------------------------------------------
+@pytest.fixture
+def no_console(ivc, admin_conn, tmp_path):
+    """ivc run as a user of project ivc who holds the devcloud's ``ivc-no-console`` role: Nova
+    refuses them the console log (403, the devcloud's nova policy.yaml), as some clouds do."""
+    import secrets
+
+    import yaml
+
+    from ivc_tasks.devcloud.configs import NO_CONSOLE_ROLE, NOVA_POLICY
+
+    policy = CLOUDS_DIR / "etc" / "nova" / "policy.yaml"
+    if not policy.exists() or policy.read_text() != NOVA_POLICY:
+        pytest.fail(f"{policy} does not refuse the console to role {NO_CONSOLE_ROLE}: the "
+                    "devcloud's configs.write_all writes it (`invoke devcloud.up`)")
+    identity = admin_conn.identity
+    # (listings, not find_*: their ignore_missing is deprecated, an error in this session)
+    role = next(iter(identity.roles(name=NO_CONSOLE_ROLE)), None) \
+        or identity.create_role(name=NO_CONSOLE_ROLE)
+    (member,) = identity.roles(name="member")
+    (project,) = identity.projects(name="ivc", domain_id="default")
+    password = secrets.token_urlsafe(16)
+    user = identity.create_user(name=f"{ivc.prefix}-user", password=password,
+                                default_project_id=project.id, domain_id="default")
+    try:
+        for each in (member, role):
+            identity.assign_project_role_to_user(project, user, each)
+        clouds = yaml.safe_load((CLOUDS_DIR / "clouds.yaml").read_text())
+        entry = clouds["clouds"]["ivc-local"]
+        entry["auth"] = {**entry["auth"], "username": user.name, "password": password}
+        path = tmp_path / "clouds-no-console.yaml"
+        path.write_text(yaml.safe_dump({"clouds": {"ivc-no-console": entry}}))
+        path.chmod(0o600)
+        ivc.env_file.write_text(f"OS_CLOUD=ivc-no-console\nOS_CLIENT_CONFIG_FILE={path}\n"
+                                "IVC_POLL_INTERVAL=0.5\n")
+        yield ivc
+    finally:
+        identity.delete_user(user, ignore_missing=True)
+
+
+def test_a_cloud_that_refuses_the_console(no_console):
+    """cloud_init falls back to the other checks (said once); with cloud_init the only check,
+    a rotate is exit 2 before any change (asked on the existing server)."""
+    ivc = no_console
+    spec = (HEAD.replace('keypair = "ivc-demo"\n', "").replace('volumes = ["PREFIX-data"]\n', "")
+            .replace("timeout = 4", "timeout = 30"))
+    ivc.write_spec(spec + 'command = ["true"]\n')
+    name = f"{ivc.prefix}-web"
+    run = ivc.run("deploy", "--json")
+    assert run.code == 0, run
+    checks = next(s for s in run.data["steps"] if s["step"] == "check")["info"]["checks"]
+    assert [(c["check"], c["outcome"]) for c in checks["checks"]] == [
+        ("cloud_init", "skipped"), ("command true", "passed")], checks
+    assert "console refused (HTTP 403)" in checks["checks"][0]["answer"]
+    assert run.err.count("refuses the console log") == 1, run.err
+    before = cloud_state(ivc.conn, ivc.prefix, ivc.env)
+
+    ivc.write_spec(spec)  # cloud_init, the only check
+    run = ivc.run("rotate", "--name", name, "--json")
+    assert run.code == 2, run
+    assert run.data["mutating_requests"] == 0
+    for words in ("refuses the console log", "HTTP 403", f"{name} declare no other check",
+                  "set cloud_init = false"):
+        assert words in run.data["error"], (words, run.data["error"])
+    assert cloud_state(ivc.conn, ivc.prefix, ivc.env) == before

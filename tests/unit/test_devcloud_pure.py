@@ -60,6 +60,12 @@ def test_configs_carry_the_options_that_matter(tmp_path):
     cinder = _read(layout.etc / "cinder/cinder.conf")
     assert cinder["fake"]["volume_driver"] == "ivc_devcloud_plugin.fake_volume.FakeVolumeDriver"
     assert _read(layout.etc / "keystone/keystone.conf")["token"]["provider"] == "fernet"
+    # Nova refuses the console log to the role the console-refused tests give their own user
+    import yaml
+    policy = yaml.safe_load((layout.etc / "nova/policy.yaml").read_text())
+    assert policy == {"os_compute_api:os-console-output":
+                      "rule:project_member_or_admin and not role:ivc-no-console"}
+    assert configs.write_nova_policy(layout.etc / "nova/policy.yaml") is False  # unchanged
     for conf in layout.etc.rglob("*.conf"):
         assert oct(conf.stat().st_mode & 0o777) == "0o600", conf
 
