@@ -1,8 +1,9 @@
 """Declared checks against the local cloud: the cloud-config schema (exit 2, zero requests),
 deploy's and create-instance's gate, rotate's ready and healthy gates (exit 3, the old server
 untouched or given everything back), status --check, inventory from Neutron, a declared
-final_message, a user refused the console log (the devcloud's role ``ivc-no-console``). Checks that need no guest use what
-the test itself runs: an HTTP listener on 127.0.0.1 and local commands on ``{id}``.
+final_message, a user refused the console log (the devcloud's role ``ivc-no-console``). Checks
+that need no guest use what the test itself runs: an HTTP listener on 127.0.0.1 and local
+commands on ``{id}``.
 
 The tests that need real guests (cloud-init's final line, ssh with the host keys ivc wrote,
 ``ssh -F <inventory ssh-config>``, a new server that never serves) name their servers ``g-...``
