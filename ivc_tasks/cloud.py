@@ -48,6 +48,7 @@ from ivc_tasks.settings import Settings
 log = logging.getLogger("ivc")
 T = TypeVar("T")
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READ_ACTIONS = (b'"os-getConsoleOutput"',)  # server actions (POST) that change nothing
 # keystoneauth's own retries of a connection failure, for the requests ivc's calls do not send
 # through a service proxy: version discovery and the token request (see ``open_connection``)
 DISCOVERY_CONNECT_RETRIES = 3
@@ -76,7 +77,8 @@ class RequestCounter:
     """Counts every HTTP response the connection's session receives, by method.
 
     ``auth`` counts the token requests (``POST .../auth/tokens``); ``mutating`` the POST, PUT,
-    PATCH and DELETE requests other than those, i.e. the ones that change something.
+    PATCH and DELETE requests other than those, i.e. the ones that change something (Nova's
+    ``os-getConsoleOutput`` is a POST action that only reads: not counted).
     """
 
     by_method: Counter = field(default_factory=Counter)
@@ -87,11 +89,16 @@ class RequestCounter:
     def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
         """A requests response hook."""
         method = str(response.request.method).upper()
-        is_auth = str(response.request.url).rstrip("/").endswith("/auth/tokens")
+        url = str(response.request.url).rstrip("/")
+        is_auth = url.endswith("/auth/tokens")
+        body = getattr(response.request, "body", None) or b""
+        reads = url.endswith("/action") and any(
+            action in (body.encode() if isinstance(body, str) else body)
+            for action in READ_ACTIONS)
         with self._lock:
             self.by_method[method] += 1
             self.auth += is_auth
-            self.mutating += method in MUTATING_METHODS and not is_auth
+            self.mutating += method in MUTATING_METHODS and not is_auth and not reads
 
     @property
     def total(self) -> int:

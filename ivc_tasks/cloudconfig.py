@@ -11,6 +11,9 @@ that is not among the schema's own top-level ``properties`` (those of every modu
 An error names the key's YAML path, the line of the rendered user_data it is on, and the
 template it came from. A user_data whose first line is ``## template: jinja`` is rendered by
 cloud-init at boot from instance data ivc cannot know: it is not checked (a warning says so).
+
+``declared_final_message`` reads the ``final_message`` the ``cloud_init`` check must recognise
+(``console_log.final_message_pattern``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ivc_tasks.console_log import FinalMessageError, final_message_pattern
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.hints import did_you_mean
 
@@ -189,3 +193,31 @@ def check_cloud_config(text: str, *, version: str, spec_path: Path, entry: str,
             f"{problem}{more}; fix the template (checked against cloud-init {version}'s "
             "schema; [defaults] cloud_init_version chooses the version)")))
     return [f"{entry}: deprecated: {w}" for w in warnings]
+
+
+def declared_final_message(text: str) -> str | None:
+    """The top-level ``final_message`` of a rendered ``#cloud-config`` as cloud-init reads it
+    (``str()`` of the value, as ``util.get_cfg_option_str`` does), None when not set (or the
+    text is no YAML mapping: the schema check says so).
+
+    :raises FinalMessageError: the message cannot be recognised on the console (see
+        ``console_log.final_message_pattern``), or the user_data is a ``## template: jinja``
+        that sets it (rendered at boot from values ivc cannot know).
+    """
+    import yaml
+
+    if text.split("\n", 1)[0].strip() == JINJA_HEADER:
+        if re.search(r"(?m)^final_message\s*:", text):
+            raise FinalMessageError("the user_data is a '## template: jinja', rendered by "
+                                    "cloud-init at boot from values ivc cannot know")
+        return None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(config, dict) or "final_message" not in config:
+        return None
+    value = config["final_message"]
+    message = value if isinstance(value, str) else str(value)
+    final_message_pattern(message)
+    return message

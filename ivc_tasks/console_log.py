@@ -14,10 +14,18 @@ console handler prints WARNING and above as ``<time> - <file>[WARNING]: <message
   host keys   between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``
 
 Only the last boot counts: a server started again prints a second boot after the first.
+
+A cloud-config's ``final_message`` replaces the "done" line: ``final_message_pattern`` builds
+a matcher from its literal parts, as ``cc_final_message`` renders it (``templater.render_string``:
+a ``## template: jinja`` first line means jinja, ``## template: basic`` is dropped, then
+``$name`` and ``${name}`` are substituted with ``version``, ``timestamp``, ``datasource``,
+``uptime`` or the same names in capitals; any other name makes the rendering fail, and
+cloud-init then prints no final line at all).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -28,6 +36,10 @@ FAILURES = (
     re.compile(r"Failed to run module \S+"),
     re.compile(r"\bfailed (run of )?stage \S+"),
 )
+# cloud-init 22.4's templater: TYPE_MATCHER and BASIC_MATCHER; cc_final_message's names
+TEMPLATE_TYPE = re.compile(r"##\s*template:(.*)", re.I)
+BASIC_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}|\$([A-Za-z0-9_.]+)")
+FINAL_NAMES = ("version", "timestamp", "datasource", "uptime")
 BEGIN_KEYS = "-----BEGIN SSH HOST KEY KEYS-----"
 END_KEYS = "-----END SSH HOST KEY KEYS-----"
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "ssh-dss", "sk-ssh-ed25519@",
@@ -47,6 +59,63 @@ class BootState:
     failure: str | None
 
 
+class FinalMessageError(ValueError):
+    """A declared ``final_message`` whose printed line cannot be recognised; says why."""
+
+
+@functools.cache
+def final_message_pattern(template: str | None) -> re.Pattern[str] | None:
+    """A matcher of the lines cloud-init 22.4 prints for a declared ``final_message`` (None:
+    cloud-init's own line, ``FINAL``). Placeholders match any text on their line; every
+    literal part must be there, each line of the message a whole console line (trailing
+    blanks aside).
+
+    :raises FinalMessageError: a message cloud-init renders with jinja, one it cannot render
+        (an unknown template type or placeholder: no final line at all), or one without a
+        literal word to recognise.
+    """
+    text = (template or "").strip()  # cc_final_message strips; empty means its own line
+    if not text:
+        return None
+    first, _, rest = text.partition("\n")
+    header = TEMPLATE_TYPE.match(first)
+    if header:
+        kind = header.group(1).lower().strip()
+        if kind == "jinja":
+            raise FinalMessageError("it starts with '## template: jinja': cloud-init renders "
+                                    "it with jinja at boot, from values ivc cannot know")
+        if kind != "basic":
+            raise FinalMessageError(f"cloud-init 22.4 knows no template type {kind!r} (jinja "
+                                    "or basic): it prints no final line at all")
+        text = rest
+    names = FINAL_NAMES + tuple(n.upper() for n in FINAL_NAMES)
+    lines, literal = [], ""
+    for line in text.split("\n"):
+        parts, pos = [], 0
+        line = line.rstrip()
+        for match in BASIC_PLACEHOLDER.finditer(line):
+            name = match.group(1) or match.group(2)
+            if name not in names:
+                dotted = name.rstrip(".")
+                hint = (f" (a '.' after a name is part of it: write ${{{dotted}}}.)"
+                        if dotted in names else
+                        "; cloud-init substitutes only $version, $timestamp, $datasource and "
+                        "$uptime (or in capitals)")
+                raise FinalMessageError(f"cloud-init cannot render its placeholder "
+                                        f"{match.group(0)!r} and then prints no final line"
+                                        + hint)
+            parts += [re.escape(line[pos:match.start()]), r"[^\n]*?"]
+            literal += line[pos:match.start()]
+            pos = match.end()
+        parts.append(re.escape(line[pos:]))
+        literal += line[pos:]
+        lines.append("".join(parts))
+    if not re.search(r"\w", literal):
+        raise FinalMessageError("it has no literal word (only placeholders, blanks or "
+                                "punctuation): its line cannot be told from any other")
+    return re.compile(r"^[ \t]*" + "\n".join(lines) + r"[ \t]*$", re.M)
+
+
 def last_boot(text: str) -> tuple[str, bool]:
     """The text of the last boot, and whether its start is in ``text`` (a window from the end
     may have cut it off)."""
@@ -61,15 +130,23 @@ def last_boot(text: str) -> tuple[str, bool]:
     return "\n".join(lines[last:]), True
 
 
-def boot_state(text: str) -> BootState:
-    """Read the last boot of a console window (see the module's docstring)."""
+def boot_state(text: str, final_message: str | None = None) -> BootState:
+    """Read the last boot of a console window (see the module's docstring); ``final_message``
+    is the declared one (see ``final_message_pattern``), None for cloud-init's own line.
+
+    :raises FinalMessageError: see ``final_message_pattern`` (the loader refused it already).
+    """
     boot, started = last_boot(text)
+    pattern = final_message_pattern(final_message)
     final = failure = None
     for line in boot.splitlines():
         if failure is None and any(p.search(line) for p in FAILURES):
             failure = line.strip()
-        if FINAL.search(line):
+        if pattern is None and FINAL.search(line):
             final = line.strip()
+    if pattern is not None:
+        found = list(pattern.finditer("\n".join(line.rstrip() for line in boot.splitlines())))
+        final = " / ".join(found[-1].group(0).strip().split("\n")) if found else None
     return BootState(started=started, final=final, failure=failure)
 
 

@@ -12,7 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ivc_tasks.cloudconfig import JINJA_HEADER, SUPPORTED_VERSIONS, check_cloud_config
+from ivc_tasks.cloudconfig import (
+    JINJA_HEADER,
+    SUPPORTED_VERSIONS,
+    check_cloud_config,
+    declared_final_message,
+)
+from ivc_tasks.console_log import FinalMessageError
 from ivc_tasks.errors import ConfigError, clip_message
 from ivc_tasks.errors import clip_repr as _r
 from ivc_tasks.hints import did_you_mean, type_name
@@ -157,7 +163,20 @@ class Loader(SecGroupReader, ChecksReader):
         checks = server.checks
         if checks.cloud_init is None:
             checks = replace(checks, cloud_init=is_cloud_config)
+        if checks.cloud_init and is_cloud_config:
+            checks = replace(checks, final_message=self.final_message(text, server))
         return replace(server, userdata=userdata, userdata_digest=digest, checks=checks)
+
+    def final_message(self, text: str, server: Server) -> str | None:
+        """The ``final_message`` the ``cloud_init`` check waits for (None: cloud-init's own)."""
+        try:
+            return declared_final_message(text)
+        except FinalMessageError as exc:
+            self.fail(f"servers.{server.name}.userdata: final_message",
+                      f"the cloud_init check cannot recognise the line cloud-init prints for "
+                      f"it: {exc}", f"set checks.cloud_init = false ([servers.{server.name}"
+                      ".checks]) or keep a literal word in final_message (placeholders: "
+                      "$version, $timestamp, $datasource, $uptime)")
 
     def cloud_init_version(self, raw: Any) -> str:
         """``[defaults] cloud_init_version``, else ``IVC_CLOUD_INIT_VERSION``, else 22.4."""

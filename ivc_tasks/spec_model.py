@@ -87,7 +87,8 @@ class Checks:
     ``cloud_init`` None: not said; the loader decides (True for a ``#cloud-config`` user_data).
     ``tcp`` ports, ``http`` URLs and ``command`` lines keep their placeholders (``{address}``,
     ``{name}``, ``{id}``), filled in by ``steps/checks.py`` for a server. ``timeout`` and
-    ``interval`` are seconds. See docs/checks.md.
+    ``interval`` are seconds. ``final_message``: the user_data's own (its line replaces
+    cloud-init's "finished at" line), set by the loader. See docs/checks.md.
     """
 
     cloud_init: bool | None = None
@@ -96,6 +97,7 @@ class Checks:
     command: tuple[str, ...] = ()
     timeout: float = 300.0
     interval: float = 5.0
+    final_message: str | None = None
 
     @property
     def any(self) -> bool:

@@ -62,10 +62,11 @@ def run(argv: list[str], *, log: Path | None = None, env: dict | None = None,
 
 def ensure_debian_packages(say: Say) -> None:
     """apt-get install MariaDB, RabbitMQ, debootstrap (the guests' root) and, as root, iptables
-    (the guests' network) when they are missing."""
+    (the guests' network) and the ssh client (into the guests) when they are missing."""
     if shutil.which("mariadbd") and shutil.which("rabbitmq-server") and shutil.which("epmd") \
             and (shutil.which("debootstrap") or os.path.exists("/usr/sbin/debootstrap")) \
-            and (shutil.which("iptables-restore") or os.geteuid() != 0):  # the guests' network
+            and ((shutil.which("iptables-restore") and shutil.which("ssh"))
+                 or os.geteuid() != 0):  # the guests' network, ssh into them
         return
     if os.geteuid() != 0:
         raise DevcloudError("mariadb-server, rabbitmq-server or debootstrap is missing; install: "

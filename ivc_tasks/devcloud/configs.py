@@ -61,6 +61,27 @@ def _write(path: Path, sections: dict[str, dict]) -> None:
     path.chmod(0o600)
 
 
+# A user holding this role in a project is refused the console log (HTTP 403), as on clouds
+# that disable it: the tests make such a user to see ivc's checks without the console. No one
+# else holds it, so nothing changes for the cloud's other users.
+NO_CONSOLE_ROLE = "ivc-no-console"
+NOVA_POLICY = (
+    "# written by ivc's devcloud (configs.py); oslo.policy re-reads it when it changes\n"
+    f'"os_compute_api:os-console-output": "rule:project_member_or_admin and not '
+    f'role:{NO_CONSOLE_ROLE}"\n')
+
+
+def write_nova_policy(path: Path) -> bool:
+    """Write Nova's policy file (see ``NOVA_POLICY``); True when it changed."""
+    if path.exists() and path.read_text() == NOVA_POLICY:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(NOVA_POLICY)
+    tmp.replace(path)
+    return True
+
+
 def write_all(layout: Layout, secrets: dict) -> None:
     """(Re)write every config file; cheap, so it runs on every ``up``.
 
@@ -174,6 +195,8 @@ def write_all(layout: Layout, secrets: dict) -> None:
         "oslo_concurrency": lock,
         "oslo_messaging_notifications": noop,
     })
+
+    write_nova_policy(etc / "nova/policy.yaml")
 
     # The paste files ship inside the wheels, under <venv>/etc/<service>/.
     shipped = layout.venv / "etc"

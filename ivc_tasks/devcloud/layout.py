@@ -30,7 +30,8 @@ CLOUD_REQUIREMENTS = [
     "python-openstackclient",
 ]
 # debootstrap builds the guests' shared Debian root (guests.py); iptables: their network
-DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "debootstrap", "iptables"]
+# openssh-client: the tests (and a user) ssh into the guests with the known_hosts ivc writes
+DEBIAN_PACKAGES = ["mariadb-server", "rabbitmq-server", "debootstrap", "iptables", "openssh-client"]
 
 HOST = "127.0.0.1"
 REGION = "RegionOne"

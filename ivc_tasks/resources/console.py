@@ -76,8 +76,10 @@ def _server_exists(cloud: Cloud, server_id: str) -> bool:
 class ConsoleReader:
     """One server's console, read from the end: ``look()`` is one request."""
 
-    def __init__(self, cloud: Cloud, server_id: str, what: str):
+    def __init__(self, cloud: Cloud, server_id: str, what: str,
+                 final_message: str | None = None):
         self.cloud, self.server_id, self.what = cloud, server_id, what
+        self.final_message = final_message  # the user_data's own, else cloud-init's line
         self.length: int | None = FIRST_LENGTH
         self.text = ""
 
@@ -85,7 +87,7 @@ class ConsoleReader:
         """Read the window and what it says of the last boot; the next window grows when this
         one does not reach back to the boot's start."""
         self.text = console_text(self.cloud, self.server_id, self.what, self.length)
-        state = boot_state(self.text)
+        state = boot_state(self.text, self.final_message)
         if not state.started and self.length is not None:
             self.length = self.length * 4 if self.length * 4 <= MAX_LENGTH else None
         return state

@@ -172,7 +172,8 @@ def server_probes(cloud: Any, declared: Server, server_id: str, *, gate: str = A
 
     out: list[Probe] = []
     if checks.cloud_init:
-        reader = ConsoleReader(cloud, server_id, f"server {name} ({server_id})")
+        reader = ConsoleReader(cloud, server_id, f"server {name} ({server_id})",
+                               checks.final_message)
 
         def cloud_init(_left: float) -> tuple[str, str]:
             try:

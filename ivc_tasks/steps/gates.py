@@ -43,7 +43,8 @@ def describe_gate(declared: Server, *, skip: bool = False, gate: str = ALL) -> s
     if skip:
         return "SKIPPED (--skip-checks)"
     checks = declared.checks
-    names = (["cloud_init (console: 'Cloud-init v. ... finished')"] if checks.cloud_init else [])
+    names = ([f"cloud_init (console: {final_line(checks.final_message)})"]
+             if checks.cloud_init else [])
     if gate != "ready":
         names += [f"tcp {p}" for p in checks.tcp] + [f"http {u}" for u in checks.http]
     names += [f"command {c}" for c in checks.command
@@ -51,6 +52,14 @@ def describe_gate(declared: Server, *, skip: bool = False, gate: str = ALL) -> s
     if not names:
         return "no checks declared"
     return f"{', '.join(names)} (timeout {checks.timeout:g} s, every {checks.interval:g} s)"
+
+
+def final_line(final_message: str | None) -> str:
+    """The line the ``cloud_init`` check waits for, as the dry run names it."""
+    if final_message and final_message.strip():
+        first = final_message.strip().split("\n", 1)[0]
+        return f"final_message {first[:60]!r}"
+    return "'Cloud-init v. ... finished'"
 
 
 @dataclass

@@ -14,6 +14,9 @@ attached without asking Cinder.
 
 A create is not blindly retried: before re-sending it, ivc lists the servers and takes the one
 tagged with this run's id, if the lost attempt made it.
+
+The ``create-instance`` task gates the server it creates as ``deploy`` does
+(``create_instance``, ``steps/gates.deploy_gate``): done only when its checks pass.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ivc_tasks.resources.resolve import (
     forget,
     list_flavors,
     list_networks,
+    list_servers,
     list_volumes,
     pick,
 )
@@ -336,19 +340,53 @@ def _create_summary(plan: InstancePlan) -> str:
     return ", ".join(parts)
 
 
+@dataclass
+class CreatedResult(StepResult):
+    """create-instance's result: the create, then its ``check`` step (``gate``: None when no
+    server was created, or in a dry run, where ``info["checks"]`` says what would be checked)."""
+
+    gate: StepResult | None = None
+
+    def lines(self) -> list[str]:
+        return super().lines() + (self.gate.lines() if self.gate is not None else [])
+
+
 def create_instance(cloud: Cloud, spec: Spec, name: str, *, dry_run: bool = False,
-                    timeout: float | None = None) -> StepResult:
-    """Make declared server ``name`` exist and be ACTIVE, with its floating IP if declared.
+                    timeout: float | None = None, skip_checks: bool = False) -> StepResult:
+    """Make declared server ``name`` exist and be ACTIVE, with its floating IP if declared; a
+    server this run creates is done only when its declared checks pass (as in deploy).
 
     :param dry_run: return the plan; change nothing.
     :param timeout: seconds to wait for ACTIVE (default ``cloud.settings.boot_timeout``).
-    :raises ConfigError: invalid input or a missing resource (before any change).
+    :param skip_checks: the new server is not gated by its checks (loud).
+    :raises ConfigError: invalid input or a missing resource (before any change); the console
+        refused while ``cloud_init`` is the server's only check.
     :raises CloudError: the server is or went into ERROR, timed out, or a cloud call failed.
+    :raises ChecksFailed: a check of the new server failed (exit 1); the server is left.
     """
+    from ivc_tasks.steps.checks import console_preflight
+    from ivc_tasks.steps.gates import GateResult, deploy_gate, describe_gate
+
     plan = plan_instance(cloud, spec, name)
+    if plan.existing is None and not skip_checks:  # before any change, as deploy does
+        console_preflight(cloud, [plan.declared], next(
+            (s.id for s in list_servers(cloud) if s.status == "ACTIVE"), None))
     if dry_run:
-        return describe_instance(cloud, plan)
-    return apply_instance_locked(cloud, spec, plan, timeout=timeout)
+        described = describe_instance(cloud, plan)
+        result = CreatedResult(**vars(described))
+        if plan.existing is None:
+            what = describe_gate(plan.declared, skip=skip_checks)
+            result.gate = GateResult("check", name, dry_run=True, info={"checks": what},
+                                     plan=what)
+            result.info["checks"] = what
+        return result
+    made = apply_instance_locked(cloud, spec, plan, timeout=timeout)
+    result = CreatedResult(**vars(made))
+    result.gate = deploy_gate(cloud, plan.declared, made, skip=skip_checks)
+    if result.gate is not None:
+        result.info["checks"] = result.gate.info.get("checks")
+        result.warnings += result.gate.warnings
+    return result
 
 
 def apply_instance_locked(cloud: Cloud, spec: Spec, plan: InstancePlan, *,

@@ -33,18 +33,21 @@ def ensure_secgroups(c, name=None, prune=False, dry_run=False, json=False):
 @task(help={
     "name": "The declared server to create (required).",
     "timeout": "Seconds to wait for ACTIVE (default IVC_BOOT_TIMEOUT).",
+    "skip_checks": "Do not wait for the declared checks of the server this run creates "
+                   "(emergencies only: said loudly).",
     "dry_run": DRY_RUN,
     "json": JSON,
 })
-def create_instance(c, name=None, timeout=None, dry_run=False, json=False):
-    """Create a declared server if ivc has none, wait for ACTIVE, add its floating IP."""
+def create_instance(c, name=None, timeout=None, skip_checks=False, dry_run=False, json=False):
+    """Create a declared server if ivc has none (ACTIVE, floating IP), then wait for its checks."""
     from ivc_tasks.steps.instances import create_instance as create
 
     with usage("create-instance", json=json):
         require(name, "--name", "the declared server to create")
         seconds = seconds_flag(timeout, "--timeout")
     run_step("create-instance",
-             lambda cloud, spec: create(cloud, spec, name, dry_run=dry_run, timeout=seconds),
+             lambda cloud, spec: create(cloud, spec, name, dry_run=dry_run, timeout=seconds,
+                                        skip_checks=skip_checks),
              json=json)
 
 

@@ -33,8 +33,10 @@ def _connect(cloud: str):
 
 
 # Servers of the tests that never look inside them boot without a guest (a guest costs a
-# second or two of CPU on a 2-core machine); test_guests.py names its servers g-... (on).
+# second or two of CPU on a 2-core machine); tests that look inside name their servers g-...
+# (the ``givc`` fixture, test_guests.py), for which guests stay on.
 NO_GUEST_PREFIXES = ("t-",)
+GUEST_PREFIX = "g-"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,6 +47,7 @@ def guests_only_where_looked_at():
         return
     for prefix in NO_GUEST_PREFIXES:
         guests.set_mode("off", prefix, Layout(CLOUDS_YAML.parent))
+    guests.set_mode("on", GUEST_PREFIX, Layout(CLOUDS_YAML.parent))
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +107,9 @@ class Ivc:
                                  f"IVC_POLL_INTERVAL=0.5\n{extra}")
 
     def write_spec(self, text, *, guests=False):
-        """Write the declarations; without ``guests`` (today's local cloud runs none: nothing
-        prints cloud-init's final line) and unless the text declares checks itself, they say
-        ``cloud_init = false`` for every server."""
+        """Write the declarations; without ``guests`` (servers named ``t-...`` boot no guest:
+        nothing prints cloud-init's final line) and unless the text declares checks itself,
+        they say ``cloud_init = false`` for every server."""
         if not guests and "checks" not in text:
             text += "\n[defaults.checks]\ncloud_init = false\n"
         self.spec_path.write_text(text.replace("PREFIX", self.prefix))
@@ -163,6 +166,15 @@ class Ivc:
 def ivc(tmp_path, unique, conn):
     """Run ivc's tasks with this test's own env and spec; delete what it made afterwards."""
     helper = Ivc(tmp_path, unique, conn)
+    yield helper
+    helper.cleanup()
+
+
+@pytest.fixture
+def givc(tmp_path, conn):
+    """As ``ivc``, under a name (``g-...``) whose servers get real guests (cloud-init runs,
+    sshd listens); declare their checks with ``write_spec(..., guests=True)``."""
+    helper = Ivc(tmp_path, f"{GUEST_PREFIX}{uuid.uuid4().hex[:8]}", conn)
     yield helper
     helper.cleanup()
 

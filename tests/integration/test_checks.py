@@ -1,11 +1,14 @@
 """Declared checks against the local cloud: the cloud-config schema (exit 2, zero requests),
-deploy's gate, rotate's ready and healthy gates (exit 3, the old server untouched or given
-everything back), status --check, inventory from Neutron. Checks that need no guest use what
-the test itself runs: an HTTP listener on 127.0.0.1 and local commands on ``{id}``.
+deploy's and create-instance's gate, rotate's ready and healthy gates (exit 3, the old server
+untouched or given everything back), status --check, inventory from Neutron, a declared
+final_message, a user refused the console log (the devcloud's role ``ivc-no-console``). Checks
+that need no guest use what the test itself runs: an HTTP listener on 127.0.0.1 and local
+commands on ``{id}``.
 
 The tests that need real guests (cloud-init's final line, ssh with the host keys ivc wrote,
-``ssh -F <(invoke inventory --format ssh-config)``, a new server that never serves) are
-skipped, saying why, while the local cloud's console is the fake driver's fixed text.
+``ssh -F <inventory ssh-config>``, a new server that never serves) name their servers ``g-...``
+(the ``givc`` fixture), for which the local cloud boots guests; a server without one, or no
+ssh client, is a failure saying so (the local cloud always has guests).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import time
 
 import pytest
 
+from .conftest import CLOUDS_YAML, cloud_state
+
 pytestmark = pytest.mark.cloud
+CLOUDS_DIR = CLOUDS_YAML.parent
 
 FAKE_CONSOLE = "FAKE CONSOLE OUTPUT"
 HEAD = """[defaults]
@@ -90,7 +96,7 @@ def fip_of(conn, server_id):
     return next((f.floating_ip_address for f in conn.network.ips() if f.port_id in ports), None)
 
 
-def has_guests(conn, server_id, wait=60.0) -> bool:
+def has_guests(conn, server_id, wait=120.0) -> bool:
     """Whether the server runs a real guest: its console shows cloud-init (the fake driver's is
     a fixed text, known at the first look)."""
     deadline = time.monotonic() + wait
@@ -235,23 +241,30 @@ DEMO_KEY = os.path.join(os.environ.get("DEVCLOUD_DIR") or ".devcloud", "ivc-demo
 
 
 @pytest.fixture
-def guest_world(ivc, conn):
-    """A server made with a real guest, or a skip saying why there is none."""
+def guest_world(givc, conn):
+    """A server made with a real guest (named ``g-...``); none is a failure saying why."""
+    ivc = givc
     (ivc.root / "env" / "templates" / "guest.j2").write_text(SERVE)
     ivc.write_spec(GUEST_SPEC.replace("tcp = [22]", 'tcp = [22]\nhttp = ["http://{address}:8080/"]')
                    , guests=True)
     run = ivc.run("deploy", "--json", "--skip-checks")
     assert run.code == 0, (run.data or {}).get("error") or run
     if not has_guests(conn, web(ivc).id):
-        pytest.skip("the local cloud runs no guests yet (the console is the fake driver's "
-                    "fixed text): no cloud-init, no ssh, nothing listening")
-    assert ivc.run("status", "--check").code == 0
+        pytest.fail(f"server {ivc.prefix}-web runs no guest: its console shows no cloud-init "
+                    "(the fake driver's fixed text, or nothing in 120 s); the local cloud boots a "
+                    "guest for names starting 'g-' (`invoke devcloud.guests` shows the rules; "
+                    "docs/guests.md)")
+    check = ivc.run("status", "--check")
+    assert check.code == 0, check
     return ivc
 
 
 def ssh_key() -> str:
-    if not os.path.exists(DEMO_KEY) or shutil.which("ssh") is None:
-        pytest.skip(f"no ssh client or no {DEMO_KEY}")
+    if shutil.which("ssh") is None:
+        pytest.fail("no ssh client on this machine: apt-get install -y openssh-client (the "
+                    "local cloud's `invoke devcloud.up` installs it when run as root)")
+    if not os.path.exists(DEMO_KEY):
+        pytest.fail(f"no {DEMO_KEY}: the local cloud's seed writes the ivc-demo key there")
     return os.path.abspath(DEMO_KEY)
 
 
@@ -324,3 +337,137 @@ def test_a_new_server_whose_cloud_init_fails_or_never_finishes_never_stops_the_o
             assert word in run.data["error"], (word, run.data["error"])
         back = web(ivc)
         assert back.id == old.id and back.status == "ACTIVE" and fip_of(conn, old.id)
+
+
+FINAL_MESSAGE_SPEC = """[defaults]
+image = "ivc-tiny"
+flavor = "m1.tiny"
+keypair = "ivc-demo"
+userdata = "templates/final.j2"
+
+[servers.PREFIX-fm]
+networks = ["private"]
+
+[servers.PREFIX-fm.checks]
+timeout = 240
+interval = 1
+"""
+
+
+def test_a_declared_final_message_is_the_line_the_gate_waits_for(givc, conn):
+    """cloud-init prints the declared final_message instead of its own "finished at" line: the
+    gate recognises it (deploy passes in seconds, not at the timeout); a final_message it
+    could not recognise is refused before any request."""
+    ivc = givc
+    template = ivc.root / "env" / "templates" / "final.j2"
+    template.write_text('#cloud-config\nfinal_message: "ivc {{ server }} up after $uptime s '
+                        '(cloud-init ${version})"\n')
+    ivc.write_spec(FINAL_MESSAGE_SPEC, guests=True)
+    name = f"{ivc.prefix}-fm"
+    start = time.monotonic()
+    run = ivc.run("deploy", "--json")
+    took = time.monotonic() - start
+    assert run.code == 0, (run.data or {}).get("error") or run
+    check = next(s for s in run.data["steps"] if s["step"] == "check")["info"]["checks"]
+    (cloud_init,) = check["checks"]
+    assert cloud_init["outcome"] == "passed", check
+    assert cloud_init["answer"].startswith(f"ivc {name} up after "), cloud_init
+    assert "(cloud-init 22.4" in cloud_init["answer"] and "$" not in cloud_init["answer"]
+    assert cloud_init["seconds"] < 120 and took < 200, (cloud_init, took)
+    log = conn.compute.get_server_console_output(web(ivc).id)["output"]
+    assert not [line for line in log.splitlines() if " finished at " in line], log[-2000:]
+
+    template.write_text('#cloud-config\nfinal_message: "$version $uptime"\n')
+    run = ivc.run("rotate", "--name", name, "--json")
+    assert run.code == 2 and run.data["requests"] == 0, run
+    for words in (f"servers.{name}.userdata: final_message", "no literal word",
+                  "set checks.cloud_init = false"):
+        assert words in run.data["error"], (words, run.data["error"])
+
+
+def test_create_instance_is_gated_as_deploy_is(ivc, tmp_path):
+    """create-instance alone: the new server is done only when its checks pass; a failing
+    check is exit 1 naming the server, the check and its last answer, the server left."""
+    marks = tmp_path / "ready"
+    marks.mkdir()
+    ivc.write_spec(HEAD.replace('volumes = ["PREFIX-data"]\n', "")
+                   + f'cloud_init = false\ncommand = ["test -e {marks}/{{id}}"]\n')
+    name = f"{ivc.prefix}-web"
+    dry = ivc.run("create-instance", "--name", name, "--dry-run")
+    assert dry.code == 0 and f"check {name}: would wait for command test -e" in dry.out, dry
+    run = ivc.run("create-instance", "--name", name, "--json")
+    assert run.code == 1, run
+    server = web(ivc)
+    for words in (f"server {name} ({server.id})", f"check command test -e {marks}/{{id}} "
+                  "timed out", "last answer: exit 1", "left as it is for inspection"):
+        assert words in run.data["error"], (words, run.data["error"])
+    assert server.status == "ACTIVE"
+    (marks / server.id).touch()
+    assert ivc.run("status", "--check").code == 0
+
+
+# -- a cloud that refuses the console log -------------------------------------------------------
+@pytest.fixture
+def no_console(ivc, admin_conn, tmp_path):
+    """ivc run as a user of project ivc who holds the devcloud's ``ivc-no-console`` role: Nova
+    refuses them the console log (403, the devcloud's nova policy.yaml), as some clouds do."""
+    import secrets
+
+    import yaml
+
+    from ivc_tasks.devcloud.configs import NO_CONSOLE_ROLE, NOVA_POLICY
+
+    policy = CLOUDS_DIR / "etc" / "nova" / "policy.yaml"
+    if not policy.exists() or policy.read_text() != NOVA_POLICY:
+        pytest.fail(f"{policy} does not refuse the console to role {NO_CONSOLE_ROLE}: the "
+                    "devcloud's configs.write_all writes it (`invoke devcloud.up`)")
+    identity = admin_conn.identity
+    # (listings, not find_*: their ignore_missing is deprecated, an error in this session)
+    role = next(iter(identity.roles(name=NO_CONSOLE_ROLE)), None) \
+        or identity.create_role(name=NO_CONSOLE_ROLE)
+    (member,) = identity.roles(name="member")
+    (project,) = identity.projects(name="ivc", domain_id="default")
+    password = secrets.token_urlsafe(16)
+    user = identity.create_user(name=f"{ivc.prefix}-user", password=password,
+                                default_project_id=project.id, domain_id="default")
+    try:
+        for each in (member, role):
+            identity.assign_project_role_to_user(project, user, each)
+        clouds = yaml.safe_load((CLOUDS_DIR / "clouds.yaml").read_text())
+        entry = clouds["clouds"]["ivc-local"]
+        entry["auth"] = {**entry["auth"], "username": user.name, "password": password}
+        path = tmp_path / "clouds-no-console.yaml"
+        path.write_text(yaml.safe_dump({"clouds": {"ivc-no-console": entry}}))
+        path.chmod(0o600)
+        ivc.env_file.write_text(f"OS_CLOUD=ivc-no-console\nOS_CLIENT_CONFIG_FILE={path}\n"
+                                "IVC_POLL_INTERVAL=0.5\n")
+        yield ivc
+    finally:
+        identity.delete_user(user, ignore_missing=True)
+
+
+def test_a_cloud_that_refuses_the_console(no_console):
+    """cloud_init falls back to the other checks (said once); with cloud_init the only check,
+    a rotate is exit 2 before any change (asked on the existing server)."""
+    ivc = no_console
+    spec = (HEAD.replace('keypair = "ivc-demo"\n', "").replace('volumes = ["PREFIX-data"]\n', "")
+            .replace("timeout = 4", "timeout = 30"))
+    ivc.write_spec(spec + 'command = ["true"]\n')
+    name = f"{ivc.prefix}-web"
+    run = ivc.run("deploy", "--json")
+    assert run.code == 0, run
+    checks = next(s for s in run.data["steps"] if s["step"] == "check")["info"]["checks"]
+    assert [(c["check"], c["outcome"]) for c in checks["checks"]] == [
+        ("cloud_init", "skipped"), ("command true", "passed")], checks
+    assert "console refused (HTTP 403)" in checks["checks"][0]["answer"]
+    assert run.err.count("refuses the console log") == 1, run.err
+    before = cloud_state(ivc.conn, ivc.prefix, ivc.env)
+
+    ivc.write_spec(spec)  # cloud_init, the only check
+    run = ivc.run("rotate", "--name", name, "--json")
+    assert run.code == 2, run
+    assert run.data["mutating_requests"] == 0
+    for words in ("refuses the console log", "HTTP 403", f"{name} declare no other check",
+                  "set cloud_init = false"):
+        assert words in run.data["error"], (words, run.data["error"])
+    assert cloud_state(ivc.conn, ivc.prefix, ivc.env) == before

@@ -48,7 +48,7 @@ def public_key() -> str:
 
 
 SPEC = BASE  # conftest's task_env writes it to env/unit.toml, and TEMPLATE to env/t.j2
-TEMPLATE = "#cloud-config\nfinal_message: {{ secret_word }}\n"
+TEMPLATE = "#cloud-config\nhostname: {{ secret_word }}\n"
 
 
 class World:

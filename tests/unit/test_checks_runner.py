@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from ivc_tasks import probes
-from ivc_tasks.console_log import boot_state, host_keys, last_boot
+from ivc_tasks.console_log import (
+    FinalMessageError,
+    boot_state,
+    final_message_pattern,
+    host_keys,
+    last_boot,
+)
 from ivc_tasks.resources.console import pick_address
 from ivc_tasks.steps.checks import FAIL, PASS, SKIP, WAIT, Probe, run_probes
 
@@ -205,3 +211,49 @@ def test_a_real_cloud_init_22_4_console():
     assert boot_state(broken).failure == RUNCMD_FAILED.splitlines()[0]
     # only the head of the boot in the window: not started, the reader asks for more
     assert boot_state(REAL.splitlines()[-1]).started is False
+
+
+# final_message: what cloud-init 22.4 prints for it (templater.render_string with
+# cc_final_message's names, checked against Debian 12's cloudinit package)
+@pytest.mark.parametrize(("template", "printed"), [
+    ("ivc done v$version up ${uptime}s", "ivc done v22.4.2 up 7.02s"),
+    ("## template: basic\nok $UPTIME", "ok 7.02"),
+    ("  web ready at $timestamp  \n", "web ready at Fri, 04 Dec 2026 14:00:04 +0000"),
+    ("cost $$version", "cost $22.4.2"),
+    ("ivc: $datasource\nsecond line ${VERSION}",
+     "ivc: DataSourceConfigDrive [net,ver=2][source=/dev/sr0]\nsecond line 22.4.2"),
+    ("100% done!", "100% done!"),
+])
+def test_final_message_line_is_recognised(template, printed):
+    text = START + KEYS + printed.replace("\n", " \r\n") + "\n[ivc-init] boot done\n"
+    state = boot_state(text, template)
+    assert state.final == " / ".join(printed.split("\n"))
+    # cloud-init's own line does not count when the user_data declares its own
+    assert boot_state(START + KEYS + FINAL + "\n", template).final is None
+    # nor a line that only contains the message, or the message without its first letter
+    assert boot_state(START + "echo: " + printed + "\n", template).final is None
+    assert boot_state(START + printed[1:] + "\n", template).final is None
+    # only the last boot counts
+    assert boot_state(START + printed + "\n" + START, template).final is None
+
+
+def test_blank_final_message_waits_for_cloud_init_own_line():
+    assert final_message_pattern("  \n ") is None and final_message_pattern(None) is None
+    assert boot_state(START + FINAL + "\n", "  ").final == FINAL
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ("$version $uptime", "no literal word"),
+    ("${timestamp}: -- $uptime", "no literal word"),
+    ("## template: basic\n", "no literal word"),
+    ("## template: jinja\nDone {{ v1.instance_id }}", "jinja"),
+    ("## template: mustache\ndone", "no template type 'mustache'"),
+    ("done on $HOSTNAME", "'$HOSTNAME'"),
+    ("done, up $uptime.", "write ${uptime}."),
+    ("done $Version", "'$Version'"),
+    ("done ${version.major}", "'${version.major}'"),
+])
+def test_final_message_that_cannot_be_recognised_is_refused(template, words):
+    with pytest.raises(FinalMessageError) as info:
+        final_message_pattern(template)
+    assert words in str(info.value), str(info.value)

@@ -158,3 +158,36 @@ def test_jinja_user_data_is_not_checked_but_said(tmp_path):
                                   entry="servers.a.userdata", template=Path("t.j2"))
     assert warnings == ["servers.a.userdata: template t.j2 is a '## template: jinja' user_data, "
                         "rendered by cloud-init at boot: not checked against the schema"]
+
+
+def test_final_message_is_what_the_cloud_init_check_waits_for(tmp_path):
+    spec = load(tmp_path, SERVER, '#cloud-config\nfinal_message: "{{ server }} up ${uptime}s"\n')
+    assert spec.servers["a"].checks.final_message == "a up ${uptime}s"
+    (tmp_path / "s").mkdir()
+    assert load(tmp_path / "s", SERVER, "#cloud-config\nhostname: h\n"
+                ).servers["a"].checks.final_message is None
+
+
+@pytest.mark.parametrize(("template", "words"), [
+    ('#cloud-config\nfinal_message: "$version $uptime"\n', "no literal word"),
+    ("#cloud-config\nfinal_message: |\n  ## template: jinja\n  {{ '{{' }} v1.region }}\n",
+     "jinja"),
+    ("## template: jinja\n#cloud-config\nfinal_message: \"done {{ '{{' }} v1.region }}\"\n",
+     "the user_data is a '## template: jinja'"),
+    ('#cloud-config\nfinal_message: "done on $HOSTNAME"\n', "'$HOSTNAME'"),
+])
+def test_final_message_that_cannot_be_recognised_is_refused_before_any_change(
+        tmp_path, template, words):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, SERVER, template)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in ("servers.a.userdata: final_message", "the cloud_init check cannot recognise",
+                 words, "set checks.cloud_init = false ([servers.a.checks]) or keep a literal "
+                 "word in final_message"):
+        assert word in message, (word, message)
+    assert ConfigError.exit_code == 2
+    # without the cloud_init check there is nothing to recognise
+    spec = load(tmp_path, SERVER + "[servers.a.checks]\ncloud_init = false\ntcp = [22]\n",
+                template)
+    assert spec.servers["a"].checks.final_message is None

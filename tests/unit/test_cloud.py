@@ -37,6 +37,13 @@ def test_counter_counts_every_request_and_tells_auth_from_changes():
     assert counter.snapshot() == {
         "requests": 6, "requests_by_method": {"DELETE": 1, "GET": 2, "POST": 2, "PUT": 1},
         "auth_requests": 1, "mutating_requests": 3}
+    # the console log is a POST action that only reads; any other action changes something
+    counter.hook(SimpleNamespace(request=SimpleNamespace(
+        method="POST", url="http://c/v2.1/servers/1/action",
+        body=b'{"os-getConsoleOutput": {"length": 200}}')))
+    counter.hook(SimpleNamespace(request=SimpleNamespace(
+        method="POST", url="http://c/v2.1/servers/1/action", body='{"os-stop": null}')))
+    assert counter.snapshot()["mutating_requests"] == 4
 
 
 def test_call_retries_transient_errors_then_succeeds():

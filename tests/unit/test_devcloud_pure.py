@@ -60,6 +60,12 @@ def test_configs_carry_the_options_that_matter(tmp_path):
     cinder = _read(layout.etc / "cinder/cinder.conf")
     assert cinder["fake"]["volume_driver"] == "ivc_devcloud_plugin.fake_volume.FakeVolumeDriver"
     assert _read(layout.etc / "keystone/keystone.conf")["token"]["provider"] == "fernet"
+    # Nova refuses the console log to the role the console-refused tests give their own user
+    import yaml
+    policy = yaml.safe_load((layout.etc / "nova/policy.yaml").read_text())
+    assert policy == {"os_compute_api:os-console-output":
+                      "rule:project_member_or_admin and not role:ivc-no-console"}
+    assert configs.write_nova_policy(layout.etc / "nova/policy.yaml") is False  # unchanged
     for conf in layout.etc.rglob("*.conf"):
         assert oct(conf.stat().st_mode & 0o777) == "0o600", conf
 
@@ -140,3 +146,24 @@ def test_a_service_counts_as_started_only_once_it_reported_since_its_start():
     assert not reported_since([_record("up", None)], started)
     assert reported_since([_record("up", "2026-11-25T13:00:00"),
                            _record("up", "2026-11-25T13:01:40Z")], started)
+
+
+@pytest.mark.parametrize("missing, installs", [
+    ({"ssh"}, True),  # a bare Debian machine: no ssh client to reach the guests
+    ({"iptables-restore"}, True),
+    (set(), False),
+])
+def test_debian_packages_install_the_ssh_client_when_ssh_is_missing(monkeypatch, missing,
+                                                                   installs):
+    from ivc_tasks.devcloud import bootstrap
+
+    monkeypatch.setattr(bootstrap.shutil, "which",
+                        lambda name: None if name in missing else f"/usr/bin/{name}")
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    ran = []
+    monkeypatch.setattr(bootstrap, "run", lambda argv, **kw: ran.append(argv))
+    bootstrap.ensure_debian_packages(lambda text: None)
+    installed = [argv for argv in ran if argv[:2] == ["apt-get", "install"]]
+    assert bool(installed) == installs
+    if installs:
+        assert "openssh-client" in installed[0]

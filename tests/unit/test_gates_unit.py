@@ -248,3 +248,82 @@ def test_deploy_dry_run_says_what_the_gate_would_check(world):
     assert check.lines() == ["check web1: would wait for cloud_init (console: 'Cloud-init v. "
                              "... finished'), tcp 22 (timeout 3 s, every 1 s)"]
     assert conn.mutations() == []
+
+
+def test_deploy_gate_waits_for_the_declared_final_message(world):
+    conn, spec_of, tmp = world
+    (tmp / "t.j2").write_text("#cloud-config\nhostname: {{ server }}\n"
+                              "final_message: \"{{ server }} is up after $uptime s\"\n")
+    spec = spec_of()
+    assert deploy(cloud_of(conn, tmp), spec, dry_run=True).steps[-1].lines() == [
+        "check web1: would wait for cloud_init (console: final_message 'web1 is up after "
+        "$uptime s') (timeout 3 s, every 1 s)"]
+    # cloud-init's own line is not printed when the user_data declares its own: timed out
+    with pytest.raises(DeployFailed, match="check cloud_init timed out"):
+        deploy(cloud_of(conn, tmp), spec)
+    conn = FakeConnection()  # a new world whose console prints the declared line
+    conn.add_volume("web1-data")
+    conn.add_volume("web1-logs")
+    conn.console_default = FINISHED_CONSOLE.replace(FINISHED_CONSOLE.splitlines()[-1],
+                                                    "web1 is up after 7.0 s")
+    result = deploy(cloud_of(conn, tmp), spec)
+    check = next(s for s in result.steps if s.step == "check")
+    assert check.info["checks"]["ok"] is True
+    assert check.lines()[0].startswith("check web1: check cloud_init: passed after ")
+    assert check.lines()[0].endswith(" s (web1 is up after 7.0 s)")
+
+
+def test_create_instance_is_gated_as_deploy_is(world):
+    from ivc_tasks.steps.checks import ChecksFailed
+    from ivc_tasks.steps.instances import create_instance
+
+    conn, spec_of, tmp = world
+    spec = spec_of('command = ["false"]')
+    dry = create_instance(cloud_of(conn, tmp), spec, "web1", dry_run=True)
+    assert dry.lines()[-1] == ("check web1: would wait for cloud_init (console: 'Cloud-init v. "
+                               "... finished'), command false (timeout 3 s, every 1 s)")
+    assert conn.mutations() == []
+    with pytest.raises(ChecksFailed) as info:
+        create_instance(cloud_of(conn, tmp), spec, "web1")
+    message = str(info.value)
+    assert info.value.exit_code == 1
+    for words in ("server web1 (", "check command false timed out", "last answer: exit 1",
+                  "left as it is for inspection"):
+        assert words in message, (words, message)
+    assert [s.status for s in web1_servers(conn)] == ["ACTIVE"]
+    # a server that exists is not created again, nor checked
+    again = create_instance(cloud_of(conn, tmp), spec, "web1")
+    assert again.gate is None and "checks" not in again.info
+
+
+def test_create_instance_passes_its_gate_or_skips_it_loudly(world):
+    from ivc_tasks.steps.instances import create_instance
+
+    conn, spec_of, tmp = world
+    result = create_instance(cloud_of(conn, tmp), spec_of(), "web1")
+    assert result.info["checks"]["ok"] is True
+    assert any(line.startswith("check web1: check cloud_init: passed") for line in result.lines())
+    conn2 = FakeConnection()
+    conn2.add_volume("web1-data")
+    conn2.add_volume("web1-logs")
+    conn2.console_default = NEVER_FINISHES
+    skipped = create_instance(cloud_of(conn2, tmp), spec_of(), "web1", skip_checks=True)
+    assert skipped.info["checks"] == {"skipped": True}
+    assert any("CHECKS SKIPPED (--skip-checks): server web1" in w for w in skipped.warnings)
+
+
+def test_create_instance_refused_before_any_change_when_the_console_is(world):
+    from ivc_tasks.steps.instances import create_instance
+
+    conn, spec_of, tmp = world
+    conn.add_server("other", metadata={}, networks=["net-priv"])  # a server of the project
+    conn.console_refused = 403
+    conn.calls.clear()
+    with pytest.raises(ConfigError, match=r"refuses the console log .*HTTP 403.*web1 declare no "
+                                          r"other check") as info:
+        create_instance(cloud_of(conn, tmp), spec_of(), "web1")
+    assert info.value.exit_code == 2 and conn.mutations() == []
+    # another check declared: cloud_init is skipped (said once), the other decides
+    result = create_instance(cloud_of(conn, tmp), spec_of('command = ["true"]'), "web1")
+    assert [(c["check"], c["outcome"]) for c in result.info["checks"]["checks"]] == [
+        ("cloud_init", "skipped"), ("command true", "passed")]

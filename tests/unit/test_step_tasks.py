@@ -39,7 +39,7 @@ userdata_vars = { secret_word = "swordfish-7" }
 """
 
 
-TEMPLATE = "#cloud-config\nfinal_message: {{ secret_word }}\n"
+TEMPLATE = "#cloud-config\nhostname: {{ secret_word }}\n"
 
 
 @pytest.fixture
@@ -113,7 +113,10 @@ def test_repeatable_flags_and_switches_reach_the_ops_function(conn, monkeypatch)
     assert calls == [(("app", ["data"]), {"dry_run": False, "timeout": 30.0})]
     calls = record(monkeypatch, "ivc_tasks.steps.instances.create_instance")
     assert run("create-instance", "-n", "app") == 0
-    assert calls == [(("app",), {"dry_run": False, "timeout": None})]
+    assert calls == [(("app",), {"dry_run": False, "timeout": None, "skip_checks": False})]
+    calls = record(monkeypatch, "ivc_tasks.steps.instances.create_instance")
+    assert run("create-instance", "-n", "app", "--skip-checks") == 0
+    assert calls == [(("app",), {"dry_run": False, "timeout": None, "skip_checks": True})]
 
 
 @pytest.mark.parametrize(("error", "code"), [
@@ -197,7 +200,7 @@ def test_user_data_is_never_printed(conn, capsys):
     dry = capsys.readouterr()
     assert run("deploy", "--json") == 0
     real = capsys.readouterr()
-    rendered = b"#cloud-config\nfinal_message: swordfish-7\n"
+    rendered = b"#cloud-config\nhostname: swordfish-7\n"
     encoded = __import__("base64").b64encode(rendered).decode()
     for text in (dry.out, dry.err, real.out, real.err):
         assert "swordfish" not in text and encoded not in text
